@@ -1,0 +1,109 @@
+"""The three roles every method is made of.
+
+A `Prior` draws initial states conditioned on the image, a `Transport` carries a state to a
+segmentation (a one-shot map, a flow velocity field, or a diffusion denoiser), and a
+`Sampler` integrates the transport. Image-only work lives in `condition` so a method runs it
+once per image and reuses it for every sample.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Prior", "Transport", "Sampler", "Field", "repeat_cond", "TRANSPORT_KINDS"]
+
+TRANSPORT_KINDS = ("map", "flow", "diffusion")
+
+Field = Any  # a callable (x [N, ...], t [N] or None, cond) -> Tensor [N, ...]
+
+
+def repeat_cond(cond: Any, repeats: int) -> Any:
+    """Repeat every per-image entry of `cond` `repeats` times along dim 0 (image-major order).
+
+    Tensors, tuples/lists and dicts of tensors are handled; anything else passes unchanged.
+    """
+    if isinstance(cond, Tensor):
+        return cond.repeat_interleave(repeats, dim=0)
+    if isinstance(cond, (tuple, list)):
+        return type(cond)(repeat_cond(c, repeats) for c in cond)
+    if isinstance(cond, dict):
+        return {k: repeat_cond(v, repeats) for k, v in cond.items()}
+    return cond
+
+
+class Prior(nn.Module, ABC):
+    """Distribution of initial states given an image.
+
+    Subclasses that are trained on their own (like GTR) set `trainable_alone = True` and
+    implement `loss`; their stage is called "prior".
+    """
+
+    trainable_alone: ClassVar[bool] = False
+    default_training: ClassVar[dict[str, Any]] = {}
+
+    def condition(self, images: Tensor) -> Any:
+        """Image-only work, run once per image. `images`: [B, C, H, W]."""
+        return images
+
+    @abstractmethod
+    def sample(self, state: Any, num_samples: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """Draw `num_samples` initial states per image: [B, num_samples, *state_shape]."""
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Loss of the prior's own stage; a dict with a "loss" key."""
+        raise NotImplementedError(f"{type(self).__name__} has no training stage of its own")
+
+
+class Transport(nn.Module, ABC):
+    """Carries a prior state to a segmentation.
+
+    `kind` declares what it is: "map" (one call), "flow" (a velocity field integrated from
+    t=0 to t=1) or "diffusion" (a denoiser run by a diffusion sampler). `joint = True` means
+    it trains together with its prior (cVAEs) in one stage called "joint".
+    """
+
+    kind: ClassVar[str] = "map"
+    joint: ClassVar[bool] = False
+    default_training: ClassVar[dict[str, Any]] = {}
+
+    def condition(self, images: Tensor) -> Any:
+        """Image-only work, run once per image. `images`: [B, C, H, W]."""
+        return images
+
+    def expand(self, cond: Any, repeats: int, *, generator: torch.Generator | None = None) -> Any:
+        """Per-sample conditioning from per-image `cond` (image-major); override to add randomness."""
+        return repeat_cond(cond, repeats)
+
+    def check_prior(self, prior: Prior) -> None:
+        """Raise `CompatibilityError` when `prior` cannot feed this transport."""
+
+    @abstractmethod
+    def forward(self, x: Tensor, t: Tensor | None, cond: Any) -> Tensor:
+        """Velocity (flow), noise estimate (diffusion) or output (map) at states `x` [N, ...]."""
+
+    def to_probs(self, x: Tensor) -> Tensor:
+        """Final state [N, 1, H, W] -> foreground probabilities [N, H, W] in [0, 1]."""
+        return x.squeeze(1).clamp(0.0, 1.0)
+
+    def loss(self, batch: dict[str, Tensor], prior: Prior) -> dict[str, Tensor]:
+        """Loss of the transport's stage (or the joint stage); a dict with a "loss" key."""
+        raise NotImplementedError(f"{type(self).__name__} has no training loss")
+
+
+class Sampler(ABC):
+    """Integrates a transport field from initial states to final states."""
+
+    integrates: ClassVar[frozenset[str]] = frozenset()
+
+    @abstractmethod
+    def __call__(self, field: Field, x0: Tensor, cond: Any = None, *,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Final states [N, ...] from initial states `x0` [N, ...] under `field(x, t, cond)`."""
+
+    @property
+    def nfe(self) -> int | None:
+        """Field evaluations per sample when fixed (None for adaptive samplers)."""
+        return None

@@ -1,0 +1,220 @@
+"""Name -> component registries with typed configs, and plug-in discovery.
+
+A component registers once with a decorator; its config is a dataclass derived from the
+factory's keyword parameters, so every hyperparameter can be overridden by keyword, unknown
+keys are refused with the closest valid key, and string values (from the CLI) are coerced
+to the declared type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from typing import Any
+
+from .errors import AmbisegError, ConfigError, UnknownNameError, closest
+
+__all__ = [
+    "Entry", "Registry", "coerce", "load_plugins", "PLUGIN_GROUP",
+    "priors", "transports", "samplers", "methods", "backbones", "datasets", "metrics", "REGISTRIES",
+]
+
+PLUGIN_GROUP = "ambiseg.plugins"
+
+
+def coerce(value: Any, annotation: Any, *, where: str) -> Any:
+    """Convert a CLI string to `annotation` (bool, int, float, tuples/lists of those); other values pass."""
+    if not isinstance(value, str) or annotation in (str, Any, inspect.Parameter.empty):
+        return value
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value.lower() in ("none", "null"):
+            return None
+        for arg in args:
+            try:
+                return coerce(value, arg, where=where)
+            except ConfigError:
+                continue
+        return value
+    try:
+        if annotation is bool:
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if annotation in (int, float):
+            return annotation(value)
+        if origin in (tuple, list):
+            inner = args[0] if args else str
+            parts = [p for p in value.strip("()[] ").split(",") if p.strip()]
+            return origin(coerce(p.strip(), inner, where=where) for p in parts)
+    except ValueError:
+        name = getattr(annotation, "__name__", str(annotation))
+        raise ConfigError(f"{where}: cannot read {value!r} as {name}") from None
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One registered component: its name, factory, typed config and free-form info."""
+
+    name: str
+    factory: Callable[..., Any]
+    config: type
+    info: dict[str, Any]
+    kind: str
+
+    def make_config(self, **overrides: Any) -> Any:
+        """The config dataclass with `overrides` applied; `None` values keep the default."""
+        fields = {f.name: f for f in dataclasses.fields(self.config)}
+        values = {}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key not in fields:
+                raise ConfigError(
+                    f"{self.kind} '{self.name}' has no option '{key}'{closest(key, fields)}; "
+                    f"options: {', '.join(fields) or '(none)'}"
+                )
+            values[key] = coerce(value, fields[key].type, where=f"{self.kind} '{self.name}' option '{key}'")
+        missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"{self.kind} '{self.name}' needs option(s): {', '.join(missing)}")
+        return self.config(**values)
+
+    def create(self, *args: Any, **overrides: Any) -> Any:
+        """Build the component; positional args pass straight to the factory."""
+        cfg = self.make_config(**overrides)
+        return self.factory(*args, **dataclasses.asdict(cfg))
+
+
+def _config_type(kind: str, name: str, factory: Callable[..., Any], skip: int) -> type:
+    target = factory.__init__ if inspect.isclass(factory) else getattr(factory, "func", factory)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolved forward references: fall back to raw annotations
+        hints = {}
+    params = list(inspect.signature(factory).parameters.values())[skip:]
+    fields = []
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        ann = hints.get(p.name, p.annotation if p.annotation is not p.empty else Any)
+        default = p.default
+        if default is p.empty:
+            fields.append((p.name, ann))
+        elif isinstance(default, (list, dict, set)):
+            fields.append((p.name, ann, dataclasses.field(default_factory=lambda d=default: type(d)(d))))
+        else:
+            fields.append((p.name, ann, dataclasses.field(default=default)))
+    cls_name = "".join(part.capitalize() for part in f"{name}_{kind}_config".replace("-", "_").split("_"))
+    return dataclasses.make_dataclass(cls_name, fields, frozen=True)
+
+
+class Registry:
+    """A named collection of component factories of one kind (priors, samplers, ...)."""
+
+    def __init__(self, kind: str, *, positional: int = 0) -> None:
+        """`positional`: how many leading factory parameters are runtime inputs, not config."""
+        self.kind = kind
+        self.positional = positional
+        self._entries: dict[str, Entry] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(self, name: str, *, aliases: tuple[str, ...] = (), **info: Any) -> Callable[[Any], Any]:
+        """Decorator registering a class or function under `name` (and `aliases`)."""
+
+        def deco(factory: Any) -> Any:
+            for key in (name, *aliases):
+                if key in self._entries or key in self._aliases:
+                    raise ConfigError(f"{self.kind} '{key}' is registered twice")
+            config = _config_type(self.kind, name, factory, self.positional)
+            self._entries[name] = Entry(name, factory, config, dict(info), self.kind)
+            for alias in aliases:
+                self._aliases[alias] = name
+            return factory
+
+        return deco
+
+    def canonical(self, name: str) -> str:
+        """The registered name behind `name` or its alias; raises with the closest match."""
+        if name in self._entries:
+            return name
+        if name in self._aliases:
+            return self._aliases[name]
+        load_plugins()
+        if name in self._entries or name in self._aliases:
+            return self._aliases.get(name, name)
+        known = sorted([*self._entries, *self._aliases])
+        raise UnknownNameError(
+            f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} '{name}'{closest(name, known)}; "
+            f"known: {', '.join(known)}"
+        )
+
+    def get(self, name: str) -> Entry:
+        return self._entries[self.canonical(name)]
+
+    def create(self, name: str, *args: Any, **overrides: Any) -> Any:
+        """Build component `name` with keyword overrides of its config."""
+        return self.get(name).create(*args, **overrides)
+
+    def names(self) -> list[str]:
+        load_plugins()
+        return sorted(self._entries)
+
+    def aliases(self, name: str) -> list[str]:
+        return sorted(a for a, n in self._aliases.items() if n == name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name in self._entries or name in self._aliases)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {sorted(self._entries)})"
+
+
+priors = Registry("priors")
+transports = Registry("transports")
+samplers = Registry("samplers")
+methods = Registry("methods")
+backbones = Registry("backbones", positional=2)
+datasets = Registry("datasets")
+metrics = Registry("metrics", positional=2)
+REGISTRIES = {r.kind: r for r in (priors, transports, samplers, methods, backbones, datasets, metrics)}
+
+_plugins_loaded = False
+
+
+def load_plugins(*, force: bool = False) -> list[str]:
+    """Import every `ambiseg.plugins` entry point once; a callable target is called.
+
+    A plug-in registers its components with the decorators above when imported (or called),
+    so a new method needs no edit to ambiseg. Returns the names of the loaded entry points.
+    """
+    global _plugins_loaded
+    if _plugins_loaded and not force:
+        return []
+    _plugins_loaded = True
+    loaded = []
+    for ep in metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            target = ep.load()
+            if callable(target) and not inspect.ismodule(target):
+                target()
+        except AmbisegError:
+            raise
+        except Exception as exc:
+            raise AmbisegError(f"plug-in '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+        loaded.append(ep.name)
+    return loaded
