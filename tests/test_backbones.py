@@ -1,0 +1,43 @@
+"""Backbones from spec strings: shapes for unet and smp (incl. timm encoders), clear errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ambiseg import backbones
+from ambiseg.errors import ConfigError, UnknownNameError
+
+
+@pytest.mark.parametrize("spec, opts, cin, cout, size", [
+    ("unet", {"widths": (8, 16, 32)}, 1, 32, 32),
+    ("unet", {"widths": (8, 16)}, 3, 8, 16),       # out == widths[0]: features, no projection
+    ("unet", {}, 1, 32, 32),                        # the papers' 32/64/128/192 U-Net
+    ("smp:Unet:resnet18", {}, 1, 4, 64),
+    ("smp:FPN:resnet18", {}, 3, 2, 64),
+    ("smp:Unet:tu-resnet18", {}, 1, 3, 64),
+])
+def test_output_shapes(spec, opts, cin, cout, size):
+    net = backbones.create(spec, cin, cout, **opts)
+    out = net(torch.randn(2, cin, size, size))
+    assert out.shape == (2, cout, size, size)
+    assert net.out_channels == cout
+
+
+def test_unet_feature_mode_has_no_projection():
+    net = backbones.create("unet", 1, 8, widths=(8, 16))
+    assert isinstance(net.head, torch.nn.Identity)
+
+
+def test_unet_refuses_indivisible_sizes():
+    net = backbones.create("unet", 1, 4, widths=(4, 8, 16))
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        net(torch.randn(1, 1, 18, 18))
+
+
+def test_bad_specs():
+    with pytest.raises(UnknownNameError, match="did you mean 'unet'"):
+        backbones.create("unte", 1, 1)
+    with pytest.raises(ConfigError, match="unknown smp architecture 'Unt'.*did you mean 'Unet'"):
+        backbones.create("smp:Unt:resnet18", 1, 1)
+    with pytest.raises(ConfigError, match="unknown smp encoder 'resnet19'"):
+        backbones.create("smp:Unet:resnet19", 1, 1)

@@ -1,0 +1,129 @@
+"""Registry: typed configs, errors with suggestions, aliases, plug-ins via entry points."""
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+
+import pytest
+
+import ambiseg
+from ambiseg.errors import ConfigError, UnknownNameError
+from ambiseg.registry import Registry, load_plugins, priors
+
+
+def make_registry() -> Registry:
+    reg = Registry("widgets")
+
+    @reg.register("box", aliases=("crate",))
+    class Box:
+        def __init__(self, size: int = 3, ratio: float = 0.5, flat: bool = False, dims: tuple[int, ...] = (1, 2)) -> None:
+            self.size, self.ratio, self.flat, self.dims = size, ratio, flat, dims
+
+    @reg.register("ball")
+    def ball(radius: float) -> dict:
+        return {"radius": radius}
+
+    return reg
+
+
+def test_create_with_defaults_and_overrides():
+    reg = make_registry()
+    box = reg.create("box")
+    assert (box.size, box.ratio, box.flat, box.dims) == (3, 0.5, False, (1, 2))
+    box = reg.create("crate", size=7, ratio=None)  # alias; None keeps the default
+    assert (box.size, box.ratio) == (7, 0.5)
+
+
+def test_string_values_are_coerced_to_declared_types():
+    box = make_registry().create("box", size="4", ratio="0.25", flat="true", dims="3,4,5")
+    assert (box.size, box.ratio, box.flat, box.dims) == (4, 0.25, True, (3, 4, 5))
+    with pytest.raises(ConfigError, match="cannot read 'four' as int"):
+        make_registry().create("box", size="four")
+
+
+def test_config_is_a_typed_dataclass():
+    entry = make_registry().get("box")
+    cfg = entry.make_config(size=2)
+    assert cfg.size == 2 and type(cfg).__dataclass_fields__["size"].type is int
+
+
+def test_unknown_name_lists_known_and_closest():
+    with pytest.raises(UnknownNameError) as info:
+        make_registry().get("bx")
+    msg = str(info.value)
+    assert "unknown widget 'bx'" in msg and "did you mean 'box'" in msg and "ball, box, crate" in msg
+
+
+def test_unknown_option_names_closest_option():
+    with pytest.raises(ConfigError, match="no option 'sise'.*did you mean 'size'"):
+        make_registry().create("box", sise=3)
+
+
+def test_missing_required_option():
+    with pytest.raises(ConfigError, match="needs option.*radius"):
+        make_registry().create("ball")
+    assert make_registry().create("ball", radius="2.5") == {"radius": 2.5}
+
+
+def test_duplicate_names_are_refused():
+    reg = make_registry()
+    with pytest.raises(ConfigError, match="registered twice"):
+        reg.register("crate")(lambda: None)
+
+
+def test_list_components_covers_every_registry():
+    comps = ambiseg.list_components()
+    assert set(comps) == {"priors", "transports", "samplers", "methods", "backbones", "datasets", "metrics"}
+    assert {"euler", "heun", "midpoint", "rk4", "dopri5", "direct"} <= set(comps["samplers"])
+    assert {"unet", "smp"} <= set(comps["backbones"])
+
+
+def test_plugin_from_an_installed_distribution(tmp_path, monkeypatch):
+    """A real distribution on sys.path (dist-info + entry_points.txt) registers a prior."""
+    (tmp_path / "ambiseg_demo_plugin.py").write_text(textwrap.dedent('''
+        import torch
+        from ambiseg import Prior
+        from ambiseg.registry import priors
+
+        @priors.register("demo-zeros")
+        class Zeros(Prior):
+            def __init__(self, value: float = 0.0):
+                super().__init__()
+                self.value = value
+            def sample(self, state, num_samples, *, generator=None):
+                b, _, h, w = state.shape
+                return torch.full((b, num_samples, 1, h, w), self.value)
+    '''))
+    dist = tmp_path / "ambiseg_demo_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ambiseg-demo-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ambiseg.plugins]\ndemo = ambiseg_demo_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        assert "demo" in load_plugins(force=True)
+        assert "demo-zeros" in ambiseg.list_components()["priors"]
+        method = ambiseg.compose(prior={"name": "demo-zeros", "value": 0.25}, transport=Identity(), sampler="direct")
+        import torch
+        out = method.sample(torch.zeros(2, 1, 8, 8), 3)
+        assert out.shape == (2, 3, 8, 8) and torch.allclose(out, torch.full_like(out, 0.25))
+    finally:
+        priors._entries.pop("demo-zeros", None)
+        sys.modules.pop("ambiseg_demo_plugin", None)
+
+
+def test_broken_plugin_gives_a_clear_error(monkeypatch):
+    from importlib import metadata
+
+    ep = metadata.EntryPoint(name="broken", value="no_such_module_xyz", group="ambiseg.plugins")
+    monkeypatch.setattr("ambiseg.registry.metadata.entry_points", lambda group: [ep])
+    with pytest.raises(ambiseg.AmbisegError, match="plug-in 'broken'.*failed to load"):
+        load_plugins(force=True)
+
+
+class Identity(ambiseg.Transport):
+    kind = "map"
+
+    def forward(self, x, t, cond):
+        return x
