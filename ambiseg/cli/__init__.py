@@ -10,6 +10,8 @@ import click
 
 from ..errors import AmbisegError
 from .app import cli
+from . import show  # noqa: F401
+from . import bench, evaluate, train  # noqa: F401  (register commands)
 
 __all__ = ["main", "cli"]
 

@@ -1,6 +1,8 @@
 """The click group and the `list` command; other commands register on `cli` from their modules."""
 from __future__ import annotations
 
+import sys
+
 import click
 from rich.console import Console
 from rich.table import Table
@@ -9,7 +11,8 @@ from .. import __version__
 
 __all__ = ["cli", "console"]
 
-console = Console()
+# wide enough for the leaderboard when the output is a file or a pipe (rich would use 80)
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,5 +2,8 @@
 from __future__ import annotations
 
 from . import noise  # noqa: F401
+from . import deterministic  # noqa: F401
+from . import probunet  # noqa: F401
+from . import phiseg  # noqa: F401
 
 __all__: list[str] = []

@@ -1,0 +1,179 @@
+"""Checkpoints: one safetensors file (weights, optimiser tensors, RNG states) whose header
+carries the JSON config and training state. No pickle anywhere, written atomically.
+
+Layout of the tensors: `model/<name>`, `optim/<param index>/<key>`, `rng/torch`,
+`rng/cuda/<device>`; the header's `ambiseg` entry holds the method config, stage, epoch,
+step, optimiser hyperparameters, Python/NumPy RNG states and the ambiseg version.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .errors import AmbisegError
+from .io import atomic_path
+
+__all__ = [
+    "Checkpoint", "save_checkpoint", "load_checkpoint", "load_weights", "load_method", "optimizer_state",
+    "capture_rng", "restore_rng", "FORMAT",
+]
+
+FORMAT = 1
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds, tensors separated by role."""
+
+    meta: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    optim: dict[str, torch.Tensor] = field(default_factory=dict)
+    rng: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta["config"]
+
+
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Torch (CPU and CUDA) RNG states as tensors, Python and NumPy ones as JSON."""
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = state
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return tensors, {"python": [py_state[0], list(py_state[1]), py_state[2]],
+                     "numpy": [np_state[0], np_state[1].tolist(), *[float(x) if isinstance(x, float) else int(x) for x in np_state[2:]]]}
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], states: dict[str, Any]) -> None:
+    """Inverse of `capture_rng`."""
+    if "rng/torch" in tensors:
+        torch.set_rng_state(tensors["rng/torch"])
+    if torch.cuda.is_available():
+        for key, state in tensors.items():
+            if key.startswith("rng/cuda/") and int(key.rsplit("/", 1)[1]) < torch.cuda.device_count():
+                torch.cuda.set_rng_state(state, int(key.rsplit("/", 1)[1]))
+    if "python" in states:
+        v, internal, gauss = states["python"]
+        random.setstate((v, tuple(internal), gauss))
+    if "numpy" in states:
+        name, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, scalars = {}, {}
+    for idx, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{idx}/{key}"] = value
+            else:
+                scalars[f"{idx}/{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_state(ckpt: Checkpoint) -> dict[str, Any] | None:
+    """Rebuild an optimiser state dict from a checkpoint (None when it holds none)."""
+    info = ckpt.meta.get("optimizer")
+    if info is None:
+        return None
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in ckpt.optim.items():
+        _, idx, name = key.split("/", 2)
+        state.setdefault(int(idx), {})[name] = value
+    for key, value in info["scalars"].items():
+        idx, name = key.split("/", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: dict[str, Any], *,
+                    optimizer: torch.optim.Optimizer | None = None, rng: bool = True, **state: Any) -> None:
+    """Write a checkpoint of `model` (and optimiser, RNG) with `config` and training `state`."""
+    tensors = {f"model/{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    meta: dict[str, Any] = {"format": FORMAT, "ambiseg_version": __version__, "method": config.get("method"),
+                            "config": config, **state}
+    if optimizer is not None:
+        opt_tensors, meta["optimizer"] = _flatten_optimizer(optimizer.state_dict())
+        tensors.update({k: v.detach().cpu().contiguous().clone() for k, v in opt_tensors.items()})
+    if rng:
+        rng_tensors, meta["rng"] = capture_rng()
+        tensors.update({k: v.cpu().contiguous().clone() for k, v in rng_tensors.items()})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"ambiseg": json.dumps(meta)})
+
+
+def load_checkpoint(path: str | os.PathLike, *, method: str | None = None) -> Checkpoint:
+    """Read a checkpoint (safetensors only; nothing is unpickled).
+
+    Refuses, with a message saying which: a missing, truncated or foreign file, a checkpoint of
+    another ambiseg major version, or (when `method` is given) one of another method.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AmbisegError(f"checkpoint {path} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise AmbisegError(f"checkpoint {path} is not a readable safetensors file (truncated or not a checkpoint): {exc}") from None
+    if "ambiseg" not in header:
+        raise AmbisegError(f"{path} is a safetensors file but not an ambiseg checkpoint (no 'ambiseg' header)")
+    meta = json.loads(header["ambiseg"])
+    major = str(meta.get("ambiseg_version", "0")).split(".")[0]
+    if major != __version__.split(".")[0]:
+        raise AmbisegError(f"checkpoint {path} was written by ambiseg {meta.get('ambiseg_version')}; "
+                           f"this is ambiseg {__version__} (major versions differ); retrain or use a matching version")
+    if method is not None and meta.get("method") != method:
+        raise AmbisegError(f"checkpoint {path} is of method '{meta.get('method')}', not '{method}'")
+    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "rng": {}}
+    for key, value in tensors.items():
+        role, _, name = key.partition("/")
+        if role == "model":
+            groups["model"][name] = value
+        elif role in groups:
+            groups[role][key] = value
+    return Checkpoint(meta=meta, model=groups["model"], optim=groups["optim"], rng=groups["rng"])
+
+
+def load_weights(model: torch.nn.Module, ckpt: Checkpoint, *, source: str = "checkpoint") -> None:
+    """Load `ckpt`'s weights into `model`, refusing a mismatch of names or shapes with the first difference."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(ckpt.model))
+    extra = sorted(set(ckpt.model) - set(own))
+    if missing or extra:
+        which = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise AmbisegError(f"{source} does not fit this method's configuration ({which}; "
+                           f"{len(missing)} missing, {len(extra)} unexpected tensors); build the method from the checkpoint's config")
+    for key, value in own.items():
+        if value.shape != ckpt.model[key].shape:
+            raise AmbisegError(f"{source} does not fit this method's configuration: {key} has shape "
+                               f"{tuple(ckpt.model[key].shape)} there but {tuple(value.shape)} here")
+    model.load_state_dict(ckpt.model)
+
+
+
+def load_method(path: str | os.PathLike) -> tuple[Any, Checkpoint]:
+    """Rebuild the method stored in checkpoint `path` (from its config) and load its weights."""
+    from .method import Method
+
+    ckpt = load_checkpoint(path)
+    method = Method.from_config(ckpt.config)
+    load_weights(method, ckpt, source=str(path))
+    method.eval()
+    return method, ckpt

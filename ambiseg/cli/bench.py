@@ -1,0 +1,54 @@
+"""`ambiseg bench` and `ambiseg leaderboard`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..bench import BenchSpec, run_bench
+from ..errors import ConfigError
+from ..leaderboard import to_rich, write_leaderboard
+from .app import cli, console
+from .options import common_set_option, data_options, parse_counts, parse_ints, parse_sets
+
+
+@cli.command("bench")
+@click.option("--methods", required=True, help="comma-separated registered methods, e.g. atfm,phiseg,probunet")
+@data_options
+@common_set_option
+@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
+@click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
+@click.option("--samples", "samples", default="16,32,100", show_default=True, help="sample counts to evaluate")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/bench"), show_default=True)
+@click.option("--max-batch", type=int, default=None, help="at most this many states per sampler call (bounds memory)")
+@click.option("--no-baseline", is_flag=True, help="leave out the deterministic U-Net reference row")
+@click.option("--retrain", is_flag=True, help="train again even when OUT holds a finished run")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+def bench_cmd(methods: str, data_name: str, root: str | None, preset: str, sets: tuple[str, ...], device: str | None,
+              seeds: str, samples: str, out: Path, max_batch: int | None, no_baseline: bool, retrain: bool,
+              no_progress: bool) -> None:
+    """Train, sample, evaluate and time METHODS on one dataset; print and write the leaderboard."""
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if max_batch is not None and max_batch < 1:
+        raise ConfigError(f"--max-batch must be >= 1, got {max_batch}")
+    from ..registry import methods as registry
+
+    names = [registry.canonical(n) for n in names]  # unknown names fail before any work
+    spec = BenchSpec(methods=names, data=data_name, root=root, preset=preset, device=device,
+                     seeds=parse_ints(seeds, "--seeds"), counts=parse_counts(samples), out=out,
+                     overrides=parse_sets(sets), baseline=not no_baseline, retrain=retrain,
+                     progress=not no_progress, max_batch=max_batch)
+    run_bench(spec, console=console)
+
+
+@cli.command("leaderboard")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where leaderboard.{md,csv,tex,png} go (default: the first input directory)")
+def leaderboard_cmd(inputs: tuple[Path, ...], out: Path | None) -> None:
+    """Merge bench records from INPUTS (directories or record files) into one leaderboard."""
+    target = out or (inputs[0] if inputs[0].is_dir() else inputs[0].parent)
+    rows, paths = write_leaderboard(list(inputs), target)
+    for table in to_rich(rows):
+        console.print(table)
+    console.print(f"written: {', '.join(str(p) for p in paths.values())}")

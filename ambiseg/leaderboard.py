@@ -1,0 +1,250 @@
+"""Merge bench records into a leaderboard: Markdown, CSV, LaTeX and a GED-vs-time figure.
+
+Records are grouped by (dataset, preset, method); per seed the newest record counts, and the
+per-image values of all seeds are pooled for the mean and its 95% bootstrap interval. Record
+files are never deleted or rewritten, so merging never drops earlier results.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_path, write_text
+from .results import read_records, summarise
+
+__all__ = ["Row", "build_rows", "to_rich", "to_markdown", "to_csv", "to_latex", "plot", "write_leaderboard", "METRIC_ORDER"]
+
+# headline columns of the Markdown/LaTeX/console tables; the CSV has every metric
+METRIC_ORDER = ["GED16", "GED32", "GED100", "Diversity100", "HM-IoU16", "HM-IoU32", "MDM32", "CI32", "NCC32",
+                "TrueGED100", "ModeTV100"]
+
+
+@dataclass
+class Row:
+    dataset: str
+    preset: str
+    method: str
+    seeds: list[int]
+    metrics: dict[str, dict[str, float]]
+    untrained: dict[str, float]
+    train_s: float
+    sample_s: float
+    samples_timed: int
+    params: int
+    flops_per_image: float | None
+    flops_per_sample: float | None
+    peak_mb: float | None
+    device: str
+
+
+def build_rows(records: list[dict[str, Any]]) -> list[Row]:
+    """One row per (dataset, preset, method): newest record per seed, per-image values pooled."""
+    newest: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    for rec in records:
+        key = (rec["dataset"], rec["preset"], rec["method"], int(rec["seed"]))
+        if key not in newest or rec["created"] > newest[key]["created"]:
+            newest[key] = rec
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for (dataset, preset, method, _), rec in sorted(newest.items()):
+        groups[(dataset, preset, method)].append(rec)
+    rows = []
+    for (dataset, preset, method), recs in groups.items():
+        pooled: dict[str, list[float]] = defaultdict(list)
+        untrained: dict[str, list[float]] = defaultdict(list)
+        for rec in recs:
+            for k, v in rec["per_image"].items():
+                pooled[k] += v
+            for k, v in rec.get("untrained", {}).items():
+                untrained[k].append(v)
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        rows.append(Row(
+            dataset=dataset, preset=preset, method=method, seeds=[int(r["seed"]) for r in recs],
+            metrics=summarise(pooled), untrained={k: mean(v) for k, v in untrained.items()},
+            train_s=mean([r["timing"]["train_s"] for r in recs]),
+            sample_s=mean([r["timing"]["sample_s_per_image"] for r in recs]),
+            samples_timed=int(recs[0]["timing"]["samples_per_image"]),
+            params=int(recs[0]["params"]), flops_per_image=recs[0].get("flops", {}).get("per_image"),
+            flops_per_sample=recs[0].get("flops", {}).get("per_sample"),
+            peak_mb=max((r.get("memory", {}).get("peak_mb") or 0.0) for r in recs) or None,
+            device=recs[0]["env"]["device_name"] or recs[0]["env"]["device"],
+        ))
+    rows.sort(key=lambda r: (r.dataset, r.preset, _sort_value(r), r.method))
+    return rows
+
+
+def _headline(row: Row) -> str | None:
+    for key in ("GED100", "GED32", "GED16"):
+        if key in row.metrics:
+            return key
+    return None
+
+
+def _sort_value(row: Row) -> float:
+    key = _headline(row)
+    return row.metrics[key]["mean"] if key else math.inf
+
+
+def _columns(rows: list[Row], *, every: bool = False) -> list[str]:
+    """Metric columns present in `rows`: the headline ones in order (`every`: all of them)."""
+    present = {k for r in rows for k in r.metrics}
+    head = [k for k in METRIC_ORDER if k in present]
+    return head + sorted(present - set(METRIC_ORDER)) if every else head
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _human(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    cols = _columns(rows)
+    counts = {int(r.untrained["samples"]) for r in rows if "GED" in r.untrained}
+    untrained = bool(counts)
+    header = ["method", *cols]
+    if untrained:
+        header.append(f"GED{'/'.join(map(str, sorted(counts)))} untrained")
+    header += ["train s", f"sample s / {rows[0].samples_timed}" if rows else "sample s", "params", "FLOPs/image",
+               "FLOPs/sample", "peak MB", "seeds"]
+    body = []
+    for r in rows:
+        line = [r.method]
+        for c in cols:
+            m = r.metrics.get(c)
+            line.append(f"{_fmt(m['mean'])} [{_fmt(m['lo'])}, {_fmt(m['hi'])}]" if m else "-")
+        if untrained:
+            line.append(_fmt(r.untrained.get("GED")))
+        line += [f"{r.train_s:.1f}", f"{r.sample_s:.3f}", _human(r.params), _human(r.flops_per_image),
+                 _human(r.flops_per_sample),
+                 _fmt(r.peak_mb, 0), ",".join(map(str, r.seeds))]
+        body.append(line)
+    return header, body
+
+
+def _sections(rows: list[Row]) -> dict[tuple[str, str], list[Row]]:
+    out: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for r in rows:
+        out[(r.dataset, r.preset)].append(r)
+    return out
+
+
+CONSOLE_DROP = ("HM-IoU16", "CI32", "NCC32", "params", "FLOPs/image", "FLOPs/sample", "peak MB", "seeds")
+
+
+def to_rich(rows: list[Row]) -> list[Any]:
+    """Console tables (rich), one per (dataset, preset): means only, the widest columns left out."""
+    from rich.table import Table
+
+    tables = []
+    for (dataset, preset), group in _sections(rows).items():
+        header, body = _table(group)
+        keep = [i for i, name in enumerate(header) if name not in CONSOLE_DROP]
+        table = Table(title=f"{dataset} / preset {preset} / {group[0].device}")
+        for i in keep:
+            table.add_column(header[i], justify="left" if i == 0 else "right")
+        for line in body:
+            table.add_row(*[line[i].split(" [")[0] for i in keep])
+        tables.append(table)
+    return tables
+
+
+def to_markdown(rows: list[Row]) -> str:
+    parts = []
+    for (dataset, preset), group in _sections(rows).items():
+        header, body = _table(group)
+        parts.append(f"### {dataset} — preset `{preset}` — {group[0].device}\n")
+        parts.append("| " + " | ".join(header) + " |")
+        parts.append("|" + "---|" * len(header))
+        parts += ["| " + " | ".join(line) + " |" for line in body]
+        parts.append("")
+    parts.append("Metrics: mean over test images [95% bootstrap interval]; lower GED is better, higher HM-IoU/MDM "
+                 "is better. Diversity = E d(S, S'). sample s = seconds to draw the samples of one image (warm).")
+    return "\n".join(parts) + "\n"
+
+
+def to_csv(rows: list[Row]) -> str:
+    cols = _columns(rows, every=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["dataset", "preset", "method", "seeds", *[f"{c}{s}" for c in cols for s in ("", "_lo", "_hi")],
+                     "untrained_GED", "untrained_samples", "train_s", "sample_s_per_image", "samples_per_image", "params",
+                     "flops_per_sample", "peak_mb", "device"])
+    for r in rows:
+        values = []
+        for c in cols:
+            m = r.metrics.get(c, {})
+            values += [m.get("mean", ""), m.get("lo", ""), m.get("hi", "")]
+        unt = r.untrained.get("GED", "")
+        writer.writerow([r.dataset, r.preset, r.method, " ".join(map(str, r.seeds)), *values, unt, r.untrained.get("samples", ""), r.train_s,
+                         r.sample_s, r.samples_timed, r.params, r.flops_per_sample or "", r.peak_mb or "", r.device])
+    return buf.getvalue()
+
+
+def to_latex(rows: list[Row]) -> str:
+    parts = []
+    for (dataset, preset), group in _sections(rows).items():
+        cols = [c for c in _columns(group) if not c.startswith(("Diversity", "TrueGED", "ModeTV"))]
+        parts.append(f"% {dataset}, preset {preset}")
+        parts.append("\\begin{tabular}{l" + "c" * (len(cols) + 1) + "}")
+        parts.append("\\toprule")
+        parts.append("Method & " + " & ".join(cols) + " & Time (s) \\\\")
+        parts.append("\\midrule")
+        for r in group:
+            cells = [_fmt(r.metrics[c]["mean"]) if c in r.metrics else "-" for c in cols]
+            parts.append(f"{r.method.replace('_', chr(92) + '_')} & " + " & ".join(cells) + f" & {r.sample_s:.2f} \\\\")
+        parts.append("\\bottomrule")
+        parts.append("\\end{tabular}\n")
+    return "\n".join(parts)
+
+
+def plot(rows: list[Row], path: str | Path) -> None:
+    """GED (headline count) against sampling time per image, one point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sections = _sections(rows)
+    fig, axes = plt.subplots(1, len(sections), figsize=(5.5 * len(sections), 4.2), squeeze=False)
+    for ax, ((dataset, preset), group) in zip(axes[0], sections.items()):
+        key = _headline(group[0]) or "GED"
+        for r in group:
+            if key in r.metrics:
+                m = r.metrics[key]
+                ax.errorbar(r.sample_s, m["mean"], yerr=[[m["mean"] - m["lo"]], [m["hi"] - m["mean"]]], fmt="o", capsize=3)
+                ax.annotate(r.method, (r.sample_s, m["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"seconds for {group[0].samples_timed} samples of one image")
+        ax.set_ylabel(f"{key} (lower is better)")
+        ax.set_title(f"{dataset} / {preset}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_leaderboard(inputs: list[str | Path], out: str | Path) -> tuple[list[Row], dict[str, Path]]:
+    """Read records from `inputs`, write leaderboard.{md,csv,tex,png} into `out`, return rows and paths."""
+    rows = build_rows(read_records(inputs))
+    out = Path(out)
+    paths = {ext: out / f"leaderboard.{ext}" for ext in ("md", "csv", "tex", "png")}
+    write_text(paths["md"], to_markdown(rows))
+    write_text(paths["csv"], to_csv(rows))
+    write_text(paths["tex"], to_latex(rows))
+    plot(rows, paths["png"])
+    return rows, paths

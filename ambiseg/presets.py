@@ -1,0 +1,56 @@
+"""Benchmark presets: how much data, which method preset, how many test images.
+
+`smoke` proves the pipeline in seconds, `cpu` is the default (the three headline methods in
+well under 15 minutes on 2 CPU cores on the synthetic data), `paper` uses each method's
+paper preset for the dataset (`paper-lidc`, `paper-isic3`) and full splits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError, closest
+
+__all__ = ["BenchPreset", "BENCH_PRESETS", "bench_preset"]
+
+
+@dataclass(frozen=True)
+class BenchPreset:
+    """Data sizes per split and dataset, the method preset, and evaluation sizes."""
+
+    method_preset: str
+    data: dict[str, dict[str, dict[str, Any]]]  # dataset -> split -> dataset options
+    untrained_samples: int = 16
+    warmup: bool = True
+    flops: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def method_preset_for(self, dataset: str) -> str:
+        return self.method_preset.format(dataset={"isic3": "isic3"}.get(dataset, "lidc"))
+
+    def data_options(self, dataset: str, split: str) -> dict[str, Any]:
+        return dict(self.data.get(dataset, {}).get(split, {}))
+
+
+_SYN_SMOKE = {"size": 32, "sizes": (16, 4, 4)}
+_SYN_CPU = {"size": 64, "sizes": (400, 8, 16)}
+
+BENCH_PRESETS = {
+    "smoke": BenchPreset(
+        method_preset="smoke", untrained_samples=4,
+        data={"synthetic": {s: dict(_SYN_SMOKE) for s in ("train", "val", "test")},
+              "lidc": {"train": {"limit": 16}, "val": {"limit": 4}, "test": {"limit": 4}},
+              "isic3": {"train": {"limit": 8}, "val": {"limit": 2}, "test": {"limit": 2}}}),
+    "cpu": BenchPreset(
+        method_preset="cpu",
+        data={"synthetic": {s: dict(_SYN_CPU) for s in ("train", "val", "test")},
+              "lidc": {"train": {"limit": 1500}, "val": {"limit": 8}, "test": {"limit": 24}},
+              "isic3": {"train": {"limit": 150}, "val": {"limit": 8}, "test": {"limit": 16}}}),
+    "paper": BenchPreset(method_preset="paper-{dataset}", data={}),
+}
+
+
+def bench_preset(name: str) -> BenchPreset:
+    if name not in BENCH_PRESETS:
+        raise ConfigError(f"unknown preset '{name}'{closest(name, BENCH_PRESETS)}; presets: {', '.join(BENCH_PRESETS)}")
+    return BENCH_PRESETS[name]

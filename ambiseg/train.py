@@ -1,0 +1,250 @@
+"""The trainer: runs a method's stages in order, validates, checkpoints and resumes.
+
+Determinism: batches come from a per-(seed, stage, epoch) permutation, the global RNG states
+(which drive annotator draws, noise and t in the losses) are saved in every checkpoint, and
+validation runs under a forked RNG, so a run resumed from any checkpoint ends with the same
+weights as an uninterrupted one on the CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import Dataset
+
+from .checkpoint import load_checkpoint, load_weights, optimizer_state, restore_rng, save_checkpoint
+from .errors import AmbisegError, ConfigError, closest
+from .method import Method
+
+__all__ = ["Trainer", "TrainResult", "TrainingError", "collate", "to_device", "make_optimizer", "seed_everything"]
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+class TrainingError(AmbisegError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    seconds: float
+    steps: dict[str, int]
+    best: dict[str, float | None]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), NumPy and Python's `random`."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensor fields of dataset items; other fields become lists."""
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def make_optimizer(cfg: dict[str, Any], params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """Optimiser from a stage's training config (`optimizer`, `lr`, `weight_decay`)."""
+    name = str(cfg["optimizer"]).lower()
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer '{name}'{closest(name, OPTIMIZERS)}; known: {', '.join(OPTIMIZERS)}")
+    if not params:
+        raise ConfigError("this stage has no trainable parameters")
+    return OPTIMIZERS[name](params, lr=float(cfg["lr"]), weight_decay=float(cfg.get("weight_decay") or 0.0))
+
+
+class Trainer:
+    """Trains `method` on `train_set`, one stage after another.
+
+    Args:
+        method: the method to train (its `train_config` gives each stage's optimiser and length).
+        train_set: dataset of dicts with `image` and `masks`.
+        val_set: optional; each epoch the last stage is validated by GED on a few images
+            (earlier stages by their loss) and the best weights are kept and restored.
+        out_dir: where `last.safetensors` / `best.safetensors` go (None: no checkpoints).
+        save_every: also checkpoint every this many optimiser steps.
+    """
+
+    def __init__(self, method: Method, train_set: Dataset, val_set: Dataset | None = None, *,
+                 out_dir: str | Path | None = None, seed: int = 0, device: str | torch.device = "cpu",
+                 progress: bool = True, detect_anomaly: bool = False, save_every: int = 50, amp: bool = True,
+                 console: Console | None = None) -> None:
+        if len(train_set) == 0:
+            raise AmbisegError("the training set is empty; check the dataset root and split")
+        self.method, self.train_set, self.val_set = method, train_set, val_set
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.seed, self.device = int(seed), torch.device(device)
+        self.progress, self.detect_anomaly, self.save_every = progress, detect_anomaly, max(1, int(save_every))
+        self.amp = amp and self.device.type == "cuda"
+        self.console = console or Console(stderr=True)
+        self.history: list[dict[str, Any]] = []
+
+    # ---- schedule -------------------------------------------------------------------------
+    def _stage_length(self, stage: str) -> tuple[int, int, int]:
+        cfg = self.method.train_config[stage]
+        bs = int(cfg["batch_size"])
+        if bs < 1:
+            raise ConfigError(f"train.{stage}.batch_size must be >= 1, got {bs}")
+        per_epoch = math.ceil(len(self.train_set) / bs)
+        steps = cfg.get("steps")
+        total = int(steps) if steps is not None else int(cfg["epochs"]) * per_epoch
+        if total < 1:
+            raise ConfigError(f"train.{stage}: steps/epochs must give at least one step, got {total}")
+        return bs, per_epoch, total
+
+    def _epoch_batches(self, stage: str, epoch: int, bs: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.method.stages.index(stage) * 10_007 + epoch)
+        perm = torch.randperm(len(self.train_set), generator=g).tolist()
+        return [perm[i:i + bs] for i in range(0, len(perm), bs)]
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def _save(self, name: str, optimizer: torch.optim.Optimizer | None, **state: Any) -> None:
+        if self.out_dir is not None:
+            save_checkpoint(self.out_dir / name, self.method, self.method.config, optimizer=optimizer,
+                            seed=self.seed, history=self.history, **state)
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        path = self.out_dir / "last.safetensors" if self.out_dir else None
+        if path is None or not path.exists():
+            return None
+        ckpt = load_checkpoint(path, method=self.method.name)
+        load_weights(self.method, ckpt, source=str(path))
+        restore_rng(ckpt.rng, ckpt.meta.get("rng", {}))
+        self.history = list(ckpt.meta.get("history", []))
+        return {**ckpt.meta, "optimizer_state": optimizer_state(ckpt)}
+
+    # ---- validation -----------------------------------------------------------------------
+    def _validate(self, stage: str) -> float | None:
+        if self.val_set is None or len(self.val_set) == 0:
+            return None
+        cfg = self.method.train_config[stage]
+        n = min(len(self.val_set), int(cfg.get("val_images") or 8))
+        batch = to_device(collate([self.val_set[i] for i in range(n)]), self.device)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.seed + 12345)
+            if stage != self.method.stages[-1]:
+                with torch.no_grad():
+                    return float(self.method.loss(batch, stage)["loss"])
+            from .metrics import ged
+
+            gen = torch.Generator(self.device).manual_seed(self.seed + 54321)
+            samples = self.method.sample(batch["image"], int(cfg.get("val_samples") or 8), generator=gen)
+            return float(ged(samples, batch["masks"]).mean())
+
+    # ---- main loop ------------------------------------------------------------------------
+    def fit(self, *, resume: bool = False) -> TrainResult:
+        """Train every stage; with `resume`, continue from `out_dir/last.safetensors` if present."""
+        self.method.to(self.device)
+        state = self._resume_state() if resume else None
+        if state is None:
+            seed_everything(self.seed)
+        done_stages = state["stage_index"] if state else 0
+        elapsed = float(state.get("seconds", 0.0)) if state else 0.0
+        best: dict[str, float | None] = dict(state.get("best", {})) if state else {}
+        steps_done: dict[str, int] = {}
+        anomaly = torch.autograd.detect_anomaly() if self.detect_anomaly else contextlib.nullcontext()
+        start = time.perf_counter()
+        with anomaly, self._progress() as bar:
+            for index, stage in enumerate(self.method.stages):
+                if index < done_stages:
+                    continue
+                resumed = state if state and state["stage_index"] == index else None
+                steps_done[stage] = self._fit_stage(stage, index, resumed, best, bar, elapsed, start)
+                state = None
+                self._save("last.safetensors", None, stage_index=index + 1, stage=stage, step=0,
+                           best=best, seconds=elapsed + time.perf_counter() - start)
+        self.method.eval()
+        return TrainResult(seconds=elapsed + time.perf_counter() - start, steps=steps_done, best=best,
+                           history=self.history)
+
+    def _fit_stage(self, stage: str, index: int, resumed: dict[str, Any] | None, best: dict[str, float | None],
+                   bar: Progress | None, elapsed: float, start: float) -> int:
+        cfg = self.method.train_config[stage]
+        bs, per_epoch, total = self._stage_length(stage)
+        params = self.method.begin_stage(stage)
+        optimizer = make_optimizer(cfg, params)
+        step = 0
+        if resumed is not None:
+            step = int(resumed["step"])
+            if resumed.get("optimizer_state"):
+                optimizer.load_state_dict(resumed["optimizer_state"])
+        clip = cfg.get("grad_clip")
+        task = bar.add_task(f"{self.method.name}:{stage}", total=total, completed=step, loss=float("nan"),
+                            rate="") if bar else None
+        t0, s0 = time.perf_counter(), step
+        while step < total:
+            epoch, offset = divmod(step, per_epoch)
+            for idx in self._epoch_batches(stage, epoch, bs)[offset:]:
+                batch = to_device(collate([self.train_set[i] for i in idx]), self.device)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                    terms = self.method.loss(batch, stage)
+                loss = terms["loss"]
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"non-finite loss ({loss.item()}) in stage '{stage}', epoch {epoch}, step {step}; "
+                                        "the last good checkpoint is kept; lower the learning rate or run with --detect-anomaly")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(params, float(clip))
+                optimizer.step()
+                step += 1
+                end_of_epoch = step % per_epoch == 0 or step == total
+                if bar is not None:
+                    rate = (step - s0) / max(time.perf_counter() - t0, 1e-9)
+                    bar.update(task, completed=step, loss=loss.item(), rate=f"{rate:.1f} it/s")
+                if end_of_epoch:
+                    self._end_epoch(stage, epoch, step, loss.item(), best)
+                if end_of_epoch or step % self.save_every == 0:
+                    self._save("last.safetensors", optimizer, stage_index=index, stage=stage, step=step,
+                               best=best, seconds=elapsed + time.perf_counter() - start)
+                if step >= total:
+                    break
+        if self.out_dir is not None and (self.out_dir / "best.safetensors").exists() and best.get(stage) is not None:
+            ckpt = load_checkpoint(self.out_dir / "best.safetensors", method=self.method.name)
+            if ckpt.meta.get("stage") == stage:
+                load_weights(self.method, ckpt, source="best checkpoint")
+        return step
+
+    def _end_epoch(self, stage: str, epoch: int, step: int, loss: float, best: dict[str, float | None]) -> None:
+        score = self._validate(stage)
+        self.history.append({"stage": stage, "epoch": epoch, "step": step, "loss": loss, "val": score})
+        if score is None:
+            return
+        previous = best.get(stage)
+        if previous is None or score < previous:
+            best[stage] = score
+            self._save("best.safetensors", None, stage_index=self.method.stages.index(stage), stage=stage,
+                       step=step, best=best, rng=False)
+
+    @contextlib.contextmanager
+    def _progress(self) -> Iterator[Progress | None]:
+        if not self.progress:
+            yield None
+            return
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]}"),
+                       TimeRemainingColumn(), console=self.console, transient=False)
+        with bar:
+            yield bar
