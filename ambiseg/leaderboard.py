@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,12 @@ from typing import Any
 from .io import atomic_path, write_text
 from .results import read_records, summarise
 
-__all__ = ["Row", "build_rows", "to_rich", "to_markdown", "to_csv", "to_latex", "plot", "write_leaderboard", "METRIC_ORDER"]
+__all__ = ["Row", "build_rows", "to_rich", "to_markdown", "to_csv", "to_latex", "plot", "write_leaderboard", "HEADLINE"]
 
-# headline columns of the Markdown/LaTeX/console tables; the CSV has every metric
-METRIC_ORDER = ["GED16", "GED32", "GED100", "Diversity100", "HM-IoU16", "HM-IoU32", "MDM32", "CI32", "NCC32",
-                "TrueGED100", "ModeTV100"]
+# headline families of the Markdown/LaTeX/console tables, in order; the CSV has every metric.
+# Families in LARGEST_ONLY show only their largest sample count.
+HEADLINE = ("GED", "Diversity", "HM-IoU", "MDM", "CI", "NCC", "TrueGED", "ModeTV")
+LARGEST_ONLY = ("Diversity", "TrueGED", "ModeTV")
 
 
 @dataclass
@@ -78,10 +80,9 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
 
 
 def _headline(row: Row) -> str | None:
-    for key in ("GED100", "GED32", "GED16"):
-        if key in row.metrics:
-            return key
-    return None
+    """The GED key with the most samples (the leaderboard's sort key)."""
+    geds = sorted((k for k in row.metrics if _split_key(k)[0] == "GED"), key=_split_key)
+    return geds[-1] if geds else None
 
 
 def _sort_value(row: Row) -> float:
@@ -89,11 +90,19 @@ def _sort_value(row: Row) -> float:
     return row.metrics[key]["mean"] if key else math.inf
 
 
+def _split_key(key: str) -> tuple[str, int]:
+    match = re.fullmatch(r"(.*?)(\d+)", key)
+    return (match.group(1), int(match.group(2))) if match else (key, 0)
+
+
 def _columns(rows: list[Row], *, every: bool = False) -> list[str]:
     """Metric columns present in `rows`: the headline ones in order (`every`: all of them)."""
-    present = {k for r in rows for k in r.metrics}
-    head = [k for k in METRIC_ORDER if k in present]
-    return head + sorted(present - set(METRIC_ORDER)) if every else head
+    present = sorted({k for r in rows for k in r.metrics}, key=_split_key)
+    head = []
+    for family in HEADLINE:
+        keys = [k for k in present if _split_key(k)[0] == family]
+        head += keys[-1:] if family in LARGEST_ONLY else keys
+    return head + [k for k in present if k not in head] if every else head
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -173,10 +173,11 @@ class Trainer:
                 resumed = state if state and state["stage_index"] == index else None
                 steps_done[stage] = self._fit_stage(stage, index, resumed, best, bar, elapsed, start)
                 state = None
+                seconds = elapsed + time.perf_counter() - start
                 self._save("last.safetensors", None, stage_index=index + 1, stage=stage, step=0,
-                           best=best, seconds=elapsed + time.perf_counter() - start)
+                           best=best, seconds=seconds)
         self.method.eval()
-        return TrainResult(seconds=elapsed + time.perf_counter() - start, steps=steps_done, best=best,
+        return TrainResult(seconds=seconds if steps_done else elapsed, steps=steps_done, best=best,
                            history=self.history)
 
     def _fit_stage(self, stage: str, index: int, resumed: dict[str, Any] | None, best: dict[str, float | None],

@@ -1,0 +1,92 @@
+"""Bench harness and leaderboard: records, merging, outputs, loading a finished run."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from ambiseg.bench import BenchSpec, run_bench
+from ambiseg.errors import AmbisegError
+from ambiseg.leaderboard import build_rows, write_leaderboard
+from ambiseg.results import RECORD_KIND, bootstrap_ci, read_records
+
+
+def spec(out, **kw):
+    base = dict(methods=["det-unet"], preset="smoke", counts=(4, 8), out=out, baseline=False, progress=False)
+    return BenchSpec(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    records = run_bench(spec(out))
+    return out, records
+
+
+def test_record_has_everything_a_paper_needs(bench_dir):
+    out, records = bench_dir
+    (rec,) = records
+    assert rec["kind"] == RECORD_KIND and rec["method"] == "det-unet" and rec["dataset"] == "synthetic"
+    for key in ("GED4", "GED8", "Diversity8", "HM-IoU4", "HM-IoU8", "Dice", "TrueGED8", "ModeTV8"):
+        m = rec["metrics"][key]
+        assert m["lo"] <= m["mean"] <= m["hi"] and m["n"] == 4
+    assert rec["metrics"]["Diversity8"]["mean"] == 0.0  # a deterministic model never varies
+    assert rec["timing"]["samples_per_image"] == 8 and rec["timing"]["sample_s_per_image"] > 0
+    assert rec["timing"]["train_s"] > 0 and rec["params"] > 0
+    assert rec["flops"]["per_image"] > 0 and rec["flops"]["per_sample"] == 0
+    assert rec["env"]["versions"]["torch"] and rec["env"]["commit"]
+    assert rec["config"]["method"] == "det-unet" and "GED" in rec["untrained"]
+    files = list((out / "results").glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["seed"] == 0
+    for ext in ("md", "csv", "tex", "png"):
+        assert (out / f"leaderboard.{ext}").stat().st_size > 0
+    assert "| det-unet |" in (out / "leaderboard.md").read_text()
+
+
+def test_finished_run_is_loaded_not_retrained(bench_dir, tmp_path):
+    out, records = bench_dir
+    again = run_bench(spec(out))[0]
+    assert again["timing"]["train_s"] == records[0]["timing"]["train_s"]  # read from the checkpoint
+    assert again["metrics"]["GED8"] == records[0]["metrics"]["GED8"]      # same seed, same numbers
+    rows = build_rows(read_records([out]))
+    assert len(rows) == 1 and rows[0].seeds == [0]  # newest record per seed counts, the old file stays
+    assert len(list((out / "results").glob("*.json"))) == 2
+
+
+def test_leaderboard_merges_directories_without_dropping(bench_dir, tmp_path):
+    out, _ = bench_dir
+    other = tmp_path / "other"
+    run_bench(spec(other, seeds=(1,)))
+    merged = tmp_path / "merged"
+    rows, paths = write_leaderboard([out, other], merged)
+    assert len(rows) == 1 and rows[0].seeds == [0, 1]
+    assert rows[0].metrics["GED8"]["n"] == 8  # per-image values of both seeds pooled
+    with open(paths["csv"]) as fh:
+        table = list(csv.DictReader(fh))
+    assert table[0]["method"] == "det-unet" and table[0]["seeds"] == "0 1"
+    assert "\\begin{tabular}" in paths["tex"].read_text()
+
+
+def test_a_file_that_is_not_a_record_is_refused(tmp_path):
+    bad = tmp_path / "notes.json"
+    bad.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(AmbisegError, match="is not a results file"):
+        read_records([bad])
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(AmbisegError, match="not JSON"):
+        read_records([tmp_path / "x.json"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AmbisegError, match="no bench records found"):
+        read_records([tmp_path / "empty"])
+    with pytest.raises(AmbisegError, match="does not exist"):
+        read_records([tmp_path / "missing"])
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    import numpy as np
+
+    values = np.arange(20, dtype=float)
+    lo, hi = bootstrap_ci(values)
+    assert lo < values.mean() < hi and hi - lo < 10
+    assert bootstrap_ci(np.array([2.0])) == (2.0, 2.0)

@@ -1,0 +1,95 @@
+"""Trainer: stages, validation and best checkpoint, exact resume, non-finite losses."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ambiseg
+from ambiseg import data
+from ambiseg.checkpoint import load_checkpoint
+from ambiseg.train import Trainer, TrainingError
+
+
+def sets():
+    opts = {"size": 32, "sizes": (8, 2, 2)}
+    return data.build("synthetic", split="train", **opts), data.build("synthetic", split="val", **opts)
+
+
+def small(steps: int = 6):
+    return ambiseg.build("det-unet", preset="smoke", train={"transport": {"steps": steps, "batch_size": 3, "lr": 1e-2}})
+
+
+def weights(method):
+    return {k: v.clone() for k, v in method.state_dict().items()}
+
+
+def test_fit_writes_checkpoints_and_history(tmp_path):
+    train, val = sets()
+    torch.manual_seed(0)
+    method = small()
+    before = weights(method)
+    result = Trainer(method, train, val, out_dir=tmp_path, seed=0, progress=False).fit()
+    assert result.steps == {"transport": 6}
+    assert any(not torch.equal(before[k], v) for k, v in method.state_dict().items())
+    last = load_checkpoint(tmp_path / "last.safetensors", method="det-unet")
+    assert last.meta["stage_index"] == 1
+    epochs = [h for h in result.history if h["stage"] == "transport"]
+    assert len(epochs) == 2 and all(h["val"] is not None for h in epochs)  # 8 images / batch 3 = 3 steps per epoch
+    assert result.best["transport"] == min(h["val"] for h in epochs)
+    assert (tmp_path / "best.safetensors").exists()
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch):
+    train, val = sets()
+    torch.manual_seed(0)
+    reference = small(7)
+    Trainer(reference, train, val, out_dir=tmp_path / "ref", seed=3, progress=False, save_every=2).fit()
+
+    torch.manual_seed(0)
+    method = small(7)
+    trainer = Trainer(method, train, val, out_dir=tmp_path / "run", seed=3, progress=False, save_every=2)
+    calls = {"n": 0}
+    original = method.loss
+
+    def dying(batch, stage):
+        calls["n"] += 1
+        if calls["n"] == 6:  # after the checkpoint of step 4, before step 6 is saved
+            raise KeyboardInterrupt
+        return original(batch, stage)
+
+    monkeypatch.setattr(method, "loss", dying)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "run" / "last.safetensors").meta["step"] in (3, 4)
+
+    torch.manual_seed(99)  # a fresh process would have another RNG state: resume must restore it
+    resumed = small(7)
+    Trainer(resumed, train, val, out_dir=tmp_path / "run", seed=3, progress=False, save_every=2).fit(resume=True)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_non_finite_loss_names_stage_epoch_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    train, val = sets()
+    method = small(6)
+    trainer = Trainer(method, train, None, out_dir=tmp_path, seed=0, progress=False, save_every=1)
+    original = method.loss
+    calls = {"n": 0}
+
+    def bad(batch, stage):
+        calls["n"] += 1
+        out = original(batch, stage)
+        return {"loss": out["loss"] * float("nan")} if calls["n"] == 5 else out
+
+    monkeypatch.setattr(method, "loss", bad)
+    with pytest.raises(TrainingError, match=r"non-finite loss .* stage 'transport', epoch 1, step 4"):
+        trainer.fit()
+    ckpt = load_checkpoint(tmp_path / "last.safetensors")
+    assert ckpt.meta["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt.model.values())
+
+
+def test_empty_training_set_is_refused():
+    with pytest.raises(ambiseg.AmbisegError, match="training set is empty"):
+        Trainer(small(), [], None)
