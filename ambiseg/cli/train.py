@@ -21,9 +21,12 @@ from .options import common_set_option, data_options, parse_sets
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
 @click.option("--resume", is_flag=True, help="continue from OUT/last.safetensors")
 @click.option("--detect-anomaly", is_flag=True, help="torch autograd anomaly detection (slow; for debugging)")
+@click.option("--save-every", type=click.IntRange(min=1), default=50, show_default=True,
+              help="checkpoint every N optimiser steps (and at every epoch end)")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 def train_cmd(method: str, data_name: str, root: str | None, preset: str, sets: tuple[str, ...], out: Path,
-              seed: int, device: str | None, resume: bool, detect_anomaly: bool, no_progress: bool) -> None:
+              seed: int, device: str | None, resume: bool, detect_anomaly: bool, save_every: int,
+              no_progress: bool) -> None:
     """Train METHOD (a registered recipe) on a dataset; checkpoints go to OUT."""
     from ..train import Trainer, seed_everything
 
@@ -37,6 +40,6 @@ def train_cmd(method: str, data_name: str, root: str | None, preset: str, sets: 
     write_json(out / "config.json", {"config": model.config, "data": data_name, "root": root, "preset": preset,
                                      "seed": seed, "overrides": overrides})
     result = Trainer(model, sel["train"], sel["val"], out_dir=out, seed=seed, device=dev, progress=not no_progress,
-                     detect_anomaly=detect_anomaly, console=console).fit(resume=resume)
+                     detect_anomaly=detect_anomaly, save_every=save_every, console=console).fit(resume=resume)
     console.print(f"trained {model.name} in {result.seconds:.1f} s; steps {result.steps}; best {result.best}; "
                   f"checkpoint {out / 'last.safetensors'}")
