@@ -15,6 +15,7 @@ from rich.console import Console
 from torch.utils.data import Dataset
 
 from . import data as datasets_api
+from . import distributed as dist
 from .checkpoint import load_checkpoint, load_weights
 from .errors import AmbisegError, ConfigError
 from .io import ensure_dir, write_json
@@ -105,17 +106,20 @@ def evaluate_method(method: Method, test_set: Dataset, *, counts: tuple[int, ...
     first = collate([test_set[0]])["image"].to(device)
     if warmup:
         method.sample(first, min(2, total), generator=torch.Generator(device).manual_seed(0), max_batch=max_batch)
-    samples, seconds = [], []
+    mine = []
     with PeakMemory(device) as peak:
-        for i in range(n):
+        for i in dist.shard(list(range(n))):  # each rank its share; the generator depends on i only
             image = collate([test_set[i]])["image"].to(device)
             gen = torch.Generator(device).manual_seed(seed * 100_003 + i)
             _sync(device)
             t0 = time.perf_counter()
             out = method.sample(image, total, generator=gen, max_batch=max_batch)
             _sync(device)
-            seconds.append(time.perf_counter() - t0)
-            samples.append((out >= 0.5).cpu())
+            mine.append((i, (out >= 0.5).cpu(), time.perf_counter() - t0))
+    parts = dist.gather_objects((mine, peak.peak_mb))
+    gathered = sorted((x for items, _ in parts for x in items), key=lambda x: x[0])
+    samples, seconds = [x[1] for x in gathered], [x[2] for x in gathered]
+    peaks = [p for _, p in parts if p is not None]
     per_image: dict[str, list[float]] = {}
     truth: dict[str, list[Any]] = {}
     for start in range(0, n, 8):
@@ -128,7 +132,7 @@ def evaluate_method(method: Method, test_set: Dataset, *, counts: tuple[int, ...
             truth.setdefault(f"mode_mass{total}", []).extend(metrics.mode_mass(s, items["modes"], items["mode_probs"]).tolist())
             truth.setdefault("mode_probs", []).extend(items["mode_probs"].tolist())
     return {"per_image": per_image, "truth": truth, "sample_seconds": seconds, "samples_per_image": total,
-            "peak_mb": peak.peak_mb, "memory_kind": peak.kind}
+            "peak_mb": max(peaks) if peaks else None, "memory_kind": peak.kind}
 
 
 def load_datasets(name: str, root: str | None, preset: str, seed: int) -> dict[str, Dataset]:
@@ -242,8 +246,11 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
                 "checkpoint": str(run_dir / "last.safetensors"),
             }
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-            write_json(spec.out / "results" / f"{method.name}-{spec.data}-{spec.preset}-seed{seed}-{stamp}.json", record)
+            if dist.is_main():
+                write_json(spec.out / "results" / f"{method.name}-{spec.data}-{spec.preset}-seed{seed}-{stamp}.json", record)
             records.append(record)
+    if not dist.is_main():
+        return records
     rows, paths = write_leaderboard([spec.out], spec.out)
     for table in to_rich(rows):
         console.print(table)

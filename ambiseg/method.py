@@ -30,7 +30,7 @@ __all__ = [
 STAGES = ("prior", "transport", "joint")
 DEFAULT_TRAINING: dict[str, Any] = {
     "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "epochs": 1, "batch_size": 8,
-    "grad_clip": None, "val_images": 8, "val_samples": 8,
+    "grad_clip": None, "val_images": 8, "val_samples": 8, "accumulate": 1,
 }
 CONFIG_KEYS = ("method", "prior", "transport", "sampler", "stages", "train", "in_channels", "image_size", "max_batch")
 DATA_KEYS = ("in_channels", "image_size")

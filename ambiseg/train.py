@@ -4,6 +4,11 @@ Determinism: batches come from a per-(seed, stage, epoch) permutation, the globa
 (which drive annotator draws, noise and t in the losses) are saved in every checkpoint, and
 validation runs under a forked RNG, so a run resumed from any checkpoint ends with the same
 weights as an uninterrupted one on the CPU.
+
+Under torchrun the stage's loss runs inside `DistributedDataParallel`; every optimiser step
+takes the same global batch of `batch_size` images whatever the world size: each rank takes
+its strided share and splits it into `accumulate` micro-batches, each loss scaled by its share
+of the rank's images, so the averaged gradient is the gradient of the global batch mean.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import Dataset
 
+from . import distributed as dist
 from .checkpoint import load_checkpoint, load_weights, optimizer_state, restore_rng, save_checkpoint
 from .errors import AmbisegError, ConfigError, closest
 from .method import Method
@@ -27,6 +33,23 @@ from .method import Method
 __all__ = ["Trainer", "TrainResult", "TrainingError", "collate", "to_device", "make_optimizer", "seed_everything"]
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+class _StageLoss(torch.nn.Module):
+    """`forward(batch) = method.loss(batch, stage)`, the module DDP wraps for one stage."""
+
+    def __init__(self, method: Method, stage: str) -> None:
+        super().__init__()
+        self.method, self.stage = method, stage
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.method.loss(batch, self.stage)
+
+
+def _decorrelate_ranks(seed: int, step: int) -> None:
+    """Give every rank > 0 its own random stream (rank 0 keeps the single-process one)."""
+    if dist.rank() > 0:
+        torch.manual_seed(seed * 1_000_003 + step * 7919 + dist.rank())
 
 
 class TrainingError(AmbisegError):
@@ -121,7 +144,7 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def _save(self, name: str, optimizer: torch.optim.Optimizer | None, **state: Any) -> None:
-        if self.out_dir is not None:
+        if self.out_dir is not None and dist.is_main():
             save_checkpoint(self.out_dir / name, self.method, self.method.config, optimizer=optimizer,
                             seed=self.seed, history=self.history, **state)
 
@@ -160,6 +183,7 @@ class Trainer:
         state = self._resume_state() if resume else None
         if state is None:
             seed_everything(self.seed)
+        _decorrelate_ranks(self.seed, int(state["step"]) if state else 0)
         done_stages = state["stage_index"] if state else 0
         elapsed = float(state.get("seconds", 0.0)) if state else 0.0
         best: dict[str, float | None] = dict(state.get("best", {})) if state else {}
@@ -192,41 +216,66 @@ class Trainer:
             if resumed.get("optimizer_state"):
                 optimizer.load_state_dict(resumed["optimizer_state"])
         clip = cfg.get("grad_clip")
+        accumulate = max(1, int(cfg.get("accumulate") or 1))
+        if bs < dist.world_size():
+            raise ConfigError(f"train.{stage}.batch_size ({bs}) is smaller than the world size ({dist.world_size()})")
+        loss_fn = _StageLoss(self.method, stage)
+        if dist.is_distributed():
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            loss_fn = DistributedDataParallel(loss_fn, device_ids=ids, find_unused_parameters=True)
         task = bar.add_task(f"{self.method.name}:{stage}", total=total, completed=step, loss=float("nan"),
                             rate="") if bar else None
         t0, s0 = time.perf_counter(), step
         while step < total:
             epoch, offset = divmod(step, per_epoch)
             for idx in self._epoch_batches(stage, epoch, bs)[offset:]:
-                batch = to_device(collate([self.train_set[i] for i in idx]), self.device)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                    terms = self.method.loss(batch, stage)
-                loss = terms["loss"]
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"non-finite loss ({loss.item()}) in stage '{stage}', epoch {epoch}, step {step}; "
-                                        "the last good checkpoint is kept; lower the learning rate or run with --detect-anomaly")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip:
-                    torch.nn.utils.clip_grad_norm_(params, float(clip))
-                optimizer.step()
+                loss = self._step(loss_fn, optimizer, params, dist.shard(idx), accumulate, clip, stage, epoch, step)
                 step += 1
                 end_of_epoch = step % per_epoch == 0 or step == total
                 if bar is not None:
                     rate = (step - s0) / max(time.perf_counter() - t0, 1e-9)
-                    bar.update(task, completed=step, loss=loss.item(), rate=f"{rate:.1f} it/s")
+                    bar.update(task, completed=step, loss=loss, rate=f"{rate:.1f} it/s")
                 if end_of_epoch:
-                    self._end_epoch(stage, epoch, step, loss.item(), best)
+                    self._end_epoch(stage, epoch, step, loss, best)
                 if end_of_epoch or step % self.save_every == 0:
                     self._save("last.safetensors", optimizer, stage_index=index, stage=stage, step=step,
                                best=best, seconds=elapsed + time.perf_counter() - start)
                 if step >= total:
                     break
+        dist.barrier()  # rank 0 has written best.safetensors
         if self.out_dir is not None and (self.out_dir / "best.safetensors").exists() and best.get(stage) is not None:
             ckpt = load_checkpoint(self.out_dir / "best.safetensors", method=self.method.name)
             if ckpt.meta.get("stage") == stage:
                 load_weights(self.method, ckpt, source="best checkpoint")
         return step
+
+    def _step(self, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+              mine: list[int], accumulate: int, clip: Any, stage: str, epoch: int, step: int) -> float:
+        """One optimiser step on this rank's share `mine` of the global batch; returns the global mean loss."""
+        optimizer.zero_grad(set_to_none=True)
+        size = max(1, math.ceil(len(mine) / accumulate))
+        micro = [mine[i:i + size] for i in range(0, len(mine), size)]
+        total = torch.zeros((), device=self.device)
+        for j, part in enumerate(micro):
+            batch = to_device(collate([self.train_set[i] for i in part]), self.device)
+            sync = contextlib.nullcontext() if j == len(micro) - 1 or not hasattr(loss_fn, "no_sync") else loss_fn.no_sync()
+            with sync:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                    loss = loss_fn(batch)["loss"] * (len(part) / len(mine))
+                loss.backward()
+            total += loss.detach().float()
+        if dist.is_distributed():
+            torch.distributed.all_reduce(total)
+            total /= dist.world_size()
+        if not torch.isfinite(total):
+            raise TrainingError(f"non-finite loss ({total.item()}) in stage '{stage}', epoch {epoch}, step {step}; "
+                                "the last good checkpoint is kept; lower the learning rate or run with --detect-anomaly")
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, float(clip))
+        optimizer.step()
+        return total.item()
 
     def _end_epoch(self, stage: str, epoch: int, step: int, loss: float, best: dict[str, float | None]) -> None:
         score = self._validate(stage)
@@ -241,7 +290,7 @@ class Trainer:
 
     @contextlib.contextmanager
     def _progress(self) -> Iterator[Progress | None]:
-        if not self.progress:
+        if not self.progress or not dist.is_main():
             yield None
             return
         bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from ..bench import BenchSpec, run_bench
+from ..bench import BenchSpec, pick_device, run_bench
+from ..distributed import distributed_run
 from ..errors import ConfigError
 from ..leaderboard import to_rich, write_leaderboard
 from .app import cli, console
@@ -34,11 +35,12 @@ def bench_cmd(methods: str, data_name: str, root: str | None, preset: str, sets:
     from ..registry import methods as registry
 
     names = [registry.canonical(n) for n in names]  # unknown names fail before any work
-    spec = BenchSpec(methods=names, data=data_name, root=root, preset=preset, device=device,
-                     seeds=parse_ints(seeds, "--seeds"), counts=parse_counts(samples), out=out,
-                     overrides=parse_sets(sets), baseline=not no_baseline, retrain=retrain,
-                     progress=not no_progress, max_batch=max_batch)
-    run_bench(spec, console=console)
+    with distributed_run(pick_device(device), console) as dev:
+        spec = BenchSpec(methods=names, data=data_name, root=root, preset=preset, device=str(dev),
+                         seeds=parse_ints(seeds, "--seeds"), counts=parse_counts(samples), out=out,
+                         overrides=parse_sets(sets), baseline=not no_baseline, retrain=retrain,
+                         progress=not no_progress, max_batch=max_batch)
+        run_bench(spec, console=console)
 
 
 @cli.command("leaderboard")

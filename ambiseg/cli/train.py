@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from ..bench import build_for_data, load_datasets, pick_device
+from ..distributed import distributed_run, is_main
 from ..io import ensure_dir, write_json
 from ..presets import bench_preset
 from .app import cli, console
@@ -32,14 +33,16 @@ def train_cmd(method: str, data_name: str, root: str | None, preset: str, sets: 
 
     overrides = parse_sets(sets)
     dev = pick_device(device)
-    ensure_dir(out)
-    sel = load_datasets(data_name, root, preset, seed)
-    seed_everything(seed)
-    model = build_for_data(method, sel["train"], preset=bench_preset(preset).method_preset_for(data_name),
-                           overrides=overrides)
-    write_json(out / "config.json", {"config": model.config, "data": data_name, "root": root, "preset": preset,
-                                     "seed": seed, "overrides": overrides})
-    result = Trainer(model, sel["train"], sel["val"], out_dir=out, seed=seed, device=dev, progress=not no_progress,
-                     detect_anomaly=detect_anomaly, save_every=save_every, console=console).fit(resume=resume)
+    with distributed_run(dev, console) as dev:
+        ensure_dir(out)
+        sel = load_datasets(data_name, root, preset, seed)
+        seed_everything(seed)
+        model = build_for_data(method, sel["train"], preset=bench_preset(preset).method_preset_for(data_name),
+                               overrides=overrides)
+        if is_main():
+            write_json(out / "config.json", {"config": model.config, "data": data_name, "root": root, "preset": preset,
+                                             "seed": seed, "overrides": overrides})
+        result = Trainer(model, sel["train"], sel["val"], out_dir=out, seed=seed, device=dev, progress=not no_progress,
+                         detect_anomaly=detect_anomaly, save_every=save_every, console=console).fit(resume=resume)
     console.print(f"trained {model.name} in {result.seconds:.1f} s; steps {result.steps}; best {result.best}; "
                   f"checkpoint {out / 'last.safetensors'}")
