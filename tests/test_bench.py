@@ -90,3 +90,10 @@ def test_bootstrap_interval_brackets_the_mean():
     lo, hi = bootstrap_ci(values)
     assert lo < values.mean() < hi and hi - lo < 10
     assert bootstrap_ci(np.array([2.0])) == (2.0, 2.0)
+
+
+def test_same_seed_gives_the_same_numbers_when_trained_again(bench_dir, tmp_path):
+    out, records = bench_dir
+    again = run_bench(spec(tmp_path / "again"))[0]
+    assert again["per_image"] == records[0]["per_image"]
+    assert again["untrained"]["GED"] == records[0]["untrained"]["GED"]
