@@ -36,7 +36,7 @@ def _split(data_name: str, root: str | None, preset: str, seed: int, split: str)
 def sample_cmd(checkpoint: Path, data_name: str, root: str | None, preset: str, split: str, indices: str, num: int,
                seed: int, device: str | None, out: Path) -> None:
     """Draw samples for chosen images: OUT/samples.npz and one PNG per image."""
-    from ..data.figures import save_figure
+    from ..data import figure_for_item, save_figure
 
     if num < 1:
         raise ConfigError(f"--samples must be >= 1, got {num}")
@@ -56,7 +56,8 @@ def sample_cmd(checkpoint: Path, data_name: str, root: str | None, preset: str, 
             np.savez_compressed(fh, samples=(probs >= 0.5).numpy().astype(np.uint8), probs=probs.numpy().astype(np.float16),
                                 ids=np.array(items["id"]), indices=np.array(idx))
     for j, i in enumerate(idx):
-        save_figure(data[i], out / f"sample-{split}-{i}.png", samples=probs[j])
+        fig = figure_for_item(data[i], samples=probs[j], title=f"{method.name}: {data_name} {split} #{i}")
+        save_figure(fig, out / f"sample-{split}-{i}.png")
     console.print(f"wrote {out / 'samples.npz'} and {len(idx)} figure(s) in {out}")
 
 
