@@ -101,7 +101,7 @@ def _positive_int(value: Any, where: str) -> int:
 def _create(registry: Any, spec: dict[str, Any], data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Create a component from `{name, **kw}`; data keys (in_channels...) fill options it declares."""
     if "name" not in spec:
-        raise ConfigError(f"{registry.kind[:-1]} spec needs a 'name': {spec}")
+        raise ConfigError(f"{registry.singular} spec needs a 'name': {spec}")
     entry = registry.get(spec["name"])
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     fields = {f.name for f in dataclasses.fields(entry.config)}

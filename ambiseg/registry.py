@@ -127,15 +127,20 @@ class Registry:
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}
 
+    @property
+    def singular(self) -> str:
+        """"sampler" for the "samplers" registry (used in messages)."""
+        return self.kind[:-1] if self.kind.endswith("s") else self.kind
+
     def register(self, name: str, *, aliases: tuple[str, ...] = (), **info: Any) -> Callable[[Any], Any]:
         """Decorator registering a class or function under `name` (and `aliases`)."""
 
         def deco(factory: Any) -> Any:
             for key in (name, *aliases):
                 if key in self._entries or key in self._aliases:
-                    raise ConfigError(f"{self.kind} '{key}' is registered twice")
+                    raise ConfigError(f"{self.singular} '{key}' is registered twice")
             config = _config_type(self.kind, name, factory, self.positional)
-            self._entries[name] = Entry(name, factory, config, dict(info), self.kind)
+            self._entries[name] = Entry(name, factory, config, dict(info), self.singular)
             for alias in aliases:
                 self._aliases[alias] = name
             return factory
@@ -153,7 +158,7 @@ class Registry:
             return self._aliases.get(name, name)
         known = sorted([*self._entries, *self._aliases])
         raise UnknownNameError(
-            f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} '{name}'{closest(name, known)}; "
+            f"unknown {self.singular} '{name}'{closest(name, known)}; "
             f"known: {', '.join(known)}"
         )
 

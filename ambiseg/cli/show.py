@@ -13,11 +13,14 @@ __all__ = ["show_cmd"]
 
 @cli.command("show")
 @click.option("--data", "data", default="synthetic", show_default=True, help="dataset name (see `ambiseg list`)")
-@click.option("--root", type=click.Path(path_type=Path), default=None, help="dataset files (lidc: zip, folder or pickles)")
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="dataset files (lidc: zip, folder or pickles)")
 @click.option("--split", default="train", show_default=True, help="train, val, test or all")
 @click.option("--index", type=int, required=True, help="item index within the split")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="figure file (.png, .pdf, .svg)")
-@click.option("--set", "options", multiple=True, metavar="KEY=VALUE", help="dataset option, e.g. --set seed=1 (repeatable)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="figure file (.png, .pdf, .svg)")
+@click.option("--set", "options", multiple=True, metavar="KEY=VALUE",
+              help="dataset option, e.g. --set seed=1 (repeatable)")
 def show_cmd(data: str, root: Path | None, split: str, index: int, out: Path, options: tuple[str, ...]) -> None:
     """Draw item INDEX of a dataset split: the image, every annotator's mask and, for synthetic
     data, the true modes with their probabilities."""
@@ -26,5 +29,5 @@ def show_cmd(data: str, root: Path | None, split: str, index: int, out: Path, op
     dataset = build(data, root=root, split=split, **parse_sets(options))
     item = dataset[index]
     title = f"{data} {split} #{index}: {item['id']}"
-    path = save_figure(figure_for_item(item, mode_names=getattr(dataset, "mode_names", None), title=title), out)
+    path = save_figure(figure_for_item(item, title=title), out)
     console.print(f"wrote {path}")

@@ -1,0 +1,325 @@
+"""`lidc`: LIDC-IDRI lung-nodule crops with several radiologists' masks (Armato et al., 2011).
+
+Two formats, found from `root`:
+
+* the "LIDC-IDRI slices" layout, as a zip or an extracted folder::
+
+      LIDC-IDRI-slices/<patient>/<nodule>/images/<slice>.png     grey, 0..255
+      LIDC-IDRI-slices/<patient>/<nodule>/mask-<k>/<slice>.png   one folder per rater, {0, 255}
+
+  Only names are indexed at construction; PNGs are decoded in `__getitem__` (the zip is
+  opened lazily once per process, so DataLoader workers each get their own handle).
+  Group = patient folder.
+* one or more `*.pickle` / `*.pkl` files, each a dict slice-name -> {"image": float [H, W] in
+  [0, 1], "masks": list of binary [H, W], "series_uid": str, ...}, loaded through the
+  restricted unpickler of `safe_pickle` and checked eagerly. Group = series_uid (the format
+  has no patient id, so a CT series stands for its patient).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import zipfile
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from ..registry import datasets
+from .base import AnnotatedDataset
+from .safe_pickle import safe_load
+from .splits import DEFAULT_FRACTIONS, split_indices, subset
+from .validate import binary_mask, check_nonempty, check_shape, check_split, decode_png, unit_image
+
+__all__ = ["ENV_VAR", "PICKLE_SUFFIXES", "SliceRecord", "ZipStore", "FolderStore", "SlicesSource",
+           "PickleSource", "open_source", "LidcDataset"]
+
+ENV_VAR = "AMBISEG_LIDC"
+PICKLE_SUFFIXES = (".pickle", ".pkl")
+LAYOUT = "<patient>/<nodule>/images/<slice>.png with <patient>/<nodule>/mask-<k>/<slice>.png"
+_SLICE_NAME = re.compile(
+    r"^(?:.*/)?(?P<patient>[^/]+)/(?P<nodule>[^/]+)/(?P<folder>images|mask-(?P<rater>\d+))/(?P<slice>[^/]+)\.png$"
+)
+
+
+def _natural(text: str) -> tuple[Any, ...]:
+    """Sort key putting "slice-2" before "slice-10"."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceRecord:
+    """One slice: its id and group, and where its image and masks are (names or arrays)."""
+
+    id: str
+    group: str
+    image: Any
+    masks: tuple[Any, ...]
+    where: str
+
+
+class ZipStore:
+    """PNG bytes from a zip, opened lazily once per process."""
+
+    def __init__(self, path: Path) -> None:
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{path}: not a zip file; pass the lidc-idri-slices.zip, an extracted folder, "
+                            "or *.pickle files")
+        self.path, self.label = path, str(path)
+        self._zip: zipfile.ZipFile | None = None
+        self._pid: int | None = None
+
+    def _archive(self) -> zipfile.ZipFile:
+        """This process's handle (reading the central directory costs ~0.5 s for 62k entries)."""
+        if self._zip is None or self._pid != os.getpid():
+            self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
+        return self._zip
+
+    def names(self) -> list[str]:
+        return [n for n in self._archive().namelist() if not n.startswith("__MACOSX/")]
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self._archive().read(name)
+        except KeyError:
+            raise DataError(f"{self.path}: entry '{name}' is gone; was the zip replaced after the dataset "
+                            "was built?") from None
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers reopen the zip themselves
+        return {**self.__dict__, "_zip": None, "_pid": None}
+
+
+class FolderStore:
+    """PNG bytes from an extracted folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.label = path, str(path)
+
+    def names(self) -> list[str]:
+        return [p.relative_to(self.path).as_posix() for p in self.path.glob("*/*/*/*.png")]
+
+    def read(self, name: str) -> bytes:
+        try:
+            return (self.path / name).read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"{self.path / name}: file is missing; was the folder changed after the dataset "
+                            "was built?") from None
+
+
+class SlicesSource:
+    """The slices layout from a `ZipStore` or `FolderStore`."""
+
+    def __init__(self, store: ZipStore | FolderStore) -> None:
+        self.store = store
+
+    def records(self) -> list[SliceRecord]:
+        """Index the names: one record per image PNG, with its masks in rater order."""
+        images: dict[tuple[str, str], str] = {}
+        masks: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
+        raters: dict[str, set[int]] = defaultdict(set)
+        owner: dict[str, tuple[str, str]] = {}
+        for name in self.store.names():
+            match = _SLICE_NAME.match(name)
+            if match is None:
+                continue
+            nodule_dir = name[: match.start("folder")].rstrip("/")
+            owner[nodule_dir] = (match["patient"], match["nodule"])
+            key = (nodule_dir, match["slice"])
+            if match["rater"] is None:
+                images[key] = name
+            else:
+                masks[key][int(match["rater"])] = name
+                raters[nodule_dir].add(int(match["rater"]))
+        if not images:
+            raise DataError(f"{self.store.label}: holds no LIDC slices; expected {LAYOUT}")
+        for key in masks.keys() - images.keys():
+            some = next(iter(masks[key].values()))
+            raise DataError(f"{self.store.label}: mask {some} has no image {key[0]}/images/{key[1]}.png; "
+                            "add it or delete the mask")
+        records = []
+        for key in sorted(images, key=lambda k: (_natural(k[0]), _natural(k[1]))):
+            nodule_dir, slice_name = key
+            need = sorted(raters[nodule_dir])
+            if not need:
+                raise DataError(f"{self.store.label}: {nodule_dir} has images but no mask-<k> folders; "
+                                f"expected {LAYOUT}")
+            missing = [k for k in need if k not in masks[key]]
+            if missing:
+                raise DataError(
+                    f"{self.store.label}: {nodule_dir}/mask-{missing[0]}/{slice_name}.png is missing "
+                    f"(mask-{missing[0]} has other slices of this nodule); every slice needs one PNG in each "
+                    "mask-<k> folder"
+                )
+            patient, nodule = owner[nodule_dir]
+            records.append(SliceRecord(id=f"{patient}/{nodule}/{slice_name}", group=patient, image=images[key],
+                                       masks=tuple(masks[key][k] for k in need),
+                                       where=f"{self.store.label}:{images[key]}"))
+        return records
+
+    def read(self, record: SliceRecord, *, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Decode the image ([H, W] float32 in [0, 1]) and masks ([H, W] uint8 0/1) of `record`;
+        `shape` is the dataset's image size, checked first."""
+        where = f"{self.store.label}:{record.image}"
+        image = decode_png(self.store.read(record.image), where=where)
+        if image.ndim != 2:
+            raise DataError(f"{where}: image has shape {image.shape}; LIDC slices must be single-channel grey PNGs")
+        if shape is not None:
+            check_shape(image.shape, shape, where=where, what="image")
+        masks = []
+        for name in record.masks:
+            mask_where = f"{self.store.label}:{name}"
+            mask = decode_png(self.store.read(name), where=mask_where)
+            check_shape(mask.shape, image.shape, where=mask_where, what="mask")
+            masks.append(binary_mask(mask, where=mask_where))
+        return unit_image(image, where=where), masks
+
+
+class PickleSource:
+    """The pickle format: dicts slice-name -> {"image", "masks", "series_uid"}, checked on load."""
+
+    def __init__(self, files: Sequence[Path]) -> None:
+        self.files = list(files)
+
+    def records(self) -> list[SliceRecord]:
+        seen: dict[str, Path] = {}
+        records: list[SliceRecord] = []
+        shape: tuple[int, ...] | None = None
+        for path in self.files:
+            content = safe_load(path)
+            if not isinstance(content, dict):
+                raise DataError(f"{path}: holds a {type(content).__name__}; expected a dict slice-name -> "
+                                "{'image': array, 'masks': [arrays], 'series_uid': str}")
+            for key in sorted(content, key=lambda k: _natural(str(k))):
+                where = f"{path}[{key!r}]"
+                if str(key) in seen:
+                    raise DataError(f"{where}: slice name also used in {seen[str(key)]}; slice names must be unique")
+                seen[str(key)] = path
+                record = self._record(str(key), content[key], where)
+                shape = shape or record.image.shape
+                check_shape(record.image.shape, shape, where=where, what="image")
+                records.append(record)
+        check_nonempty(len(records), where=", ".join(map(str, self.files)),
+                       how="the pickle dict is empty; it must map slice names to {image, masks, series_uid}")
+        return records
+
+    @staticmethod
+    def _record(key: str, entry: Any, where: str) -> SliceRecord:
+        if not isinstance(entry, dict):
+            raise DataError(f"{where}: entry is a {type(entry).__name__}; expected a dict with image, masks, "
+                            "series_uid")
+        absent = [k for k in ("image", "masks", "series_uid") if k not in entry]
+        if absent:
+            raise DataError(f"{where}: missing key(s) {', '.join(absent)}; each entry needs 'image' (array), "
+                            "'masks' (list of binary arrays) and 'series_uid' (str, used as the patient group)")
+        image = np.asarray(entry["image"])
+        if image.ndim == 3 and image.shape[0] == 1:
+            image = image[0]
+        if image.ndim != 2:
+            raise DataError(f"{where}: image has shape {image.shape}; expected a 2-D [H, W] array")
+        image = unit_image(image, where=f"{where}['image']")
+        raw = entry["masks"]
+        if not isinstance(raw, (list, tuple, np.ndarray)) or len(raw) == 0:
+            raise DataError(f"{where}: 'masks' must be a non-empty list of [H, W] arrays")
+        masks = []
+        for k, mask in enumerate(raw):
+            mask_where = f"{where}['masks'][{k}]"
+            mask = np.asarray(mask)
+            check_shape(mask.shape, image.shape, where=mask_where, what="mask")
+            masks.append(binary_mask(mask, where=mask_where))
+        uid = entry["series_uid"]
+        uid = uid.decode() if isinstance(uid, bytes) else str(uid)
+        return SliceRecord(id=key, group=uid, image=image, masks=tuple(masks), where=where)
+
+    @staticmethod
+    def read(record: SliceRecord, *, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The checked arrays of `record` (shapes were checked when the files were loaded)."""
+        return record.image, list(record.masks)
+
+
+def open_source(root: str | os.PathLike[str]) -> SlicesSource | PickleSource:
+    """Find the format under `root`: a zip, a pickle, a folder of pickles, the slices folder or its parent."""
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise DataError(f"lidc root '{path}' does not exist; pass root= the lidc-idri-slices.zip, the "
+                        "LIDC-IDRI-slices folder (or its parent), or a folder of *.pickle files")
+    if path.is_file():
+        return PickleSource([path]) if path.suffix.lower() in PICKLE_SUFFIXES else SlicesSource(ZipStore(path))
+    pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
+    if pickles:
+        return PickleSource(pickles)
+    for candidate in (path / "LIDC-IDRI-slices", path):
+        if candidate.is_dir() and next(candidate.glob("*/*/images"), None) is not None:
+            return SlicesSource(FolderStore(candidate))
+    zips = sorted(path.glob("*.zip"))
+    if len(zips) == 1:
+        return SlicesSource(ZipStore(zips[0]))
+    raise DataError(f"{path}: found no LIDC data ({LAYOUT}, a single *.zip of it, or *.pickle files)")
+
+
+@datasets.register("lidc", description="LIDC-IDRI slices (zip or folder) or pickle crops; patient-level splits")
+class LidcDataset(AnnotatedDataset):
+    """LIDC-IDRI crops with every rater's mask; see the module docstring for the formats."""
+
+    def __init__(self, *, root: str | None = None, split: str = "train", seed: int = 0,
+                 fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, num_annotators: int | None = None,
+                 limit: int | None = None) -> None:
+        """
+        Args:
+            root: the zip, the LIDC-IDRI-slices folder or its parent, a pickle or a folder of
+                pickles; default: the AMBISEG_LIDC environment variable.
+            split: "train", "val", "test" (by patient) or "all".
+            seed: seed of the patient split (and of `limit`'s subset).
+            fractions: train/val/test fractions of the patients.
+            num_annotators: keep slices with at least this many masks (their first ones);
+                default: every slice must have the same number of masks.
+            limit: keep a seeded random subset of this many slices of the split.
+        """
+        root = root or os.environ.get(ENV_VAR)
+        if not root:
+            raise DataError(f"lidc needs root= (or the {ENV_VAR} environment variable): the path of "
+                            "lidc-idri-slices.zip, the LIDC-IDRI-slices folder, or *.pickle files; see docs/data.md")
+        self.name, self.split = "lidc", check_split(split)
+        self.source = open_source(root)
+        records = self._pick_annotators(self.source.records(), num_annotators, where=str(root))
+        keep = subset(split_indices([r.group for r in records], split, seed=seed, fractions=fractions,
+                                    where=f"lidc at {root}"), limit, seed=seed)
+        self.records = [records[i] for i in keep]
+        self.ids = [r.id for r in self.records]
+        self.groups = [r.group for r in self.records]
+        self.num_annotators = len(self.records[0].masks)
+        self.in_channels = 1
+        first, _ = self.source.read(self.records[0])
+        self.image_shape = (int(first.shape[0]), int(first.shape[1]))
+
+    @staticmethod
+    def _pick_annotators(records: list[SliceRecord], wanted: int | None, *, where: str) -> list[SliceRecord]:
+        counts = Counter(len(r.masks) for r in records)
+        if wanted is None:
+            if len(counts) > 1:
+                odd = next(r for r in records if len(r.masks) != counts.most_common(1)[0][0])
+                raise DataError(
+                    f"{where}: slices have different numbers of masks (masks: slices = {dict(sorted(counts.items()))}; "
+                    f"e.g. {odd.id} has {len(odd.masks)}); pass num_annotators=N to keep slices with at least N masks"
+                )
+            return records
+        if wanted < 1:
+            raise ConfigError(f"lidc: num_annotators must be >= 1, got {wanted}")
+        kept = [dataclasses.replace(r, masks=r.masks[:wanted]) for r in records if len(r.masks) >= wanted]
+        check_nonempty(len(kept), where=where,
+                       how=f"no slice has {wanted} masks (counts: {dict(sorted(counts.items()))})")
+        return kept
+
+    def _load(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        image, masks = self.source.read(record, shape=self.image_shape)
+        return {
+            "image": torch.from_numpy(np.array(image, dtype=np.float32))[None],  # a copy: records stay intact
+            "masks": torch.from_numpy(np.stack(masks)),
+            "id": record.id,
+            "group": record.group,
+        }
