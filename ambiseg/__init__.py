@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 
 from . import backbones, samplers  # noqa: F401  (register components)
 from . import methods  # noqa: F401
+from . import metrics  # noqa: F401
+from . import data  # noqa: F401
 from .errors import AmbisegError, CompatibilityError, ConfigError, DataError, UnknownNameError
 from .interfaces import Prior, Sampler, Transport
 from .method import Method, Recipe, build, compose, list_components, register_recipe
