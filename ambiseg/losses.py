@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .errors import DataError
 
-__all__ = ["unpack_batch", "soft_dice", "hard_dice"]
+__all__ = ["unpack_batch", "pick_annotator", "soft_dice", "hard_dice"]
 
 
 def unpack_batch(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -30,6 +30,12 @@ def unpack_batch(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         raise DataError(f"batch 'masks' must be [B, A, H, W] with A >= 1 and B, H, W of the image "
                         f"{tuple(image.shape)}, got shape {tuple(masks.shape)}")
     return image.float(), masks.float()
+
+
+def pick_annotator(masks: Tensor) -> Tensor:
+    """One annotation per image drawn uniformly at random (global RNG): [B, A, H, W] -> [B, 1, H, W]."""
+    idx = torch.randint(masks.shape[1], (masks.shape[0],), device=masks.device)
+    return masks[torch.arange(masks.shape[0], device=masks.device), idx].unsqueeze(1)
 
 
 def soft_dice(pred: Tensor, target: Tensor, *, smooth: float = 1.0) -> Tensor:

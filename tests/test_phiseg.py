@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import ambiseg
 from ambiseg import data
 from ambiseg.errors import CompatibilityError, ConfigError
-from ambiseg.methods.latent import pick_annotator
+from ambiseg.losses import pick_annotator
 from ambiseg.methods.phiseg import PHiSegLatent, PHiSegLikelihood, phiseg_levels
 from ambiseg.train import Trainer, collate
 

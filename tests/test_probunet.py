@@ -8,7 +8,8 @@ from torch.distributions import Independent, Normal, kl_divergence
 import ambiseg
 from ambiseg import data
 from ambiseg.errors import CompatibilityError
-from ambiseg.methods.latent import DiagonalGaussian, pick_annotator
+from ambiseg.losses import pick_annotator
+from ambiseg.methods.latent import DiagonalGaussian
 from ambiseg.methods.probunet import FComb, ProbUNetLatent
 from ambiseg.train import Trainer, collate
 

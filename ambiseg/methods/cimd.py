@@ -22,11 +22,11 @@ from torch import Tensor
 from ..diffusion import DiffusionTransport
 from ..errors import ConfigError
 from ..interfaces import Prior, repeat_cond
-from ..losses import unpack_batch
+from ..losses import pick_annotator, unpack_batch
 from ..method import Recipe, register_recipe
 from ..nets import TimeUNet
 from ..registry import transports
-from .latent import GaussianEncoder, pick_annotator
+from .latent import GaussianEncoder
 
 __all__ = ["CIMDTransport", "RECIPE"]
 

@@ -14,16 +14,12 @@ from torch import Tensor
 
 from .. import backbones
 from ..interfaces import Prior, Transport
+from ..losses import pick_annotator, unpack_batch
 from ..method import Recipe, register_recipe
 from ..registry import priors, transports
 
-__all__ = ["DeltaPrior", "UNetMap", "random_annotator"]
+__all__ = ["DeltaPrior", "UNetMap"]
 
-
-def random_annotator(masks: Tensor) -> Tensor:
-    """One annotator's mask per image, drawn uniformly: [B, A, H, W] -> [B, 1, H, W] float."""
-    pick = torch.randint(masks.shape[1], (masks.shape[0],), device=masks.device)
-    return masks[torch.arange(masks.shape[0], device=masks.device), pick].unsqueeze(1).float()
 
 
 @priors.register("delta")
@@ -60,8 +56,9 @@ class UNetMap(Transport):
         return torch.sigmoid(x.squeeze(1))
 
     def loss(self, batch: dict[str, Tensor], prior: Prior) -> dict[str, Tensor]:
-        logits = self.net(batch["image"])
-        target = random_annotator(batch["masks"])
+        image, masks = unpack_batch(batch)
+        logits = self.net(image)
+        target = pick_annotator(masks)
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum((1, 2, 3)).mean()
         return {"loss": bce, "bce": bce}
 

@@ -23,7 +23,7 @@ from torch.distributions import Distribution, Independent, LowRankMultivariateNo
 from .. import backbones
 from ..errors import ConfigError, closest
 from ..interfaces import Prior
-from ..losses import unpack_batch
+from ..losses import pick_annotator, unpack_batch
 from ..registry import priors
 
 __all__ = ["GTRState", "GTRPrior", "LOSS_FORMS", "DIAG_EPS"]
@@ -138,8 +138,7 @@ class GTRPrior(Prior):
         """
         image, masks = unpack_batch(batch)
         b = image.shape[0]
-        pick = torch.randint(masks.shape[1], (b,), device=masks.device)
-        target = rearrange(masks[torch.arange(b, device=masks.device), pick], "b h w -> b (h w)")
+        target = rearrange(pick_annotator(masks), "b 1 h w -> b (h w)")
         state = self.condition(image)
         logits = state.draw(self.mc_samples, antithetic=self.antithetic)
         log_lik = -F.binary_cross_entropy_with_logits(

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..backbones import UNetEncoder
 
-__all__ = ["DiagonalGaussian", "GaussianEncoder", "pick_annotator"]
+__all__ = ["DiagonalGaussian", "GaussianEncoder"]
 
 
 @dataclass
@@ -65,8 +65,3 @@ class GaussianEncoder(nn.Module):
         mu, log_sigma = self.head(pooled).flatten(1).chunk(2, dim=1)
         return DiagonalGaussian(mu, log_sigma)
 
-
-def pick_annotator(masks: Tensor) -> Tensor:
-    """One annotation per image drawn uniformly at random (global RNG): [B, A, H, W] -> [B, 1, H, W]."""
-    idx = torch.randint(masks.shape[1], (masks.shape[0],), device=masks.device)
-    return masks[torch.arange(masks.shape[0], device=masks.device), idx].unsqueeze(1)

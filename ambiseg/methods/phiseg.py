@@ -22,10 +22,10 @@ from torch import Tensor, nn
 
 from ..errors import CompatibilityError, ConfigError
 from ..interfaces import Prior, Transport
-from ..losses import unpack_batch
+from ..losses import pick_annotator, unpack_batch
 from ..method import Recipe, register_recipe
 from ..registry import priors, transports
-from .latent import DiagonalGaussian, pick_annotator
+from .latent import DiagonalGaussian
 
 __all__ = ["phiseg_levels", "HierarchicalEncoder", "PHiSegLatent", "PHiSegLikelihood", "RECIPE"]
 

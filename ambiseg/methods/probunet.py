@@ -19,10 +19,10 @@ from torch import Tensor, nn
 from .. import backbones
 from ..errors import CompatibilityError, ConfigError
 from ..interfaces import Prior, Transport
-from ..losses import unpack_batch
+from ..losses import pick_annotator, unpack_batch
 from ..method import Recipe, register_recipe
 from ..registry import priors, transports
-from .latent import DiagonalGaussian, GaussianEncoder, pick_annotator
+from .latent import DiagonalGaussian, GaussianEncoder
 
 __all__ = ["ProbUNetLatent", "FComb", "RECIPE"]
 
