@@ -29,3 +29,27 @@ def test_unknown_command_is_one_line_exit_2():
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
     assert "list" in res.stderr
+
+
+def test_show_and_sample_draw_a_checkpoint_samples(tmp_path, capsys):
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from ambiseg.checkpoint import save_checkpoint
+    from ambiseg.cli import main
+
+    method = ambiseg.build("det-unet", preset="smoke")
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(ckpt, method, method.config, stage_index=1)
+    with pytest.raises(SystemExit) as info:
+        main(["show", "--split", "test", "--index", "1", "--set", "size=32", "--checkpoint", str(ckpt),
+              "--samples", "3", "--out", str(tmp_path / "fig.png")])
+    assert info.value.code == 0
+    assert Image.open(tmp_path / "fig.png").size[0] > 100
+    with pytest.raises(SystemExit) as info:
+        main(["sample", str(ckpt), "--preset", "smoke", "--indices", "0,2", "--samples", "5", "--out", str(tmp_path / "s")])
+    assert info.value.code == 0
+    saved = np.load(tmp_path / "s" / "samples.npz")
+    assert saved["samples"].shape == (2, 5, 32, 32) and set(np.unique(saved["samples"])) <= {0, 1}
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.png")) == ["sample-test-0.png", "sample-test-2.png"]

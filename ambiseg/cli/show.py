@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
 
 from .app import cli, console
 from .options import parse_sets
@@ -21,13 +22,26 @@ __all__ = ["show_cmd"]
               help="figure file (.png, .pdf, .svg)")
 @click.option("--set", "options", multiple=True, metavar="KEY=VALUE",
               help="dataset option, e.g. --set seed=1 (repeatable)")
-def show_cmd(data: str, root: Path | None, split: str, index: int, out: Path, options: tuple[str, ...]) -> None:
-    """Draw item INDEX of a dataset split: the image, every annotator's mask and, for synthetic
-    data, the true modes with their probabilities."""
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also draw samples of the method trained in this checkpoint")
+@click.option("--samples", "num", type=click.IntRange(min=1), default=8, show_default=True,
+              help="number of samples drawn with --checkpoint")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the sample generator")
+def show_cmd(data: str, root: Path | None, split: str, index: int, out: Path, options: tuple[str, ...],
+             checkpoint: Path | None, num: int, seed: int) -> None:
+    """Draw item INDEX of a dataset split: the image, every annotator's mask, for synthetic
+    data the true modes with their probabilities, and with --checkpoint the method's samples."""
     from ..data import build, figure_for_item, save_figure
 
     dataset = build(data, root=root, split=split, **parse_sets(options))
     item = dataset[index]
     title = f"{data} {split} #{index}: {item['id']}"
-    path = save_figure(figure_for_item(item, title=title), out)
+    samples = None
+    if checkpoint is not None:
+        from ..checkpoint import load_method
+
+        method, _ = load_method(checkpoint)
+        samples = method.sample(item["image"][None], num, generator=torch.Generator().manual_seed(seed))[0]
+        title = f"{method.name} on {title}"
+    path = save_figure(figure_for_item(item, samples=samples, title=title), out)
     console.print(f"wrote {path}")
