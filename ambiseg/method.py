@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from typing import Any
 
 import torch
@@ -166,11 +167,12 @@ class Method(nn.Module):
         sampler, sspec = _create(samplers, _spec(config.get("sampler"), None, "sampler"), data)
         method = cls(prior, transport, sampler, name=config.get("method") or "custom", stages=config.get("stages"),
                      train=config.get("train"), max_batch=config.get("max_batch") or 64)
-        method._config = {
+        config = {
             "method": method.name, "prior": pspec, "transport": tspec, "sampler": sspec,
-            "stages": list(method.stages), "train": copy.deepcopy(method.train_config),
+            "stages": list(method.stages), "train": method.train_config,
             "in_channels": data["in_channels"], "image_size": data["image_size"], "max_batch": method.max_batch,
         }
+        method._config = json.loads(json.dumps(config))  # JSON form (tuples -> lists): equal after a round trip
         return method
 
     @property

@@ -97,3 +97,11 @@ def test_same_seed_gives_the_same_numbers_when_trained_again(bench_dir, tmp_path
     again = run_bench(spec(tmp_path / "again"))[0]
     assert again["per_image"] == records[0]["per_image"]
     assert again["untrained"]["GED"] == records[0]["untrained"]["GED"]
+
+
+def test_a_finished_run_with_tuple_options_is_recognised(tmp_path):
+    """Presets written with tuples must compare equal to the JSON config read back."""
+    out = tmp_path / "b"
+    first = run_bench(spec(out, methods=["act-gtr"], counts=(2,)))[0]
+    second = run_bench(spec(out, methods=["act-gtr"], counts=(2,)))[0]
+    assert second["timing"]["train_s"] == first["timing"]["train_s"]
