@@ -241,7 +241,7 @@ class Trainer:
                     self._end_epoch(stage, epoch, step, loss, best)
                 if end_of_epoch or step % self.save_every == 0:
                     self._save("last.safetensors", optimizer, stage_index=index, stage=stage, step=step,
-                               best=best, seconds=elapsed + time.perf_counter() - start)
+                               epoch=step // per_epoch, best=best, seconds=elapsed + time.perf_counter() - start)
                 if step >= total:
                     break
         dist.barrier()  # rank 0 has written best.safetensors
