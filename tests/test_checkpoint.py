@@ -103,3 +103,14 @@ def test_a_pickle_named_like_a_checkpoint_executes_nothing(tmp_path):
     with pytest.raises(AmbisegError, match="not a readable safetensors file"):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+def test_written_files_get_the_usual_permissions(tmp_path, method):
+    import os
+    import stat
+
+    save_checkpoint(tmp_path / "c.safetensors", method, method.config)
+    mode = stat.S_IMODE(os.stat(tmp_path / "c.safetensors").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
