@@ -76,3 +76,47 @@ def test_torchrun_bench_writes_once_and_evaluates_like_one_process(tmp_path):
     single = evaluate_method(method, test, counts=(4, 8), seed=0, device=torch.device("cpu"))
     assert single["per_image"] == record["per_image"]
     assert (out / "leaderboard.md").exists()
+
+
+STOPPING = textwrap.dedent('''
+    import os, sys
+    import torch
+    import ambiseg
+    from ambiseg import data, distributed as dist
+    from ambiseg.train import Trainer, seed_everything
+
+    with dist.distributed_run(torch.device("cpu")) as dev:
+        seed_everything(0)
+        method = ambiseg.build("det-unet", preset="smoke", train={"transport": {"steps": 6, "batch_size": 4}})
+        original, calls = method.loss, [0]
+
+        def stopping(batch, stage):
+            calls[0] += 1
+            if calls[0] == 4:  # both ranks die during step 4, after the checkpoint of step 3
+                os._exit(3)
+            return original(batch, stage)
+
+        method.loss = stopping
+        train = data.build("synthetic", split="train", size=32, sizes=(8, 2, 5))
+        Trainer(method, train, None, out_dir=sys.argv[1], seed=0, progress=False, save_every=1).fit()
+''')
+
+
+def test_a_two_rank_run_resumes_in_one_process(tmp_path):
+    from ambiseg.checkpoint import load_checkpoint
+    from ambiseg.train import Trainer
+
+    script = tmp_path / "stopping.py"
+    script.write_text(STOPPING)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)]
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env).returncode != 0
+    assert load_checkpoint(tmp_path / "last.safetensors").meta["step"] == 3
+
+    method = ambiseg.build("det-unet", preset="smoke", train={"transport": {"steps": 6, "batch_size": 4}})
+    train = data.build("synthetic", split="train", size=32, sizes=(8, 2, 5))
+    result = Trainer(method, train, None, out_dir=tmp_path, seed=0, progress=False).fit(resume=True)
+    assert result.steps == {"transport": 6}
+    done = load_checkpoint(tmp_path / "last.safetensors")
+    assert done.meta["stage_index"] == 1
+    assert [h["step"] for h in done.meta["history"]] == [2, 4, 6]  # epochs of 2 steps, the first from 2 ranks
