@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_path, write_text
+from .io import write_text
 from .results import read_records, summarise
 
 __all__ = ["Row", "build_rows", "to_rich", "to_markdown", "to_csv", "to_latex", "plot", "write_leaderboard", "HEADLINE"]
@@ -222,13 +222,13 @@ def to_latex(rows: list[Row]) -> str:
 
 def plot(rows: list[Row], path: str | Path) -> None:
     """GED (headline count) against sampling time per image, one point per method."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .data.figures import save_figure
 
     sections = _sections(rows)
-    fig, axes = plt.subplots(1, len(sections), figsize=(5.5 * len(sections), 4.2), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(sections), 4.2))
+    axes = fig.subplots(1, len(sections), squeeze=False)
     for ax, ((dataset, preset), group) in zip(axes[0], sections.items()):
         key = _headline(group[0]) or "GED"
         for r in group:
@@ -242,9 +242,7 @@ def plot(rows: list[Row], path: str | Path) -> None:
         ax.set_title(f"{dataset} / {preset}")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def write_leaderboard(inputs: list[str | Path], out: str | Path) -> tuple[list[Row], dict[str, Path]]:
