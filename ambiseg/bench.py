@@ -135,11 +135,12 @@ def evaluate_method(method: Method, test_set: Dataset, *, counts: tuple[int, ...
             "peak_mb": max(peaks) if peaks else None, "memory_kind": peak.kind}
 
 
-def load_datasets(name: str, root: str | None, preset: str, seed: int) -> dict[str, Dataset]:
-    """Train/val/test splits of dataset `name` sized by bench preset `preset`."""
+def load_datasets(name: str, root: str | None, preset: str, seed: int,
+                  splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Dataset]:
+    """The `splits` of dataset `name`, sized by bench preset `preset`."""
     p = bench_preset(preset)
     out = {}
-    for split in ("train", "val", "test"):
+    for split in splits:
         opts = {**p.data_options(name, split), "seed": seed}
         if root is not None:
             opts["root"] = root

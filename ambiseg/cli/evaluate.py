@@ -21,7 +21,7 @@ from .options import data_options, parse_counts, parse_ints
 def _split(data_name: str, root: str | None, preset: str, seed: int, split: str):
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got '{split}'")
-    return load_datasets(data_name, root, preset, seed)[split]
+    return load_datasets(data_name, root, preset, seed, splits=(split,))[split]
 
 
 @cli.command("sample")
