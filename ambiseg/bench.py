@@ -3,9 +3,7 @@ sample, evaluate, time, and write one JSON record per (method, dataset, seed).
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,18 +12,19 @@ import torch
 from rich.console import Console
 from torch.utils.data import Dataset
 
-from . import data as datasets_api
 from . import distributed as dist
 from .checkpoint import load_checkpoint, load_weights
+from .data.spec import DataSpec
 from .errors import AmbisegError, ConfigError
+from .evaluation import PeakMemory, _sync, count_flops, evaluate_method
 from .io import ensure_dir, write_json
 from .leaderboard import to_rich, write_leaderboard
-from .method import Method, apply_overrides, build
+from .method import Method, method_config
 from .presets import bench_preset
 from .results import RECORD_KIND, environment, summarise
 from .train import Trainer, collate, seed_everything
 
-__all__ = ["BenchSpec", "run_bench", "evaluate_method", "load_datasets", "build_for_data", "pick_device",
+__all__ = ["BenchSpec", "run_bench", "evaluate_method", "build_for_data", "pick_device",
            "PeakMemory", "count_flops"]
 
 BASELINE = "det-unet"
@@ -44,117 +43,22 @@ def pick_device(device: str | None) -> torch.device:
     return dev
 
 
-class PeakMemory:
-    """Peak memory of a block: CUDA allocator peak on GPU, peak resident set size on CPU (Linux)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.peak_mb, self.kind = device, None, None
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            with contextlib.suppress(OSError):
-                Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_mb, self.kind = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda-allocated"
-            return
-        with contextlib.suppress(OSError, ValueError):
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak_mb, self.kind = int(line.split()[1]) / 1024, "process-peak-rss"
-
-
-def count_flops(method: Method, image: torch.Tensor) -> dict[str, float] | None:
-    """FLOPs of sampling: per image (image-only work) and per extra sample, from S=1 and S=2."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    totals = []
-    for s in (1, 2):
-        counter = FlopCounterMode(display=False)
-        with counter:
-            method.sample(image, s, generator=torch.Generator(image.device).manual_seed(0))
-        totals.append(float(counter.get_total_flops()))
-    per_sample = totals[1] - totals[0]
-    return {"per_sample": per_sample, "per_image": totals[0] - per_sample}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def evaluate_method(method: Method, test_set: Dataset, *, counts: tuple[int, ...], seed: int,
-                    device: torch.device, warmup: bool = True, max_batch: int | None = None) -> dict[str, Any]:
-    """Sample max(counts) masks per test image (one image at a time, timed, warm), then score.
-
-    Returns per-image metric lists, timing, peak memory and (for data with known modes) the
-    metrics against the true distribution.
-    """
-    from . import metrics
-
-    total = max(counts)
-    method.to(device).eval()
-    n = len(test_set)
-    if n == 0:
-        raise AmbisegError("the test set is empty; check the dataset root, split and limits")
-    first = collate([test_set[0]])["image"].to(device)
-    if warmup:
-        method.sample(first, min(2, total), generator=torch.Generator(device).manual_seed(0), max_batch=max_batch)
-    mine = []
-    with PeakMemory(device) as peak:
-        for i in dist.shard(list(range(n))):  # each rank its share; the generator depends on i only
-            image = collate([test_set[i]])["image"].to(device)
-            gen = torch.Generator(device).manual_seed(seed * 100_003 + i)
-            _sync(device)
-            t0 = time.perf_counter()
-            out = method.sample(image, total, generator=gen, max_batch=max_batch)
-            _sync(device)
-            mine.append((i, (out >= 0.5).cpu(), time.perf_counter() - t0))
-    parts = dist.gather_objects((mine, peak.peak_mb))
-    gathered = sorted((x for items, _ in parts for x in items), key=lambda x: x[0])
-    samples, seconds = [x[1] for x in gathered], [x[2] for x in gathered]
-    peaks = [p for _, p in parts if p is not None]
-    per_image: dict[str, list[float]] = {}
-    truth: dict[str, list[Any]] = {}
-    for start in range(0, n, 8):
-        items = collate([test_set[i] for i in range(start, min(n, start + 8))])
-        s = torch.cat(samples[start:start + 8])
-        known = {"modes": items["modes"], "probs": items["mode_probs"]} if "modes" in items else {}
-        for key, value in metrics.evaluate(s, items["masks"], counts=counts, **known).items():
-            per_image.setdefault(key, []).extend(value.tolist())
-        if known:
-            truth.setdefault(f"mode_mass{total}", []).extend(metrics.mode_mass(s, items["modes"], items["mode_probs"]).tolist())
-            truth.setdefault("mode_probs", []).extend(items["mode_probs"].tolist())
-    return {"per_image": per_image, "truth": truth, "sample_seconds": seconds, "samples_per_image": total,
-            "peak_mb": max(peaks) if peaks else None, "memory_kind": peak.kind}
-
-
-def load_datasets(name: str, root: str | None, preset: str, seed: int,
-                  splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Dataset]:
-    """The `splits` of dataset `name`, sized by bench preset `preset`."""
-    p = bench_preset(preset)
-    out = {}
-    for split in splits:
-        opts = {**p.data_options(name, split), "seed": seed}
-        if root is not None:
-            opts["root"] = root
-        out[split] = datasets_api.build(name, split=split, **opts)
-    return out
-
-
 def build_for_data(name: str, dataset: Dataset, *, preset: str | None, overrides: dict[str, Any]) -> Method:
-    """Build recipe `name` sized for `dataset` (channels, image size) with CLI-style overrides."""
-    image_size = int(getattr(dataset, "image_shape", (None,))[0] or 0) or None
-    method = build(name, preset=preset, in_channels=int(getattr(dataset, "in_channels", 1)), image_size=image_size)
-    if overrides:
-        method = Method.from_config(apply_overrides(method.config, overrides))
-    return method
+    """Build recipe `name` once, sized for `dataset` (channels, image size), with CLI-style overrides.
+
+    The config is assembled first and the modules built once from it, so the config saved with
+    the run is exactly the one the modules were built from. An override of `in_channels` or
+    `image_size` that contradicts the data is refused.
+    """
+    data_size = int(getattr(dataset, "image_shape", (None,))[0] or 0) or None
+    channels = int(getattr(dataset, "in_channels", 1))
+    config = method_config(name, preset=preset, overrides=overrides, in_channels=channels, image_size=data_size)
+    for key, have in (("in_channels", channels), ("image_size", data_size)):
+        if have is not None and config.get(key) is not None and config[key] != have:
+            what = "channels" if key == "in_channels" else "pixels per side"
+            raise ConfigError(f"{key}={config[key]} contradicts the data, which has {have} {what}; "
+                              f"drop --set {key} (the data decides it) or change the data (e.g. --set data.size=...)")
+    return Method.from_config(config)
 
 
 @dataclass
@@ -170,10 +74,15 @@ class BenchSpec:
     counts: tuple[int, ...] = (16, 32, 100)
     out: Path = Path("runs/bench")
     overrides: dict[str, Any] = field(default_factory=dict)
+    data_settings: dict[str, Any] = field(default_factory=dict)
     baseline: bool = True
     retrain: bool = False
     progress: bool = True
     max_batch: int | None = None
+
+    def data_spec(self) -> DataSpec:
+        """The data every method of this bench trains and is scored on."""
+        return DataSpec(name=self.data, root=self.root, preset=self.preset).with_settings(self.data_settings)
 
 
 def _run_dir(spec: BenchSpec, method: str, seed: int) -> Path:
@@ -184,10 +93,12 @@ def _train_or_load(method: Method, sets: dict[str, Dataset], run_dir: Path, spec
                    device: torch.device, console: Console) -> float:
     """Train `method` into `run_dir`, resuming an interrupted run; load a finished one. Returns seconds."""
     last = run_dir / "last.safetensors"
+    data = spec.data_spec().to_dict()
     if last.exists() and not spec.retrain:
         ckpt = load_checkpoint(last, method=method.name)
-        if ckpt.config != method.config:
-            raise AmbisegError(f"{run_dir} holds a {method.name} run with another configuration; "
+        if ckpt.config != method.config or ckpt.meta.get("data") != data:
+            what = "configuration" if ckpt.config != method.config else "data"
+            raise AmbisegError(f"{run_dir} holds a {method.name} run with another {what}; "
                                "pass --retrain to replace it or choose another --out")
         if ckpt.meta.get("stage_index") == len(method.stages):
             load_weights(method, ckpt, source=str(last))
@@ -197,7 +108,7 @@ def _train_or_load(method: Method, sets: dict[str, Dataset], run_dir: Path, spec
         last.unlink()
         (run_dir / "best.safetensors").unlink(missing_ok=True)
     trainer = Trainer(method, sets["train"], sets["val"], out_dir=run_dir, seed=seed, device=device,
-                      progress=spec.progress, console=console)
+                      progress=spec.progress, console=console, data=data)
     return trainer.fit(resume=True).seconds
 
 
@@ -209,13 +120,14 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
     if any(c < 1 for c in spec.counts):
         raise ConfigError(f"--samples must be positive integers, got {','.join(map(str, spec.counts))}")
     preset = bench_preset(spec.preset)
+    data_spec = spec.data_spec()
     device = pick_device(spec.device)
+    sets = data_spec.build_splits()
     ensure_dir(spec.out)
     names = ([BASELINE] if spec.baseline and BASELINE not in spec.methods else []) + list(spec.methods)
     method_preset = preset.method_preset_for(spec.data)
     records = []
     for seed in spec.seeds:
-        sets = load_datasets(spec.data, spec.root, spec.preset, seed)
         for name in names:
             seed_everything(seed)
             method = build_for_data(name, sets["train"], preset=method_preset, overrides=spec.overrides)
@@ -233,7 +145,7 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
             record = {
                 "kind": RECORD_KIND, "created": dt.datetime.now(dt.timezone.utc).isoformat(),
                 "method": method.name, "dataset": spec.data, "preset": spec.preset, "seed": seed,
-                "root": spec.root, "config": method.config, "counts": list(spec.counts),
+                "root": spec.root, "data": data_spec.to_dict(), "config": method.config, "counts": list(spec.counts),
                 "sizes": {k: len(v) for k, v in sets.items()},
                 "metrics": summarise(result["per_image"]), "per_image": result["per_image"],
                 "untrained": {"GED": sum(untrained["per_image"][key]) / len(untrained["per_image"][key]),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import typing
 from typing import Any
 
 import torch
@@ -21,20 +22,60 @@ from torch import Tensor, nn
 
 from .errors import CompatibilityError, ConfigError, closest
 from .interfaces import Prior, Sampler, Transport
-from .registry import REGISTRIES, methods, priors, samplers, transports
+from .registry import REGISTRIES, coerce, methods, priors, samplers, transports
 
 __all__ = [
-    "Method", "Recipe", "register_recipe", "build", "compose", "list_components",
-    "apply_overrides", "STAGES", "DEFAULT_TRAINING",
+    "Method", "Recipe", "StageTraining", "register_recipe", "build", "compose", "list_components",
+    "apply_overrides", "method_config", "STAGES", "DEFAULT_TRAINING",
 ]
 
 STAGES = ("prior", "transport", "joint")
-DEFAULT_TRAINING: dict[str, Any] = {
-    "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "epochs": 1, "batch_size": 8,
-    "grad_clip": None, "val_images": 8, "val_samples": 8, "accumulate": 1,
-}
 CONFIG_KEYS = ("method", "prior", "transport", "sampler", "stages", "train", "in_channels", "image_size", "max_batch")
 DATA_KEYS = ("in_channels", "image_size")
+ROLES = ("prior", "transport", "sampler")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageTraining:
+    """One stage's training options, `train.<stage>.<key>` in a method config.
+
+    `steps` (optimiser steps) overrides `epochs` when set; `accumulate` splits each batch into
+    that many micro-batches; `val_images`/`val_samples` size the per-epoch validation.
+    """
+
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    epochs: int = 1
+    steps: int | None = None
+    batch_size: int = 8
+    grad_clip: float | None = None
+    val_images: int = 8
+    val_samples: int = 8
+    accumulate: int = 1
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, stage: str) -> "StageTraining":
+        """Typed options from a dict (CLI strings coerced); unknown keys and bad values refused."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(f"train.{stage} has no option '{key}'{closest(key, fields)}; "
+                                  f"options: {', '.join(fields)}")
+            out[key] = coerce(value, hints[key], where=f"train.{stage}.{key}")
+        for key in ("epochs", "steps", "batch_size", "val_images", "val_samples", "accumulate"):
+            if out.get(key) is not None and out[key] < 1:
+                raise ConfigError(f"train.{stage}.{key} must be >= 1, got {out[key]}")
+        for key in ("lr", "weight_decay", "grad_clip"):
+            if out.get(key) is not None and out[key] < 0:
+                raise ConfigError(f"train.{stage}.{key} must be >= 0, got {out[key]}")
+        return cls(**out)
+
+
+DEFAULT_TRAINING: dict[str, Any] = dataclasses.asdict(StageTraining())
+_TOP_TYPES: dict[str, Any] = {"in_channels": int, "image_size": int | None, "max_batch": int}
 
 
 def _spec(value: Any, default: dict[str, Any] | None, role: str) -> dict[str, Any]:
@@ -63,30 +104,52 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Apply `{"prior.rank": 5, "sampler": "heun", "train.prior.epochs": 3}` to a method config.
 
-    A component given by a new name replaces the old spec; dotted keys set single options.
+    A component given by a new name replaces the old spec; dotted keys set single options. The
+    data keys `in_channels` and `image_size` are set at the top level only and reach every
+    component that declares them, so the config never says one size while a module has another.
     """
     config = copy.deepcopy(config)
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         if head not in CONFIG_KEYS:
             raise ConfigError(f"unknown config key '{key}'{closest(head, CONFIG_KEYS)}; top-level keys: {', '.join(CONFIG_KEYS)}")
-        if head in ("prior", "transport", "sampler"):
+        if head in ROLES:
+            if rest in DATA_KEYS:
+                raise ConfigError(f"'{key}' is set for the whole method: use '{rest}' (e.g. --set {rest}={value})")
             config[head] = _spec({rest: value} if rest else value, config.get(head), head)
         elif head == "train" and rest:
             node = config.setdefault("train", {})
             *path, leaf = rest.split(".")
             for part in path:
                 node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"config key '{key}': train.{part} is not a group of options")
             node[leaf] = value
         elif rest:
             raise ConfigError(f"config key '{head}' has no sub-keys (got '{key}')")
         elif head == "stages":
             config[head] = list(value.split(",")) if isinstance(value, str) else list(value)
-        elif head in ("in_channels", "max_batch"):
-            config[head] = _positive_int(value, key)
+        elif head == "train":
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key 'train' expects a dict of stages, got {value!r}")
+            config[head] = _deep_merge(config.get("train") or {}, value)
+        elif head in _TOP_TYPES:
+            config[head] = _top_value(head, value)
+            if head in DATA_KEYS:
+                for role in ROLES:
+                    if isinstance(config.get(role), dict) and key in config[role]:
+                        config[role][key] = config[head]
         else:
             config[head] = value
     return config
+
+
+def _top_value(key: str, value: Any) -> Any:
+    """A top-level number (`in_channels`, `image_size`, `max_batch`), typed and positive."""
+    out = coerce(value, _TOP_TYPES[key], where=key)
+    if out is not None and out < 1:
+        raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
+    return out
 
 
 def _positive_int(value: Any, where: str) -> int:
@@ -100,15 +163,23 @@ def _positive_int(value: Any, where: str) -> int:
 
 
 def _create(registry: Any, spec: dict[str, Any], data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """Create a component from `{name, **kw}`; data keys (in_channels...) fill options it declares."""
-    if "name" not in spec:
+    """Create a component from `{name, **kw}`; the method's data keys fill the options it declares.
+
+    A component value of a data key that contradicts the method's (e.g. `prior.in_channels=3`
+    with `in_channels=1`) is refused rather than silently replaced.
+    """
+    if not isinstance(spec, dict) or "name" not in spec:
         raise ConfigError(f"{registry.singular} spec needs a 'name': {spec}")
     entry = registry.get(spec["name"])
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     fields = {f.name for f in dataclasses.fields(entry.config)}
     for key in DATA_KEYS:
-        if key in fields and kwargs.get(key) is None and data.get(key) is not None:
-            kwargs[key] = data[key]
+        if key not in fields or data.get(key) is None:
+            continue
+        if kwargs.get(key) is not None and kwargs[key] != data[key]:
+            raise ConfigError(f"{registry.singular}.{key} = {kwargs[key]!r} contradicts the method's {key} = "
+                              f"{data[key]!r}; set {key} at the top level only")
+        kwargs[key] = data[key]
     cfg = entry.make_config(**kwargs)
     obj = entry.factory(**dataclasses.asdict(cfg))
     full = {"name": entry.name, **dataclasses.asdict(cfg)}
@@ -147,8 +218,17 @@ class Method(nn.Module):
         if "prior" in self.stages and not prior.trainable_alone:
             raise CompatibilityError(f"prior {type(prior).__name__} has no stage of its own; drop stage 'prior'")
         self.max_batch = _positive_int(max_batch, "max_batch")
-        self.train_config = {s: {**DEFAULT_TRAINING, **self._stage_module_defaults(s), **(train or {}).get(s, {})}
-                             for s in self.stages}
+        train = train or {}
+        if not isinstance(train, dict):
+            raise ConfigError(f"train must be a dict of stages, got {train!r}")
+        for stage, options in train.items():
+            if stage not in self.stages:
+                raise ConfigError(f"train.{stage}: method '{name}' has no stage '{stage}'{closest(stage, self.stages)}; "
+                                  f"its stages: {', '.join(self.stages)}")
+            if not isinstance(options, dict):
+                raise ConfigError(f"train.{stage} must be a dict of options, got {options!r}")
+        self.train_config = {s: dataclasses.asdict(StageTraining.from_dict(
+            {**self._stage_module_defaults(s), **train.get(s, {})}, stage=s)) for s in self.stages}
         self._config = config
 
     def _stage_module_defaults(self, stage: str) -> dict[str, Any]:
@@ -160,7 +240,7 @@ class Method(nn.Module):
         unknown = [k for k in config if k not in CONFIG_KEYS]
         if unknown:
             raise ConfigError(f"unknown config key '{unknown[0]}'{closest(unknown[0], CONFIG_KEYS)}")
-        data = {k: config.get(k) for k in DATA_KEYS}
+        data = {k: _top_value(k, config.get(k)) if config.get(k) is not None else None for k in DATA_KEYS}
         data["in_channels"] = data["in_channels"] or 1
         prior, pspec = _create(priors, _spec(config.get("prior"), None, "prior"), data)
         transport, tspec = _create(transports, _spec(config.get("transport"), None, "transport"), data)
@@ -174,6 +254,11 @@ class Method(nn.Module):
         }
         method._config = json.loads(json.dumps(config))  # JSON form (tuples -> lists): equal after a round trip
         return method
+
+    @property
+    def has_config(self) -> bool:
+        """False for a method composed from instances: nothing could rebuild it from a checkpoint."""
+        return self._config is not None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -284,16 +369,15 @@ class Recipe:
         return _deep_merge(base, self.presets[preset])
 
 
-def _build_recipe(recipe: Recipe, *, preset: str | None = None, **overrides: Any) -> Method:
+def _recipe_config(recipe: Recipe, *, preset: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """The (unbuilt) config of `recipe` with `preset` and keyword overrides applied."""
     config = recipe.config(preset)
     for key, value in overrides.items():
-        if key in ("prior", "transport", "sampler") and value is not None:
+        if key in ROLES and value is not None:
             config[key] = _spec(value, config.get(key), key)
-        elif key == "train" and value is not None:
-            config["train"] = _deep_merge(config.get("train", {}), value)
         elif value is not None:
             config = apply_overrides(config, {key: value})
-    return Method.from_config(config)
+    return config
 
 
 def register_recipe(recipe: Recipe) -> Recipe:
@@ -301,8 +385,9 @@ def register_recipe(recipe: Recipe) -> Recipe:
     def factory(*, preset: str | None = None, in_channels: int | None = None, image_size: int | None = None,
                 prior: Any = None, transport: Any = None, sampler: Any = None, train: dict | None = None,
                 stages: Any = None, max_batch: int | None = None) -> Method:
-        return _build_recipe(recipe, preset=preset, in_channels=in_channels, image_size=image_size, prior=prior,
-                             transport=transport, sampler=sampler, train=train, stages=stages, max_batch=max_batch)
+        return Method.from_config(_recipe_config(
+            recipe, preset=preset, in_channels=in_channels, image_size=image_size, prior=prior, transport=transport,
+            sampler=sampler, train=train, stages=stages, max_batch=max_batch))
 
     methods.register(recipe.name, aliases=recipe.aliases, recipe=recipe, description=recipe.description)(factory)
     return recipe
@@ -314,6 +399,24 @@ def build(name: str, *, preset: str | None = None, **overrides: Any) -> Method:
     Example: ``build("atfm", preset="cpu", sampler={"name": "heun", "steps": 10}, prior={"rank": 5})``.
     """
     return methods.create(name, preset=preset, **overrides)
+
+
+def method_config(name: str, *, preset: str | None = None, overrides: dict[str, Any] | None = None,
+                  **keywords: Any) -> dict[str, Any]:
+    """The full config of registered method `name` without building it twice.
+
+    `keywords` are `build`'s (e.g. `in_channels=3`); `overrides` are CLI-style dotted keys applied
+    after them (`{"prior.rank": 5}`). For a recipe nothing is built; a plug-in method registered
+    as a plain factory is built once to read its config. `Method.from_config` of the result
+    builds the modules exactly as the config says.
+    """
+    entry = methods.get(name)
+    recipe = entry.info.get("recipe")
+    if recipe is not None:
+        config = _recipe_config(recipe, preset=preset, **keywords)
+    else:
+        config = entry.create(preset=preset, **keywords).config
+    return apply_overrides(config, overrides or {})
 
 
 def compose(*, prior: str | dict | Prior, transport: str | dict | Transport, sampler: str | dict | Sampler,

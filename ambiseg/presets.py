@@ -16,10 +16,11 @@ __all__ = ["BenchPreset", "BENCH_PRESETS", "bench_preset"]
 
 @dataclass(frozen=True)
 class BenchPreset:
-    """Data sizes per split and dataset, the method preset, and evaluation sizes."""
+    """Data options per dataset (`common` to every split, then per split), the method preset,
+    and evaluation sizes."""
 
     method_preset: str
-    data: dict[str, dict[str, dict[str, Any]]]  # dataset -> split -> dataset options
+    data: dict[str, dict[str, dict[str, Any]]]  # dataset -> "common" | split -> dataset options
     untrained_samples: int = 16
     warmup: bool = True
     flops: bool = True
@@ -29,24 +30,24 @@ class BenchPreset:
         return self.method_preset.format(dataset={"isic3": "isic3"}.get(dataset, "lidc"))
 
     def data_options(self, dataset: str, split: str) -> dict[str, Any]:
-        return dict(self.data.get(dataset, {}).get(split, {}))
+        """Options for `split` of `dataset`; split "all" (a whole dataset) gets the common ones only."""
+        options = self.data.get(dataset, {})
+        return {**options.get("common", {}), **options.get(split, {})}
 
-
-_SYN_SMOKE = {"size": 32, "sizes": (16, 4, 4)}
-_SYN_CPU = {"size": 64, "sizes": (400, 8, 16)}
 
 BENCH_PRESETS = {
     "smoke": BenchPreset(
         method_preset="smoke", untrained_samples=4,
-        data={"synthetic": {s: dict(_SYN_SMOKE) for s in ("train", "val", "test")},
+        data={"synthetic": {"common": {"size": 32, "sizes": (16, 4, 4)}},
               "lidc": {"train": {"limit": 16}, "val": {"limit": 4}, "test": {"limit": 4}},
               "isic3": {"train": {"limit": 8}, "val": {"limit": 2}, "test": {"limit": 2}}}),
     "cpu": BenchPreset(
         method_preset="cpu",
-        data={"synthetic": {s: dict(_SYN_CPU) for s in ("train", "val", "test")},
+        data={"synthetic": {"common": {"size": 64, "sizes": (400, 8, 16)}},
               "lidc": {"train": {"limit": 1500}, "val": {"limit": 8}, "test": {"limit": 24}},
               "isic3": {"train": {"limit": 150}, "val": {"limit": 8}, "test": {"limit": 16}}}),
-    "paper": BenchPreset(method_preset="paper-{dataset}", data={}),
+    # the papers' settings: LIDC crops are 128 px as stored; ISIC3 images are resized to 256 px
+    "paper": BenchPreset(method_preset="paper-{dataset}", data={"isic3": {"common": {"size": 256}}}),
 }
 
 

@@ -7,6 +7,7 @@ to the declared type.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import types
@@ -18,45 +19,109 @@ from typing import Any
 from .errors import AmbisegError, ConfigError, UnknownNameError, closest
 
 __all__ = [
-    "Entry", "Registry", "coerce", "load_plugins", "PLUGIN_GROUP",
+    "Entry", "Registry", "coerce", "type_name", "load_plugins", "PLUGIN_GROUP",
     "priors", "transports", "samplers", "methods", "backbones", "datasets", "metrics", "REGISTRIES",
 ]
 
 PLUGIN_GROUP = "ambiseg.plugins"
 
 
+def type_name(annotation: Any) -> str:
+    """A readable name of a type annotation: `float | None`, `tuple of int`, `bool`."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else type_name(a) for a in args)
+    if origin in (tuple, list, collections.abc.Sequence):
+        inner = [a for a in args if a is not Ellipsis]
+        if origin is tuple and len(inner) > 1 and Ellipsis not in args:
+            return f"tuple of {len(inner)} {type_name(inner[0])}"
+        return f"{'tuple' if origin is tuple else 'list'} of {type_name(inner[0]) if inner else 'values'}"
+    if origin is dict:
+        return "JSON object"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _fail(value: Any, annotation: Any, where: str) -> ConfigError:
+    return ConfigError(f"{where}: cannot read {value!r} as {type_name(annotation)}")
+
+
 def coerce(value: Any, annotation: Any, *, where: str) -> Any:
-    """Convert a CLI string to `annotation` (bool, int, float, tuples/lists of those); other values pass."""
-    if not isinstance(value, str) or annotation in (str, Any, inspect.Parameter.empty):
+    """`value` as the declared `annotation`, or a `ConfigError` naming `where`, the value and the type.
+
+    Strings (from the CLI) are parsed: bool, int, float, `None`/`null` for optional types,
+    comma-separated tuples and lists. Values of another type are checked (an int where a float
+    is declared is widened; an integral float where an int is declared is narrowed). Types this
+    function does not know (classes, `Any`, `str`) pass unchanged when their kind fits.
+    """
+    if annotation in (Any, inspect.Parameter.empty) or isinstance(annotation, (str, typing.TypeVar)):
         return value
     origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        if value.lower() in ("none", "null"):
-            return None
-        for arg in args:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+            raise _fail(value, annotation, where)
+        for arg in (a for a in args if a is not type(None)):
             try:
                 return coerce(value, arg, where=where)
             except ConfigError:
                 continue
-        return value
-    try:
-        if annotation is bool:
-            low = value.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if annotation in (int, float):
-            return annotation(value)
-        if origin in (tuple, list):
-            inner = args[0] if args else str
-            parts = [p for p in value.strip("()[] ").split(",") if p.strip()]
-            return origin(coerce(p.strip(), inner, where=where) for p in parts)
-    except ValueError:
-        name = getattr(annotation, "__name__", str(annotation))
-        raise ConfigError(f"{where}: cannot read {value!r} as {name}") from None
+        raise _fail(value, annotation, where)
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise _fail(value, annotation, where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        low = str(value).lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise _fail(value, annotation, where)
+    if annotation is int:
+        if isinstance(value, bool):
+            raise _fail(value, annotation, where)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise _fail(value, annotation, where)
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _fail(value, annotation, where)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.strip().strip("()[]").split(",") if p.strip()]
+        elif isinstance(value, (list, tuple)):
+            parts = list(value)
+        else:
+            raise _fail(value, annotation, where)
+        inner = [a for a in args if a is not Ellipsis]
+        fixed = origin is tuple and len(inner) > 1 and Ellipsis not in args
+        if fixed and len(parts) != len(inner):
+            raise _fail(value, annotation, where)
+        items = [coerce(p, inner[k] if fixed else (inner[0] if inner else Any), where=where)
+                 for k, p in enumerate(parts)]
+        return list(items) if origin is list else tuple(items)
+    if origin is dict or annotation is dict:
+        if isinstance(value, dict):
+            return value
+        raise _fail(value, annotation, where)
     return value
 
 
@@ -95,18 +160,46 @@ class Entry:
         return self.factory(*args, **dataclasses.asdict(cfg))
 
 
-def _config_type(kind: str, name: str, factory: Callable[..., Any], skip: int) -> type:
-    target = factory.__init__ if inspect.isclass(factory) else getattr(factory, "func", factory)
+def _signatures(factory: Callable[..., Any], skip: int) -> list[tuple[inspect.Parameter, Any]]:
+    """The factory's keyword parameters with their hints; a class `__init__` taking `**kwargs`
+    is followed to the next base class's `__init__`, so a subclass keeps its parent's options."""
+    if not inspect.isclass(factory):
+        target = getattr(factory, "func", factory)
+        params = list(inspect.signature(factory).parameters.values())[skip:]
+        return [(p, _hints(target).get(p.name)) for p in params]
+    out: list[tuple[inspect.Parameter, Any]] = []
+    seen: set[str] = set()
+    first = True
+    for klass in factory.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        init = vars(klass)["__init__"]
+        params = list(inspect.signature(init).parameters.values())[1 + (skip if first else 0):]
+        hints = _hints(init)
+        for p in params:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) or p.name in seen:
+                continue
+            seen.add(p.name)
+            out.append((p, hints.get(p.name)))
+        first = False
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return out
+
+
+def _hints(target: Any) -> dict[str, Any]:
     try:
-        hints = typing.get_type_hints(target)
+        return typing.get_type_hints(target)
     except Exception:  # unresolved forward references: fall back to raw annotations
-        hints = {}
-    params = list(inspect.signature(factory).parameters.values())[skip:]
+        return {}
+
+
+def _config_type(kind: str, name: str, factory: Callable[..., Any], skip: int) -> type:
     fields = []
-    for p in params:
+    for p, hint in _signatures(factory, skip):
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        ann = hints.get(p.name, p.annotation if p.annotation is not p.empty else Any)
+        ann = hint if hint is not None else (p.annotation if p.annotation is not p.empty else Any)
         default = p.default
         if default is p.empty:
             fields.append((p.name, ann))
@@ -115,7 +208,7 @@ def _config_type(kind: str, name: str, factory: Callable[..., Any], skip: int) -
         else:
             fields.append((p.name, ann, dataclasses.field(default=default)))
     cls_name = "".join(part.capitalize() for part in f"{name}_{kind}_config".replace("-", "_").split("_"))
-    return dataclasses.make_dataclass(cls_name, fields, frozen=True)
+    return dataclasses.make_dataclass(cls_name, fields, frozen=True, kw_only=True)
 
 
 class Registry:

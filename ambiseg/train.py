@@ -108,14 +108,20 @@ class Trainer:
             (earlier stages by their loss) and the best weights are kept and restored.
         out_dir: where `last.safetensors` / `best.safetensors` go (None: no checkpoints).
         save_every: also checkpoint every this many optimiser steps.
+        data: the data spec (`DataSpec.to_dict()`) recorded in every checkpoint, so evaluation
+            defaults to the data the run was trained on.
     """
 
     def __init__(self, method: Method, train_set: Dataset, val_set: Dataset | None = None, *,
                  out_dir: str | Path | None = None, seed: int = 0, device: str | torch.device = "cpu",
                  progress: bool = True, detect_anomaly: bool = False, save_every: int = 50, amp: bool = True,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None, data: dict[str, Any] | None = None) -> None:
         if len(train_set) == 0:
             raise AmbisegError("the training set is empty; check the dataset root and split")
+        if out_dir is not None and not method.has_config:
+            raise ConfigError(f"method '{method.name}' was composed from instances, so its checkpoints could not be "
+                              "rebuilt; compose it from names or {name, **options} dicts, or train with out_dir=None")
+        self.data = data
         self.method, self.train_set, self.val_set = method, train_set, val_set
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.seed, self.device = int(seed), torch.device(device)
@@ -146,7 +152,7 @@ class Trainer:
     def _save(self, name: str, optimizer: torch.optim.Optimizer | None, **state: Any) -> None:
         if self.out_dir is not None and dist.is_main():
             save_checkpoint(self.out_dir / name, self.method, self.method.config, optimizer=optimizer,
-                            seed=self.seed, history=self.history, **state)
+                            seed=self.seed, history=self.history, data=self.data, **state)
 
     def _resume_state(self) -> dict[str, Any] | None:
         path = self.out_dir / "last.safetensors" if self.out_dir else None

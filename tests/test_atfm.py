@@ -132,10 +132,39 @@ def test_paper_presets_hold_the_paper_hyperparameters():
     assert (lidc["transport"]["width"], lidc["transport"]["alpha"], lidc["sampler"]["steps"]) == (128, 1e-3, 25)
     assert (isic["transport"]["width"], isic["transport"]["alpha"], isic["sampler"]["steps"]) == (256, 1e-4, 50)
     assert lidc["train"]["prior"] == {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "epochs": 1000,
-                                      "batch_size": 16}
+                                      "batch_size": 6}
     assert (lidc["train"]["transport"]["epochs"], lidc["train"]["transport"]["batch_size"]) == (200, 6)
     assert (isic["train"]["prior"]["epochs"], isic["train"]["transport"]["epochs"]) == (400, 120)
+    assert (isic["train"]["prior"]["batch_size"], isic["train"]["transport"]["batch_size"]) == (6, 1)
     assert isic["in_channels"] == 3
+
+
+@pytest.mark.parametrize("preset", ["paper-lidc", "paper-isic3"])
+def test_paper_presets_follow_the_public_code_where_the_paper_is_silent(preset):
+    """GTR batch 6 (SFM batch 1 on ISIC3) and the public ST-Net's 1x1 stem and single GroupNorm group."""
+    # building the LIDC model is quick (~0.5 s); the 152 M-parameter ISIC3 one is checked without building
+    if preset == "paper-lidc":
+        method = ambiseg.build("atfm", preset=preset)
+        config = method.config
+        assert method.transport.net.stem.kernel_size == (1, 1)
+        assert method.transport.net.mid_block1.norm1.num_groups == 1
+    else:
+        config = methods.get("atfm").info["recipe"].config(preset)
+    assert config["train"]["prior"]["batch_size"] == 6
+    assert config["train"]["transport"]["batch_size"] == (6 if preset == "paper-lidc" else 1)
+    assert (config["transport"]["stem_kernel"], config["transport"]["groups"]) == (1, 1)
+    for name in ("act-gtr", "atfm-nosf", "tdpm"):  # every recipe with ATFM's GTR stage trains it with batch 6
+        assert methods.get(name).info["recipe"].config(preset)["train"]["prior"]["batch_size"] == 6, name
+    for name in ("atfm-nosf", "sfm", "sfm-nosf"):
+        transport = methods.get(name).info["recipe"].config(preset)["transport"]
+        assert (transport["stem_kernel"], transport["groups"]) == (1, 1), name
+
+
+def test_small_presets_keep_the_default_st_net_stem_and_groups():
+    for preset in ("smoke", "cpu"):
+        net = ambiseg.build("atfm", preset=preset).transport.net
+        assert net.stem.kernel_size == (7, 7), preset
+    assert ambiseg.build("atfm", preset="cpu").config["transport"]["groups"] == 4
 
 
 def test_paper_lidc_st_net_has_about_38_5_million_parameters():

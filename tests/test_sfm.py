@@ -52,6 +52,14 @@ def test_time_scale_reaches_the_embedding():
     assert SFMTransport(time_scale=1.0, **TINY).net.time_embed[0].scale == 1.0
 
 
+def test_stem_kernel_and_groups_reach_the_st_net():
+    assert SFMTransport(**TINY).net.stem.kernel_size == (7, 7)  # default unchanged: old checkpoints load
+    sfm = SFMTransport(**{**TINY, "groups": 1}, stem_kernel=1)
+    assert sfm.net.stem.kernel_size == (1, 1) and sfm.net.mid_block1.norm1.num_groups == 1
+    with pytest.raises(ConfigError, match="stem_kernel"):
+        SFMTransport(stem_kernel=2, **TINY)
+
+
 def test_rgb_conditioning_keeps_channels_or_uses_luma():
     images = torch.rand(2, 3, 16, 16)
     keep = SFMTransport(in_channels=3, **TINY)

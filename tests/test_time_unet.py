@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ambiseg.errors import ConfigError
 from ambiseg.nets import FullAttention, LinearAttention, SinusoidalEmbedding, TimeUNet, WSConv2d
+from ambiseg.nets.blocks import ResBlock
 
 TINY = {"width": 8, "mults": (1, 2), "blocks": 1, "groups": 4, "heads": 1, "head_dim": 8}
 
@@ -79,6 +80,25 @@ def test_bad_inputs_and_options_raise_config_errors():
         TimeUNet(2, 1, width=8, mults=())
     with pytest.raises(ConfigError, match="width"):
         TimeUNet(2, 1, width=0)
+
+
+def test_stem_kernel_one_builds_a_pointwise_stem_and_runs():
+    torch.manual_seed(0)
+    net = TimeUNet(2, 1, width=8, mults=(1, 2), blocks=1, groups=1, heads=1, head_dim=8, stem_kernel=1)
+    assert net.stem.kernel_size == (1, 1) and net.stem.padding == (0, 0)
+    res_blocks = [m for m in net.modules() if isinstance(m, ResBlock)]
+    assert res_blocks and all(b.norm1.num_groups == b.norm2.num_groups == 1 for b in res_blocks)
+    _perturb_head(net)
+    out = net(torch.rand(2, 2, 16, 16), torch.rand(2))
+    assert out.shape == (2, 1, 16, 16) and torch.isfinite(out).all()
+    assert TimeUNet(2, 1, **TINY).stem.kernel_size == (7, 7)  # the default is unchanged (old checkpoints load)
+    assert TimeUNet(2, 1, stem_kernel=3, **TINY).stem.padding == (1, 1)
+
+
+@pytest.mark.parametrize("kernel", [0, 2, 4, -1, 1.5, "3", True])
+def test_even_or_non_integer_stem_kernel_is_refused(kernel):
+    with pytest.raises(ConfigError, match="stem_kernel"):
+        TimeUNet(2, 1, stem_kernel=kernel, **TINY)
 
 
 def test_weight_standardised_conv_matches_manual_standardisation_and_ignores_scale():

@@ -10,7 +10,7 @@ from ..distributed import distributed_run
 from ..errors import ConfigError
 from ..leaderboard import to_rich, write_leaderboard
 from .app import cli, console
-from .options import common_set_option, data_options, parse_counts, parse_ints, parse_sets
+from .options import common_set_option, data_options, parse_counts, parse_ints, parse_sets, split_sets
 
 
 @cli.command("bench")
@@ -35,10 +35,11 @@ def bench_cmd(methods: str, data_name: str, root: str | None, preset: str, sets:
     from ..registry import methods as registry
 
     names = [registry.canonical(n) for n in names]  # unknown names fail before any work
+    overrides, data_settings = split_sets(parse_sets(sets))
     with distributed_run(pick_device(device), console) as dev:
         spec = BenchSpec(methods=names, data=data_name, root=root, preset=preset, device=str(dev),
                          seeds=parse_ints(seeds, "--seeds"), counts=parse_counts(samples), out=out,
-                         overrides=parse_sets(sets), baseline=not no_baseline, retrain=retrain,
+                         overrides=overrides, data_settings=data_settings, baseline=not no_baseline, retrain=retrain,
                          progress=not no_progress, max_batch=max_batch)
         run_bench(spec, console=console)
 

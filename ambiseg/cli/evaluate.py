@@ -1,48 +1,86 @@
 """`ambiseg sample` and `ambiseg eval`: use a trained checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
 import click
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
-from ..bench import evaluate_method, load_datasets, pick_device
-from ..checkpoint import load_method
+from ..bench import evaluate_method, pick_device
+from ..checkpoint import Checkpoint, load_method
+from ..data.spec import SPLIT_NAMES, DataSpec
+from ..method import Method
+from ..registry import datasets
 from ..errors import ConfigError
 from ..io import atomic_path, ensure_dir, write_json
 from ..results import environment, summarise
 from ..train import collate
 from .app import cli, console
-from .options import data_options, parse_counts, parse_ints
+from .options import data_options, data_set_option, parse_counts, parse_ints, parse_sets, split_sets
 
 
-def _split(data_name: str, root: str | None, preset: str, seed: int, split: str):
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"--split must be train, val or test, got '{split}'")
-    return load_datasets(data_name, root, preset, seed, splits=(split,))[split]
+def _run_data(path: Path, ckpt: Checkpoint, data_name: str | None, root: str | None, preset: str | None,
+              sets: tuple[str, ...]) -> DataSpec:
+    """The data to score on: the run's own (recorded in the checkpoint), changed only where the user says.
+
+    Another dataset name starts from that dataset's defaults; `--root`, `--preset` and
+    `--set data.*` change the recorded spec.
+    """
+    settings, data_settings = split_sets(parse_sets(sets))
+    if settings:
+        raise ConfigError(f"--set {next(iter(settings))}: only data.KEY=VALUE settings are allowed here; "
+                          "the method's config comes from the checkpoint")
+    recorded = ckpt.meta.get("data")
+    base = DataSpec.from_dict(recorded, where=f"checkpoint {path} data record") if recorded else DataSpec()
+    if recorded is None and data_name is None:
+        console.print(f"[dim]{path} records no data; using {base.describe()}[/dim]")
+    if data_name is not None and datasets.canonical(data_name) != datasets.canonical(base.name):
+        base = DataSpec(name=data_name)
+    changes = {k: v for k, v in (("root", root), ("preset", preset)) if v is not None}
+    return dataclasses.replace(base, **changes).with_settings(data_settings)
+
+
+def _load_split(spec: DataSpec, split: str, method: Method, path: Path) -> Dataset:
+    """Split `split` of `spec`, refused in one line when its images do not fit the trained method."""
+    if split not in SPLIT_NAMES:
+        raise ConfigError(f"--split must be one of {', '.join(SPLIT_NAMES)}, got '{split}'")
+    data = spec.build(split)
+    config = method.config
+    size = config.get("image_size")
+    want = f"{config['in_channels']}-channel" + (f" {size}x{size}" if size else "")
+    have_h, have_w = data.image_shape
+    if data.in_channels != config["in_channels"] or (size is not None and (have_h, have_w) != (size, size)):
+        raise ConfigError(f"{path} was trained on {want} images but {spec.describe()} has {data.in_channels}-channel "
+                          f"{have_h}x{have_w} images; drop the data flags to score the run's own data, or choose data "
+                          "of the trained size")
+    return data
 
 
 @cli.command("sample")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@data_options
-@click.option("--split", default="test", show_default=True)
+@data_options(recorded=True)
+@data_set_option
+@click.option("--split", default="test", show_default=True, help="train, val, test or all (a whole dataset)")
 @click.option("--indices", default="0", show_default=True, help="comma-separated item indices of the split")
 @click.option("--samples", "num", type=int, default=16, show_default=True, help="samples per image")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-def sample_cmd(checkpoint: Path, data_name: str, root: str | None, preset: str, split: str, indices: str, num: int,
-               seed: int, device: str | None, out: Path) -> None:
+def sample_cmd(checkpoint: Path, data_name: str | None, root: str | None, preset: str | None, sets: tuple[str, ...],
+               split: str, indices: str, num: int, seed: int, device: str | None, out: Path) -> None:
     """Draw samples for chosen images: OUT/samples.npz and one PNG per image."""
     from ..data import figure_for_item, save_figure
 
     if num < 1:
         raise ConfigError(f"--samples must be >= 1, got {num}")
-    method, _ = load_method(checkpoint)
+    method, ckpt = load_method(checkpoint)
+    spec = _run_data(checkpoint, ckpt, data_name, root, preset, sets)
     dev = pick_device(device)
-    data = _split(data_name, root, preset, seed, split)
+    data = _load_split(spec, split, method, checkpoint)
     idx = parse_ints(indices, "--indices")
     bad = [i for i in idx if not 0 <= i < len(data)]
     if bad:
@@ -56,34 +94,40 @@ def sample_cmd(checkpoint: Path, data_name: str, root: str | None, preset: str, 
             np.savez_compressed(fh, samples=(probs >= 0.5).numpy().astype(np.uint8), probs=probs.numpy().astype(np.float16),
                                 ids=np.array(items["id"]), indices=np.array(idx))
     for j, i in enumerate(idx):
-        fig = figure_for_item(data[i], samples=probs[j], title=f"{method.name}: {data_name} {split} #{i}")
+        fig = figure_for_item(data[i], samples=probs[j], title=f"{method.name}: {spec.name} {split} #{i}")
         save_figure(fig, out / f"sample-{split}-{i}.png")
     console.print(f"wrote {out / 'samples.npz'} and {len(idx)} figure(s) in {out}")
 
 
 @cli.command("eval")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@data_options
-@click.option("--split", default="test", show_default=True)
+@data_options(recorded=True)
+@data_set_option
+@click.option("--split", default="test", show_default=True, help="train, val, test or all (a whole dataset)")
 @click.option("--samples", "samples", default="16,32,100", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--max-batch", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here")
-def eval_cmd(checkpoint: Path, data_name: str, root: str | None, preset: str, split: str, samples: str, seed: int,
-             device: str | None, max_batch: int | None, out: Path | None) -> None:
-    """Evaluate CHECKPOINT on a split with every metric (mean and 95% bootstrap interval)."""
+def eval_cmd(checkpoint: Path, data_name: str | None, root: str | None, preset: str | None, sets: tuple[str, ...],
+             split: str, samples: str, seed: int, device: str | None, max_batch: int | None, out: Path | None) -> None:
+    """Evaluate CHECKPOINT on a split with every metric (mean and 95% bootstrap interval).
+
+    With no data flags the run's own data (recorded in the checkpoint) is used.
+    """
     counts = parse_counts(samples)
     method, ckpt = load_method(checkpoint)
+    spec = _run_data(checkpoint, ckpt, data_name, root, preset, sets)
     dev = pick_device(device)
-    data = _split(data_name, root, preset, seed, split)
+    data = _load_split(spec, split, method, checkpoint)
+    console.print(f"[dim]scoring {method.name} on {spec.describe()}, split {split} ({len(data)} images)[/dim]")
     result = evaluate_method(method, data, counts=counts, seed=seed, device=dev, max_batch=max_batch)
     summary = summarise(result["per_image"])
     for key, m in summary.items():
         console.print(f"{key:>14}: {m['mean']:.4f}  [{m['lo']:.4f}, {m['hi']:.4f}]  (n={m['n']})")
     console.print(f"sampling: {np.mean(result['sample_seconds']):.3f} s per image for {max(counts)} samples")
     if out is not None:
-        write_json(out, {"checkpoint": str(checkpoint), "method": method.name, "data": data_name, "split": split,
+        write_json(out, {"checkpoint": str(checkpoint), "method": method.name, "data": spec.to_dict(), "split": split,
                          "created": dt.datetime.now(dt.timezone.utc).isoformat(), "metrics": summary,
                          "per_image": result["per_image"], "sample_s": result["sample_seconds"],
                          "env": environment(dev), "config": ckpt.config})

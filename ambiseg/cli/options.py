@@ -9,7 +9,8 @@ import click
 
 from ..errors import ConfigError
 
-__all__ = ["parse_sets", "parse_counts", "parse_ints", "data_options", "common_set_option"]
+__all__ = ["parse_sets", "split_sets", "parse_counts", "parse_ints", "data_options", "common_set_option",
+           "data_set_option"]
 
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
@@ -25,6 +26,13 @@ def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
             value = raw
         out[key.strip()] = value
     return out
+
+
+def split_sets(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate method overrides from data settings (`data.KEY`, `data.SPLIT.KEY`)."""
+    method = {k: v for k, v in settings.items() if k.split(".")[0] != "data"}
+    data = {k: v for k, v in settings.items() if k.split(".")[0] == "data"}
+    return method, data
 
 
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
@@ -44,15 +52,30 @@ def parse_counts(text: str) -> tuple[int, ...]:
     return counts
 
 
-def data_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--data, --root, --preset."""
-    func = click.option("--preset", default="cpu", show_default=True,
-                        help="bench preset: smoke | cpu | paper (sets data sizes and the method preset)")(func)
-    func = click.option("--root", default=None, help="dataset root (zip, folder or pickle dir); none for synthetic")(func)
-    func = click.option("--data", "data_name", default="synthetic", show_default=True, help="dataset name")(func)
-    return func
+def data_options(func: Callable[..., Any] | None = None, *, recorded: bool = False) -> Any:
+    """--data, --root, --preset; with `recorded`, each defaults to the run's own (from the checkpoint)."""
+    def deco(f: Callable[..., Any]) -> Callable[..., Any]:
+        own = " (default: the run's own, from the checkpoint)"
+        f = click.option("--preset", default=None if recorded else "cpu", show_default=not recorded,
+                         help="bench preset: smoke | cpu | paper (sets data sizes and the method preset)"
+                         + (own if recorded else ""))(f)
+        f = click.option("--root", default=None, help="dataset root (zip, folder or pickle dir); none for synthetic"
+                         + (own if recorded else ""))(f)
+        f = click.option("--data", "data_name", default=None if recorded else "synthetic", show_default=not recorded,
+                         help="dataset name" + (own if recorded else ""))(f)
+        return f
+
+    return deco(func) if func is not None else deco
 
 
 def common_set_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                        help="override a config value, e.g. prior.rank=5, sampler=heun, train.prior.steps=100")(func)
+                        help="override a config value, e.g. prior.rank=5, sampler=heun, train.prior.steps=100; "
+                             "data.KEY=VALUE / data.SPLIT.KEY=VALUE set dataset options (data.size=32, "
+                             "data.test.limit=500, data.seed=1)")(func)
+
+
+def data_set_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--set", "sets", multiple=True, metavar="data.KEY=VALUE",
+                        help="dataset options: data.KEY=VALUE for every split, data.SPLIT.KEY=VALUE for one "
+                             "(e.g. data.test.limit=500); the method comes from the checkpoint")(func)

@@ -21,7 +21,7 @@ __all__ = ["show_cmd"]
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="figure file (.png, .pdf, .svg)")
 @click.option("--set", "options", multiple=True, metavar="KEY=VALUE",
-              help="dataset option, e.g. --set seed=1 (repeatable)")
+              help="dataset option, e.g. --set data.seed=1 (the data. prefix is optional; repeatable)")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="also draw samples of the method trained in this checkpoint")
 @click.option("--samples", "num", type=click.IntRange(min=1), default=8, show_default=True,
@@ -33,7 +33,8 @@ def show_cmd(data: str, root: Path | None, split: str, index: int, out: Path, op
     data the true modes with their probabilities, and with --checkpoint the method's samples."""
     from ..data import build, figure_for_item, save_figure
 
-    dataset = build(data, root=root, split=split, **parse_sets(options))
+    settings = {key.removeprefix("data."): value for key, value in parse_sets(options).items()}
+    dataset = build(data, root=root, split=split, **settings)
     item = dataset[index]
     title = f"{data} {split} #{index}: {item['id']}"
     samples = None

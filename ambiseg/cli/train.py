@@ -5,12 +5,13 @@ from pathlib import Path
 
 import click
 
-from ..bench import build_for_data, load_datasets, pick_device
+from ..bench import build_for_data, pick_device
+from ..data.spec import DataSpec
 from ..distributed import distributed_run, is_main
 from ..io import ensure_dir, write_json
 from ..presets import bench_preset
 from .app import cli, console
-from .options import common_set_option, data_options, parse_sets
+from .options import common_set_option, data_options, parse_sets, split_sets
 
 
 @cli.command("train")
@@ -31,18 +32,21 @@ def train_cmd(method: str, data_name: str, root: str | None, preset: str, sets: 
     """Train METHOD (a registered recipe) on a dataset; checkpoints go to OUT."""
     from ..train import Trainer, seed_everything
 
-    overrides = parse_sets(sets)
+    overrides, data_settings = split_sets(parse_sets(sets))
+    spec = DataSpec(name=data_name, root=root, preset=preset).with_settings(data_settings)
     dev = pick_device(device)
     with distributed_run(dev, console) as dev:
         ensure_dir(out)
-        sel = load_datasets(data_name, root, preset, seed)
+        sel = spec.build_splits()
         seed_everything(seed)
         model = build_for_data(method, sel["train"], preset=bench_preset(preset).method_preset_for(data_name),
                                overrides=overrides)
+        trainer = Trainer(model, sel["train"], sel["val"], out_dir=out, seed=seed, device=dev,
+                          progress=not no_progress, detect_anomaly=detect_anomaly, save_every=save_every,
+                          console=console, data=spec.to_dict())
         if is_main():
-            write_json(out / "config.json", {"config": model.config, "data": data_name, "root": root, "preset": preset,
-                                             "seed": seed, "overrides": overrides})
-        result = Trainer(model, sel["train"], sel["val"], out_dir=out, seed=seed, device=dev, progress=not no_progress,
-                         detect_anomaly=detect_anomaly, save_every=save_every, console=console).fit(resume=resume)
+            write_json(out / "config.json", {"config": model.config, "data": spec.to_dict(), "seed": seed,
+                                             "overrides": overrides, "data_settings": data_settings})
+        result = trainer.fit(resume=resume)
     console.print(f"trained {model.name} in {result.seconds:.1f} s; steps {result.steps}; best {result.best}; "
                   f"checkpoint {out / 'last.safetensors'}")

@@ -21,12 +21,13 @@ from .figures import figure_for_item, item_figure, save_figure
 from .isic import Isic3Dataset
 from .lidc import LidcDataset
 from .safe_pickle import safe_load
+from .spec import DataSpec
 from .splits import assign_groups, split_indices
 from .synthetic import MODE_NAMES, SyntheticDataset, make_example
 from .validate import SPLITS
 
 __all__ = [
-    "build", "AnnotatedDataset", "SyntheticDataset", "LidcDataset", "Isic3Dataset", "MODE_NAMES", "SPLITS",
+    "build", "DataSpec", "AnnotatedDataset", "SyntheticDataset", "LidcDataset", "Isic3Dataset", "MODE_NAMES", "SPLITS",
     "make_example", "assign_groups", "split_indices", "safe_load", "joint_augment",
     "item_figure", "figure_for_item", "save_figure",
 ]

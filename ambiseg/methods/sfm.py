@@ -41,7 +41,8 @@ class SFMTransport(Transport):
             detached estimate, as the public code: it adds no gradient).
         grayscale: feed RGB images to the ST-Net as one luma channel (the public code's choice);
             default keeps every image channel.
-        groups: GroupNorm groups of the ST-Net.
+        groups: GroupNorm groups of the ST-Net's ResNet blocks (default 8; the public code uses 1).
+        stem_kernel: kernel size of the ST-Net's input conv, odd (default 7; the public code uses 1).
         attention: linear attention at every ST-Net level.
         heads, head_dim: attention heads and channels per head (paper setting: 4 x 32).
         time_scale: t in [0, 1] is multiplied by this before the sinusoidal embedding; 1.0
@@ -54,7 +55,8 @@ class SFMTransport(Transport):
 
     def __init__(self, *, width: int = 32, mults: tuple[int, ...] = (1, 2, 4), blocks: int = 2, alpha: float = 1e-3,
                  sf_loss: str = "soft", grayscale: bool = False, groups: int = 8, attention: bool = True,
-                 heads: int = 4, head_dim: int = 32, time_scale: float = 1000.0, in_channels: int = 1) -> None:
+                 heads: int = 4, head_dim: int = 32, time_scale: float = 1000.0, stem_kernel: int = 7,
+                 in_channels: int = 1) -> None:
         super().__init__()
         if sf_loss not in SF_LOSSES:
             raise ConfigError(f"transport 'sfm' option 'sf_loss' is {sf_loss!r}{closest(str(sf_loss), SF_LOSSES)}; "
@@ -67,7 +69,8 @@ class SFMTransport(Transport):
         self.grayscale = bool(grayscale) and in_channels == 3
         image_channels = 1 if self.grayscale else self.in_channels
         self.net = TimeUNet(image_channels + 1, 1, width=width, mults=tuple(mults), blocks=blocks, groups=groups,
-                            attention=attention, heads=heads, head_dim=head_dim, time_scale=time_scale)
+                            attention=attention, heads=heads, head_dim=head_dim, time_scale=time_scale,
+                            stem_kernel=stem_kernel)
 
     def condition(self, images: Tensor) -> Tensor:
         """The conditioning image [B, C', H, W] (one luma channel when `grayscale`)."""

@@ -41,7 +41,10 @@ class TimeUNet(nn.Module):
         mults: width multipliers, one per level; H and W must be divisible by
             `2 ** (len(mults) - 1)` (the last level does not downsample).
         blocks: ResNet blocks per level (each stores a skip for the decoder).
-        groups: GroupNorm groups; must divide `width * m` for every multiplier.
+        groups: GroupNorm groups of every ResNet block; must divide `width * m` for every
+            multiplier (1 is LayerNorm-like normalisation over all channels, as in ATFM's public ST-Net).
+        stem_kernel: kernel size of the input convolution (odd; padding `stem_kernel // 2` keeps
+            H and W). 7 is ambiseg's default; ATFM's public ST-Net uses 1.
         attention: linear attention at every level (off: no attention at the levels).
         full_attention_mid: softmax attention in the bottleneck (off: linear attention there,
             or none when `attention` is off too).
@@ -56,10 +59,12 @@ class TimeUNet(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, *, width: int = 32, mults: Sequence[int] = (1, 2, 4),
                  blocks: int = 2, groups: int = 8, attention: bool = True, full_attention_mid: bool = True,
-                 cond_dim: int | None = None, heads: int = 4, head_dim: int = 32, time_scale: float = 1000.0) -> None:
+                 cond_dim: int | None = None, heads: int = 4, head_dim: int = 32, time_scale: float = 1000.0,
+                 stem_kernel: int = 7) -> None:
         super().__init__()
         mults = tuple(int(m) for m in mults)
-        _check(in_channels, out_channels, width, mults, blocks, groups, cond_dim, heads, head_dim)
+        _check(in_channels, out_channels, width, mults, blocks, groups, cond_dim, heads, head_dim, stem_kernel)
+        stem_kernel = int(stem_kernel)
         self.in_channels, self.out_channels, self.cond_dim = in_channels, out_channels, cond_dim
         self.factor = 2 ** (len(mults) - 1)
         widths = [width * m for m in mults]
@@ -75,7 +80,7 @@ class TimeUNet(nn.Module):
             return LinearAttention(channels, heads=heads, head_dim=head_dim) if attention else nn.Identity()
 
         last = len(widths) - 1
-        self.stem = nn.Conv2d(in_channels, width, 7, padding=3)
+        self.stem = nn.Conv2d(in_channels, width, stem_kernel, padding=stem_kernel // 2)
         self.down = nn.ModuleList(
             _Level([res(c, c) for _ in range(blocks)], attn(c),
                    nn.Conv2d(c, nxt, 3, padding=1) if i == last else Downsample(c, nxt))
@@ -137,13 +142,20 @@ class TimeUNet(nn.Module):
 
 
 def _check(in_channels: int, out_channels: int, width: int, mults: tuple[int, ...], blocks: int, groups: int,
-           cond_dim: int | None, heads: int, head_dim: int) -> None:
+           cond_dim: int | None, heads: int, head_dim: int, stem_kernel: int) -> None:
     """Raise ConfigError naming the bad TimeUNet option and how to fix it."""
     positive = {"in_channels": in_channels, "out_channels": out_channels, "width": width, "blocks": blocks,
                 "groups": groups, "heads": heads, "head_dim": head_dim}
     for key, value in positive.items():
         if int(value) < 1:
             raise ConfigError(f"TimeUNet option '{key}' must be a positive integer, got {value}")
+    try:
+        kernel = int(stem_kernel)
+    except (TypeError, ValueError):
+        kernel = 0
+    if isinstance(stem_kernel, bool) or kernel != stem_kernel or kernel < 1 or kernel % 2 == 0:
+        raise ConfigError(f"TimeUNet option 'stem_kernel' must be an odd positive integer (the stem conv is padded "
+                          f"by stem_kernel // 2 to keep H and W), got {stem_kernel!r}; use e.g. 1, 3 or 7")
     if not mults or min(mults) < 1:
         raise ConfigError(f"TimeUNet option 'mults' must be non-empty positive integers, got {mults}")
     bad = [width * m for m in (1, *mults) if (width * m) % groups]

@@ -1,0 +1,135 @@
+"""Evaluation of a method on a test set: `evaluate_method` (sample, time and score every test
+image), `PeakMemory` (peak memory of a block) and `count_flops` (FLOPs of sampling).
+
+`evaluate_method` streams: each image is scored as soon as its samples exist and only its
+numbers are kept, so memory holds one image's samples whatever the size of the test set.
+Under torchrun every rank takes its share of the images and only those numbers (with the
+timings and peak memory) are gathered.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from . import distributed as dist
+from . import metrics
+from .errors import AmbisegError
+from .method import Method
+from .train import collate
+
+__all__ = ["evaluate_method", "PeakMemory", "count_flops"]
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA allocator peak on GPU, peak resident set size on CPU (Linux)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak_mb, self.kind = device, None, None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb, self.kind = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda-allocated"
+            return
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_mb, self.kind = int(line.split()[1]) / 1024, "process-peak-rss"
+
+
+def count_flops(method: Method, image: torch.Tensor) -> dict[str, float] | None:
+    """FLOPs of sampling: per image (image-only work) and per extra sample, from S=1 and S=2."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    totals = []
+    for s in (1, 2):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            method.sample(image, s, generator=torch.Generator(image.device).manual_seed(0))
+        totals.append(float(counter.get_total_flops()))
+    per_sample = totals[1] - totals[0]
+    return {"per_sample": per_sample, "per_image": totals[0] - per_sample}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _score(samples: torch.Tensor, item: dict[str, Any], counts: tuple[int, ...],
+           total: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """One image's metrics and (for data with known modes) truth rows, as plain Python numbers.
+
+    `samples` is the bool `[1, S, H, W]` on the CPU and `item` the image collated alone.
+    """
+    known = {"modes": item["modes"], "probs": item["mode_probs"]} if "modes" in item else {}
+    scores = {key: value.item() for key, value in metrics.evaluate(samples, item["masks"], counts=counts,
+                                                                   **known).items()}
+    truth = {}
+    if known:
+        truth[f"mode_mass{total}"] = metrics.mode_mass(samples, item["modes"], item["mode_probs"])[0].tolist()
+        truth["mode_probs"] = item["mode_probs"][0].tolist()
+    return scores, truth
+
+
+def evaluate_method(method: Method, test_set: Dataset, *, counts: tuple[int, ...], seed: int,
+                    device: torch.device, warmup: bool = True, max_batch: int | None = None) -> dict[str, Any]:
+    """Sample max(counts) masks per test image (one image at a time, timed, warm) and score each
+    image as soon as its samples exist.
+
+    The generator of image i is seeded `seed * 100_003 + i`, so results depend neither on the
+    number of ranks nor on the order images are drawn in. Only the sample call is timed.
+
+    Returns per-image metric lists (`per_image`), the metrics against the true distribution for
+    data with known modes (`truth`: `mode_mass<S>` and `mode_probs` rows), `sample_seconds`
+    per image, `samples_per_image`, and the peak memory of the loop (`peak_mb`, `memory_kind`),
+    every list in image order.
+    """
+    total = max(counts)
+    method.to(device).eval()
+    n = len(test_set)
+    if n == 0:
+        raise AmbisegError("the test set is empty; check the dataset root, split and limits")
+    first = collate([test_set[0]])["image"].to(device)
+    if warmup:
+        method.sample(first, min(2, total), generator=torch.Generator(device).manual_seed(0), max_batch=max_batch)
+    mine = []  # (image index, metrics, truth rows, seconds): numbers only
+    with PeakMemory(device) as peak:
+        for i in dist.shard(list(range(n))):  # each rank its share; the generator depends on i only
+            item = collate([test_set[i]])
+            image = item["image"].to(device)
+            gen = torch.Generator(device).manual_seed(seed * 100_003 + i)
+            _sync(device)
+            t0 = time.perf_counter()
+            out = method.sample(image, total, generator=gen, max_batch=max_batch)
+            _sync(device)
+            seconds = time.perf_counter() - t0
+            samples = (out >= 0.5).cpu()
+            del out
+            mine.append((i, *_score(samples, item, counts, total), seconds))
+    parts = dist.gather_objects((mine, peak.peak_mb))
+    rows = sorted((row for items, _ in parts for row in items), key=lambda row: row[0])
+    peaks = [p for _, p in parts if p is not None]
+    per_image: dict[str, list[float]] = {}
+    truth: dict[str, list[Any]] = {}
+    for _, scores, truth_rows, _ in rows:
+        for key, value in scores.items():
+            per_image.setdefault(key, []).append(value)
+        for key, value in truth_rows.items():
+            truth.setdefault(key, []).append(value)
+    return {"per_image": per_image, "truth": truth, "sample_seconds": [row[3] for row in rows],
+            "samples_per_image": total, "peak_mb": max(peaks) if peaks else None, "memory_kind": peak.kind}
