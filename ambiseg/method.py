@@ -40,7 +40,8 @@ class StageTraining:
     """One stage's training options, `train.<stage>.<key>` in a method config.
 
     `steps` (optimiser steps) overrides `epochs` when set; `accumulate` splits each batch into
-    that many micro-batches; `val_images`/`val_samples` size the per-epoch validation.
+    that many micro-batches; `val_images`/`val_samples` size the validation, which runs at every
+    epoch end, or every `val_every` steps when set (and at the stage's last step).
     """
 
     optimizer: str = "adam"
@@ -52,6 +53,7 @@ class StageTraining:
     grad_clip: float | None = None
     val_images: int = 8
     val_samples: int = 8
+    val_every: int | None = None
     accumulate: int = 1
 
     @classmethod
@@ -65,7 +67,7 @@ class StageTraining:
                 raise ConfigError(f"train.{stage} has no option '{key}'{closest(key, fields)}; "
                                   f"options: {', '.join(fields)}")
             out[key] = coerce(value, hints[key], where=f"train.{stage}.{key}")
-        for key in ("epochs", "steps", "batch_size", "val_images", "val_samples", "accumulate"):
+        for key in ("epochs", "steps", "batch_size", "val_images", "val_samples", "val_every", "accumulate"):
             if out.get(key) is not None and out[key] < 1:
                 raise ConfigError(f"train.{stage}.{key} must be >= 1, got {out[key]}")
         for key in ("lr", "weight_decay", "grad_clip"):

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from . import distributed as dist
 from .checkpoint import load_checkpoint, load_weights, optimizer_state, restore_rng, save_checkpoint
 from .errors import AmbisegError, ConfigError, closest
+from .io import write_text
 from .method import Method
 
 __all__ = ["Trainer", "TrainResult", "TrainingError", "collate", "to_device", "make_optimizer", "seed_everything"]
@@ -110,18 +111,22 @@ class Trainer:
         save_every: also checkpoint every this many optimiser steps.
         data: the data spec (`DataSpec.to_dict()`) recorded in every checkpoint, so evaluation
             defaults to the data the run was trained on.
+        log: write the validation history here as CSV after every validation (learning curves:
+            step, training loss, validation GED / HM-IoU / diversity or the stage's loss).
     """
 
     def __init__(self, method: Method, train_set: Dataset, val_set: Dataset | None = None, *,
                  out_dir: str | Path | None = None, seed: int = 0, device: str | torch.device = "cpu",
                  progress: bool = True, detect_anomaly: bool = False, save_every: int = 50, amp: bool = True,
-                 console: Console | None = None, data: dict[str, Any] | None = None) -> None:
+                 console: Console | None = None, data: dict[str, Any] | None = None,
+                 log: str | Path | None = None) -> None:
         if len(train_set) == 0:
             raise AmbisegError("the training set is empty; check the dataset root and split")
         if out_dir is not None and not method.has_config:
             raise ConfigError(f"method '{method.name}' was composed from instances, so its checkpoints could not be "
                               "rebuilt; compose it from names or {name, **options} dicts, or train with out_dir=None")
         self.data = data
+        self.log = Path(log) if log is not None else None
         self.method, self.train_set, self.val_set = method, train_set, val_set
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.seed, self.device = int(seed), torch.device(device)
@@ -165,7 +170,10 @@ class Trainer:
         return {**ckpt.meta, "optimizer_state": optimizer_state(ckpt)}
 
     # ---- validation -----------------------------------------------------------------------
-    def _validate(self, stage: str) -> float | None:
+    def _validate(self, stage: str) -> dict[str, float] | None:
+        """Validation of `stage` on the first `val_images` images: its loss for an earlier stage;
+        for the last stage GED, HM-IoU and sample diversity of `val_samples` samples. `score`
+        (lower is better) selects the best checkpoint."""
         if self.val_set is None or len(self.val_set) == 0:
             return None
         cfg = self.method.train_config[stage]
@@ -175,12 +183,16 @@ class Trainer:
             torch.manual_seed(self.seed + 12345)
             if stage != self.method.stages[-1]:
                 with torch.no_grad():
-                    return float(self.method.loss(batch, stage)["loss"])
-            from .metrics import ged
+                    loss = float(self.method.loss(batch, stage)["loss"])
+                return {"score": loss, "val_loss": loss}
+            from .metrics import ged, hm_iou, sample_diversity
 
             gen = torch.Generator(self.device).manual_seed(self.seed + 54321)
             samples = self.method.sample(batch["image"], int(cfg.get("val_samples") or 8), generator=gen)
-            return float(ged(samples, batch["masks"]).mean())
+            masks = batch["masks"]
+            value = float(ged(samples, masks).mean())
+            return {"score": value, "val_ged": value, "val_hm_iou": float(hm_iou(samples, masks).mean()),
+                    "val_diversity": float(sample_diversity(samples, masks).mean())}
 
     # ---- main loop ------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> TrainResult:
@@ -239,7 +251,8 @@ class Trainer:
             for idx in self._epoch_batches(stage, epoch, bs)[offset:]:
                 loss = self._step(loss_fn, optimizer, params, dist.shard(idx), accumulate, clip, stage, epoch, step)
                 step += 1
-                end_of_epoch = step % per_epoch == 0 or step == total
+                every = cfg.get("val_every")
+                end_of_epoch = (step % every == 0 if every else step % per_epoch == 0) or step == total
                 if bar is not None:
                     rate = (step - s0) / max(time.perf_counter() - t0, 1e-9)
                     bar.update(task, completed=step, loss=loss, rate=f"{rate:.1f} it/s")
@@ -284,8 +297,10 @@ class Trainer:
         return total.item()
 
     def _end_epoch(self, stage: str, epoch: int, step: int, loss: float, best: dict[str, float | None]) -> None:
-        score = self._validate(stage)
-        self.history.append({"stage": stage, "epoch": epoch, "step": step, "loss": loss, "val": score})
+        scores = self._validate(stage)
+        score = None if scores is None else scores.pop("score")
+        self.history.append({"stage": stage, "epoch": epoch, "step": step, "loss": loss, "val": score, **(scores or {})})
+        self._write_log()
         if score is None:
             return
         previous = best.get(stage)
@@ -293,6 +308,15 @@ class Trainer:
             best[stage] = score
             self._save("best.safetensors", None, stage_index=self.method.stages.index(stage), stage=stage,
                        step=step, best=best, rng=False)
+
+    def _write_log(self) -> None:
+        """The history so far as CSV (one row per validation), rewritten atomically."""
+        if self.log is None or not dist.is_main():
+            return
+        keys = list(dict.fromkeys(k for row in self.history for k in row))
+        lines = [",".join(keys)] + [",".join("" if row.get(k) is None else str(row.get(k)) for k in keys)
+                                     for row in self.history]
+        write_text(self.log, "\n".join(lines) + "\n")
 
     @contextlib.contextmanager
     def _progress(self) -> Iterator[Progress | None]:

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ambiseg.data import build, safe_load
-from ambiseg.errors import DataError
+from ambiseg.errors import ConfigError, DataError
 
 # the repository sits at <work>/main, the shared data at <work>/shared/data
 REAL_ZIP = Path(os.environ.get("AMBISEG_LIDC",
@@ -310,3 +310,16 @@ def test_real_lidc_zip():
         empty_raters += int((item["masks"].sum(dim=(1, 2)) == 0).any())
         disagreements += int(not all(torch.equal(item["masks"][0], m) for m in item["masks"]))
     assert empty_raters > 0 and disagreements > 25  # raters disagree on most slices, some see nothing
+
+
+def test_centre_crop_keeps_the_middle_and_refuses_bad_sizes(slices_zip: Path):
+    whole = build("lidc", root=slices_zip, split="all")
+    crop = build("lidc", root=slices_zip, split="all", crop="8")  # a CLI string, typed
+    assert crop.image_shape == (8, 8) and crop.image_size == 8
+    item, full = crop[3], whole[3]
+    assert item["image"].shape == (1, 8, 8) and item["masks"].shape == (4, 8, 8)
+    assert torch.equal(item["image"], full["image"][:, 4:12, 4:12])
+    assert torch.equal(item["masks"], full["masks"][:, 4:12, 4:12])
+    for bad in (0, 17):
+        with pytest.raises(ConfigError, match="crop must be between 1 and 16"):
+            build("lidc", root=slices_zip, split="all", crop=bad)

@@ -94,3 +94,19 @@ def test_non_finite_loss_names_stage_epoch_step_and_keeps_last_checkpoint(tmp_pa
 def test_empty_training_set_is_refused():
     with pytest.raises(ambiseg.AmbisegError, match="training set is empty"):
         Trainer(small(), [], None)
+
+
+def test_val_every_and_csv_learning_curves(tmp_path):
+    train, val = sets()
+    torch.manual_seed(0)
+    method = ambiseg.build("act-gtr", preset="smoke", train={"prior": {"steps": 4, "batch_size": 4, "val_every": 2}})
+    log = tmp_path / "curves.csv"
+    result = Trainer(method, train, val, out_dir=tmp_path, seed=0, progress=False, log=log).fit()
+    assert [h["step"] for h in result.history] == [2, 4]
+    lines = log.read_text().splitlines()
+    header = lines[0].split(",")
+    for key in ("stage", "step", "loss", "val", "val_ged", "val_hm_iou", "val_diversity"):
+        assert key in header
+    rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(0.0 <= float(r["val_hm_iou"]) <= 1.0 and float(r["val_ged"]) == float(r["val"]) for r in rows)

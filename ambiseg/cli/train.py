@@ -26,9 +26,11 @@ from .options import common_set_option, data_options, parse_sets, split_sets
 @click.option("--save-every", type=click.IntRange(min=1), default=50, show_default=True,
               help="checkpoint every N optimiser steps (and at every epoch end)")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.option("--log", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="learning curves: validation history as CSV (default: OUT/history.csv)")
 def train_cmd(method: str, data_name: str, root: str | None, preset: str, sets: tuple[str, ...], out: Path,
               seed: int, device: str | None, resume: bool, detect_anomaly: bool, save_every: int,
-              no_progress: bool) -> None:
+              no_progress: bool, log: Path | None) -> None:
     """Train METHOD (a registered recipe) on a dataset; checkpoints go to OUT."""
     from ..train import Trainer, seed_everything
 
@@ -43,7 +45,7 @@ def train_cmd(method: str, data_name: str, root: str | None, preset: str, sets: 
                                overrides=overrides)
         trainer = Trainer(model, sel["train"], sel["val"], out_dir=out, seed=seed, device=dev,
                           progress=not no_progress, detect_anomaly=detect_anomaly, save_every=save_every,
-                          console=console, data=spec.to_dict())
+                          console=console, data=spec.to_dict(), log=log or out / "history.csv")
         if is_main():
             write_json(out / "config.json", {"config": model.config, "data": spec.to_dict(), "seed": seed,
                                              "overrides": overrides, "data_settings": data_settings})

@@ -267,7 +267,7 @@ class LidcDataset(AnnotatedDataset):
 
     def __init__(self, *, root: str | None = None, split: str = "train", seed: int = 0,
                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, num_annotators: int | None = None,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, crop: int | None = None) -> None:
         """
         Args:
             root: the zip, the LIDC-IDRI-slices folder or its parent, a pickle or a folder of
@@ -278,6 +278,9 @@ class LidcDataset(AnnotatedDataset):
             num_annotators: keep slices with at least this many masks (their first ones);
                 default: every slice must have the same number of masks.
             limit: keep a seeded random subset of this many slices of the split.
+            crop: keep the central `crop` x `crop` pixels (the crops are centred on the nodule;
+                at 64 of 128 px, 0.15% of the lesion pixels of the seed-0 training split fall
+                outside, see docs/training.md); None keeps the whole slice.
         """
         root = root or os.environ.get(ENV_VAR)
         if not root:
@@ -294,7 +297,12 @@ class LidcDataset(AnnotatedDataset):
         self.num_annotators = len(self.records[0].masks)
         self.in_channels = 1
         first, _ = self.source.read(self.records[0])
-        self.image_shape = (int(first.shape[0]), int(first.shape[1]))
+        self.stored_shape = (int(first.shape[0]), int(first.shape[1]))
+        if crop is not None and not 1 <= crop <= min(self.stored_shape):
+            raise ConfigError(f"lidc: crop must be between 1 and {min(self.stored_shape)} (the slices are "
+                              f"{self.stored_shape[0]}x{self.stored_shape[1]}), got {crop}")
+        self.crop = crop
+        self.image_shape = (crop, crop) if crop is not None else self.stored_shape
 
     @staticmethod
     def _pick_annotators(records: list[SliceRecord], wanted: int | None, *, where: str) -> list[SliceRecord]:
@@ -316,10 +324,15 @@ class LidcDataset(AnnotatedDataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        image, masks = self.source.read(record, shape=self.image_shape)
+        image, masks = self.source.read(record, shape=self.stored_shape)
+        image, masks = np.asarray(image, dtype=np.float32), np.stack(masks)
+        if self.crop is not None:
+            top, left = (self.stored_shape[0] - self.crop) // 2, (self.stored_shape[1] - self.crop) // 2
+            image = image[top:top + self.crop, left:left + self.crop]
+            masks = masks[:, top:top + self.crop, left:left + self.crop]
         return {
             "image": torch.from_numpy(np.array(image, dtype=np.float32))[None],  # a copy: records stay intact
-            "masks": torch.from_numpy(np.stack(masks)),
+            "masks": torch.from_numpy(np.ascontiguousarray(masks)),
             "id": record.id,
             "group": record.group,
         }
