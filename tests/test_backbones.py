@@ -41,3 +41,17 @@ def test_bad_specs():
         backbones.create("smp:Unt:resnet18", 1, 1)
     with pytest.raises(ConfigError, match="unknown smp encoder 'resnet19'"):
         backbones.create("smp:Unet:resnet19", 1, 1)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "instance"])
+def test_unet_norm_option_adds_a_norm_after_every_conv(norm):
+    net = backbones.create("unet", 1, 4, widths=(8, 12), convs=2, norm=norm)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    norms = [m for m in net.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.InstanceNorm2d))]
+    assert len(norms) == len(convs) == 6  # 2 levels x 2 convs down, 1 block x 2 convs up
+    assert net(torch.rand(2, 1, 16, 16)).shape == (2, 4, 16, 16)
+
+
+def test_unet_unknown_norm_is_refused():
+    with pytest.raises(ConfigError, match="unet norm must be one of batch, group, instance"):
+        backbones.create("unet", 1, 4, widths=(8, 12), norm="layer")

@@ -140,3 +140,31 @@ def test_smp_backbone_spec_is_accepted():
     prior = GTRPrior(backbone="smp:Unet:resnet18", features=8, rank=2, mc_samples=2).eval()
     state = prior.condition(torch.rand(2, 1, 32, 32))
     assert state.mean.shape == (2, 32 * 32) and state.cov_factor.shape == (2, 32 * 32, 2)
+
+
+def test_centred_factor_has_no_global_direction():
+    torch.manual_seed(0)
+    plain, centred = GTRPrior(**TINY), GTRPrior(**TINY, centre_factor=True)
+    centred.load_state_dict(plain.state_dict())
+    images = torch.rand(2, 1, 16, 16)
+    a, b = plain.condition(images), centred.condition(images)
+    assert a.cov_factor.mean(dim=1).abs().max() > 1e-3  # the bias alone makes a global column
+    assert b.cov_factor.mean(dim=1).abs().max() < 1e-6
+    assert torch.allclose(b.cov_factor, a.cov_factor - a.cov_factor.mean(dim=1, keepdim=True))
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.cov_diag, b.cov_diag)
+
+
+def test_mean_weight_adds_the_fit_of_the_mean_to_the_annotator_frequency():
+    torch.manual_seed(0)
+    prior = GTRPrior(**TINY)
+    batch = _batch(b=2, a=4)
+    torch.manual_seed(3)
+    base = prior.loss(batch)
+    prior.mean_weight = 0.5
+    torch.manual_seed(3)
+    weighted = prior.loss(batch)
+    soft = batch["masks"].float().mean(1).flatten(1)
+    fit = F.binary_cross_entropy_with_logits(prior.condition(batch["image"]).mean, soft, reduction="none").sum(-1).mean()
+    assert torch.allclose(base["mean_fit"], fit) and torch.allclose(weighted["loss"], base["loss"] + 0.5 * fit)
+    with pytest.raises(ConfigError, match="mean_weight"):
+        GTRPrior(**TINY, mean_weight=-1)

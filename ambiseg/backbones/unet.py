@@ -1,25 +1,40 @@
 """The plain U-Net of the Prob. U-Net / PHiSeg / ATFM papers.
 
 Blocks of three 3x3 conv + ReLU, average-pool down, bilinear up with skip concatenation, no
-normalisation; widths 32/64/128/192 by default.
+normalisation; widths 32/64/128/192 by default. `norm` adds a normalisation after every conv
+(an ambiseg option, off by default as in the papers; it speeds up short CPU trainings).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, closest
 from ..registry import backbones
 
 __all__ = ["conv_block", "UNetEncoder", "UNet"]
 
 
-def conv_block(in_channels: int, out_channels: int, convs: int = 3) -> nn.Sequential:
-    """`convs` x (3x3 conv + ReLU)."""
+NORMS = {
+    "batch": nn.BatchNorm2d,
+    "group": lambda channels: nn.GroupNorm(math.gcd(8, channels), channels),
+    "instance": lambda channels: nn.InstanceNorm2d(channels, affine=True),
+}
+
+
+def conv_block(in_channels: int, out_channels: int, convs: int = 3, norm: str | None = None) -> nn.Sequential:
+    """`convs` x (3x3 conv [+ norm] + ReLU); `norm` is None or one of `NORMS`."""
+    if norm is not None and norm not in NORMS:
+        raise ConfigError(f"unet norm must be one of {', '.join(NORMS)} or none, got {norm!r}{closest(str(norm), NORMS)}")
     layers: list[nn.Module] = []
     for i in range(convs):
-        layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1))
+        if norm is not None:
+            layers.append(NORMS[norm](out_channels))
+        layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
@@ -33,11 +48,12 @@ def _check_widths(widths: tuple[int, ...]) -> tuple[int, ...]:
 class UNetEncoder(nn.Module):
     """Encoder half: returns the feature map of every level, finest first."""
 
-    def __init__(self, in_channels: int, widths: tuple[int, ...] = (32, 64, 128, 192), convs: int = 3) -> None:
+    def __init__(self, in_channels: int, widths: tuple[int, ...] = (32, 64, 128, 192), convs: int = 3,
+                 norm: str | None = None) -> None:
         super().__init__()
         self.widths = _check_widths(widths)
         chans = (in_channels, *self.widths)
-        self.blocks = nn.ModuleList(conv_block(chans[i], chans[i + 1], convs) for i in range(len(self.widths)))
+        self.blocks = nn.ModuleList(conv_block(chans[i], chans[i + 1], convs, norm) for i in range(len(self.widths)))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         factor = 2 ** (len(self.widths) - 1)
@@ -57,11 +73,11 @@ class UNet(nn.Module):
     last decoder features directly (no extra 1x1 projection), as the papers' feature nets do."""
 
     def __init__(self, in_channels: int, out_channels: int, widths: tuple[int, ...] = (32, 64, 128, 192),
-                 convs: int = 3) -> None:
+                 convs: int = 3, norm: str | None = None) -> None:
         super().__init__()
-        self.encoder = UNetEncoder(in_channels, widths, convs)
+        self.encoder = UNetEncoder(in_channels, widths, convs, norm)
         w = self.encoder.widths
-        self.decoder = nn.ModuleList(conv_block(w[i] + w[i + 1], w[i], convs) for i in reversed(range(len(w) - 1)))
+        self.decoder = nn.ModuleList(conv_block(w[i] + w[i + 1], w[i], convs, norm) for i in reversed(range(len(w) - 1)))
         self.head = nn.Identity() if out_channels == w[0] else nn.Conv2d(w[0], out_channels, 1)
         self.out_channels = out_channels
 

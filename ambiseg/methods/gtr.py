@@ -86,6 +86,14 @@ class GTRPrior(Prior):
     Args:
         backbone: backbone spec for `ambiseg.backbones.create` ("unet", "smp:Unet:resnet18", ...).
         widths: level widths of the "unet" backbone (ignored by other backbones).
+        norm: normalisation in the "unet" backbone (None as the paper, "batch", "group",
+            "instance").
+        centre_factor: remove each covariance column's mean over the pixels, so no direction
+            of the Gaussian shifts the whole logit map (an ambiseg option: on LIDC the
+            uncentred factor learns such a global offset, half of the samples then cover the
+            whole image; docs/training.md).
+        mean_weight: weight of an extra term fitting the mean logits to the annotators'
+            pixel-wise frequency (BCE summed over pixels); 0 (the paper) leaves it out.
         features: feature channels the backbone outputs, read by the three 1x1 heads.
         rank: rank r of the covariance factor; 0 gives a diagonal Gaussian.
         mc_samples: Monte-Carlo samples M of the training loss.
@@ -101,17 +109,21 @@ class GTRPrior(Prior):
 
     def __init__(self, *, backbone: str = "unet", widths: tuple[int, ...] = (32, 64, 128, 192), features: int = 32,
                  rank: int = 10, mc_samples: int = 20, antithetic: bool = True, loss_form: str = "logsumexp",
+                 norm: str | None = None, centre_factor: bool = False, mean_weight: float = 0.0,
                  in_channels: int = 1) -> None:
         super().__init__()
         _check_options(features=features, rank=rank, mc_samples=mc_samples, antithetic=antithetic,
                        loss_form=loss_form, in_channels=in_channels)
-        opts = {"widths": tuple(widths)} if backbones.parse_spec(backbone)[0] == "unet" else {}
+        opts = {"widths": tuple(widths), "norm": norm} if backbones.parse_spec(backbone)[0] == "unet" else {}
         self.backbone = backbones.create(backbone, int(in_channels), int(features), **opts)
         self.mean_head = nn.Conv2d(features, 1, 1)
         self.log_diag_head = nn.Conv2d(features, 1, 1)
         self.factor_head = nn.Conv2d(features, rank, 1) if rank > 0 else None
         self.rank, self.mc_samples, self.antithetic = int(rank), int(mc_samples), bool(antithetic)
-        self.loss_form = loss_form
+        self.loss_form, self.centre_factor = loss_form, bool(centre_factor)
+        if float(mean_weight) < 0:
+            raise ConfigError(f"prior 'gtr' option 'mean_weight' must be >= 0, got {mean_weight}")
+        self.mean_weight = float(mean_weight)
 
     def condition(self, images: Tensor) -> GTRState:
         """Run the backbone once: the Gaussian of each image in `images` [B, C, H, W]."""
@@ -121,6 +133,8 @@ class GTRPrior(Prior):
         factor = None
         if self.factor_head is not None:
             factor = rearrange(self.factor_head(feats), "b r h w -> b (h w) r")
+            if self.centre_factor:  # no column may shift the whole logit map (see docs/training.md)
+                factor = factor - factor.mean(dim=1, keepdim=True)
         return GTRState(mean, cov_diag, factor, (images.shape[-2], images.shape[-1]))
 
     def sample(self, state: GTRState, num_samples: int, *, generator: torch.Generator | None = None) -> Tensor:
@@ -132,9 +146,10 @@ class GTRPrior(Prior):
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """MC likelihood loss against one random annotator per image.
 
-        Returns "loss" (the chosen `loss_form`, summed over pixels, mean over images), "nll"
-        (mean per-sample NLL), "nll_mc" (-log MC-averaged likelihood) and "bce_mean" (per-pixel
-        BCE of the mean logits, a deterministic-quality gauge).
+        Returns "loss" (the chosen `loss_form`, summed over pixels, mean over images, plus
+        `mean_weight` x "mean_fit"), "nll" (mean per-sample NLL), "nll_mc" (-log MC-averaged
+        likelihood), "mean_fit" (BCE of the mean logits against the annotators' frequency, summed
+        over pixels) and "bce_mean" (per-pixel BCE of the mean logits against the drawn annotator).
         """
         image, masks = unpack_batch(batch)
         b = image.shape[0]
@@ -144,7 +159,13 @@ class GTRPrior(Prior):
         log_lik = -F.binary_cross_entropy_with_logits(
             logits, repeat(target, "b p -> b m p", m=self.mc_samples), reduction="none").sum(-1)  # [B, M]
         terms = {name: form(log_lik).mean() for name, form in (("nll", _mean_nll_loss), ("nll_mc", _logsumexp_loss))}
-        return {"loss": LOSS_FORMS[self.loss_form](log_lik).mean(), **terms,
+        loss = LOSS_FORMS[self.loss_form](log_lik).mean()
+        # the mean against the annotators' pixel-wise frequency, summed over pixels like the NLL
+        soft = rearrange(masks.float().mean(dim=1), "b h w -> b (h w)")
+        mean_fit = F.binary_cross_entropy_with_logits(state.mean, soft, reduction="none").sum(-1).mean()
+        if self.mean_weight:
+            loss = loss + self.mean_weight * mean_fit
+        return {"loss": loss, **terms, "mean_fit": mean_fit,
                 "bce_mean": F.binary_cross_entropy_with_logits(state.mean, target)}
 
     def extra_repr(self) -> str:
