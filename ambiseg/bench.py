@@ -21,10 +21,11 @@ from .io import ensure_dir, write_json
 from .leaderboard import to_rich, write_leaderboard
 from .method import Method, method_config
 from .presets import bench_preset
+from .registry import methods
 from .results import RECORD_KIND, environment, summarise
 from .train import Trainer, collate, seed_everything
 
-__all__ = ["BenchSpec", "run_bench", "evaluate_method", "build_for_data", "pick_device",
+__all__ = ["BenchSpec", "run_bench", "evaluate_method", "build_for_data", "pick_preset", "pick_device",
            "PeakMemory", "count_flops"]
 
 BASELINE = "det-unet"
@@ -43,8 +44,21 @@ def pick_device(device: str | None) -> torch.device:
     return dev
 
 
-def build_for_data(name: str, dataset: Dataset, *, preset: str | None, overrides: dict[str, Any]) -> Method:
+def pick_preset(name: str, candidates: str | tuple[str, ...] | None) -> str | None:
+    """The first of `candidates` that method `name` defines (a plug-in factory gets the last)."""
+    if candidates is None or isinstance(candidates, str):
+        return candidates
+    recipe = methods.get(name).info.get("recipe")
+    if recipe is None:
+        return candidates[-1]
+    return next((c for c in candidates if c in recipe.presets), candidates[-1])
+
+
+def build_for_data(name: str, dataset: Dataset, *, preset: str | tuple[str, ...] | None,
+                   overrides: dict[str, Any]) -> Method:
     """Build recipe `name` once, sized for `dataset` (channels, image size), with CLI-style overrides.
+
+    `preset` may list candidates, most specific first (`("cpu-lidc", "cpu")`, see `pick_preset`).
 
     The config is assembled first and the modules built once from it, so the config saved with
     the run is exactly the one the modules were built from. An override of `in_channels` or
@@ -52,7 +66,8 @@ def build_for_data(name: str, dataset: Dataset, *, preset: str | None, overrides
     """
     data_size = int(getattr(dataset, "image_shape", (None,))[0] or 0) or None
     channels = int(getattr(dataset, "in_channels", 1))
-    config = method_config(name, preset=preset, overrides=overrides, in_channels=channels, image_size=data_size)
+    config = method_config(name, preset=pick_preset(name, preset), overrides=overrides, in_channels=channels,
+                           image_size=data_size)
     for key, have in (("in_channels", channels), ("image_size", data_size)):
         if have is not None and config.get(key) is not None and config[key] != have:
             what = "channels" if key == "in_channels" else "pixels per side"
@@ -125,7 +140,7 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
     sets = data_spec.build_splits()
     ensure_dir(spec.out)
     names = ([BASELINE] if spec.baseline and BASELINE not in spec.methods else []) + list(spec.methods)
-    method_preset = preset.method_preset_for(spec.data)
+    method_preset = preset.method_presets_for(spec.data)
     records = []
     for seed in spec.seeds:
         for name in names:

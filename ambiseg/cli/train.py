@@ -41,7 +41,7 @@ def train_cmd(method: str, data_name: str, root: str | None, preset: str, sets: 
         ensure_dir(out)
         sel = spec.build_splits()
         seed_everything(seed)
-        model = build_for_data(method, sel["train"], preset=bench_preset(preset).method_preset_for(data_name),
+        model = build_for_data(method, sel["train"], preset=bench_preset(preset).method_presets_for(data_name),
                                overrides=overrides)
         trainer = Trainer(model, sel["train"], sel["val"], out_dir=out, seed=seed, device=dev,
                           progress=not no_progress, detect_anomaly=detect_anomaly, save_every=save_every,

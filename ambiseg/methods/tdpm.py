@@ -27,13 +27,14 @@ _DIFFUSION: dict[str, dict[str, Any]] = {
     "paper-lidc": {"train": {"epochs": 200}},
     "paper-isic3": {"train": {"epochs": 120}},
 }
+_DIFFUSION["cpu-lidc"] = _DIFFUSION["cpu"]  # LIDC: ATFM's cpu-lidc GTR, the cpu diffusion (not tuned on LIDC yet)
 
 
 def _presets() -> dict[str, dict[str, Any]]:
     """ATFM's GTR-stage preset plus this recipe's diffusion transport, sampler and training."""
     out = atfm_presets(prior=True, transport=False, flow=False)
-    for name, diffusion in _DIFFUSION.items():
-        preset = out[name]
+    for name, preset in out.items():
+        diffusion = _DIFFUSION[name]
         preset.update({k: v for k, v in diffusion.items() if k != "train"})
         preset["train"]["transport"] = dict(diffusion["train"])
     return out
