@@ -123,7 +123,7 @@ def _train_or_load(method: Method, sets: dict[str, Dataset], run_dir: Path, spec
         last.unlink()
         (run_dir / "best.safetensors").unlink(missing_ok=True)
     trainer = Trainer(method, sets["train"], sets["val"], out_dir=run_dir, seed=seed, device=device,
-                      progress=spec.progress, console=console, data=data)
+                      progress=spec.progress, console=console, data=data, log=run_dir / "history.csv")
     return trainer.fit(resume=True).seconds
 
 

@@ -200,3 +200,17 @@ def test_data_seed_is_fixed_across_training_seeds(tmp_path):
 
     spec = BenchSpec(methods=["det-unet"], preset="smoke", data_settings={"data.seed": 3})
     assert spec.data_spec().seed == 3 and BenchSpec(methods=["det-unet"]).data_spec().seed == 0
+
+
+def test_lidc_cpu_uses_each_recipes_lidc_preset_where_it_has_one():
+    from ambiseg.bench import pick_preset
+    from ambiseg.presets import bench_preset
+
+    candidates = bench_preset("cpu").method_presets_for("lidc")
+    assert candidates == ("cpu-lidc", "cpu") and bench_preset("cpu").method_presets_for("synthetic") == ("cpu",)
+    assert pick_preset("atfm", candidates) == "cpu-lidc" and pick_preset("probunet", candidates) == "cpu"
+    config = method_config("act-gtr", preset="cpu-lidc")
+    assert config["prior"]["centre_factor"] and config["prior"]["norm"] == "group"
+    test = DataSpec(name="lidc", root="x", preset="cpu").options_for("test")
+    assert test["crop"] == 64 and test["limit"] == 500
+    assert "limit" not in DataSpec(name="lidc", root="x", preset="cpu").options_for("train")

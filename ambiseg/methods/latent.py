@@ -54,9 +54,9 @@ class GaussianEncoder(nn.Module):
     """
 
     def __init__(self, in_channels: int, latent_dim: int, *, widths: tuple[int, ...] = (32, 64, 128, 192),
-                 convs: int = 3) -> None:
+                 convs: int = 3, norm: str | None = None) -> None:
         super().__init__()
-        self.encoder = UNetEncoder(in_channels, tuple(widths), convs)
+        self.encoder = UNetEncoder(in_channels, tuple(widths), convs, norm)
         self.head = nn.Conv2d(self.encoder.widths[-1], 2 * latent_dim, 1)
         self.latent_dim = latent_dim
 

@@ -37,16 +37,18 @@ class ProbUNetLatent(Prior):
         latent_dim: size of z (6 in the paper's LIDC setting).
         widths: encoder widths of both nets (the U-Net encoder's, 32/64/128/192 by default).
         convs: 3x3 conv + ReLU layers per encoder level.
+        norm: normalisation after every conv (None as the paper; "batch", "group", "instance").
     """
 
     def __init__(self, *, in_channels: int = 1, latent_dim: int = 6, widths: tuple[int, ...] = (32, 64, 128, 192),
-                 convs: int = 3) -> None:
+                 convs: int = 3, norm: str | None = None) -> None:
         super().__init__()
         if int(latent_dim) < 1:
             raise ConfigError(f"probunet-latent: latent_dim must be >= 1, got {latent_dim}")
         self.latent_dim = int(latent_dim)
-        self.prior_net = GaussianEncoder(in_channels, self.latent_dim, widths=tuple(widths), convs=convs)
-        self.posterior_net = GaussianEncoder(in_channels + 1, self.latent_dim, widths=tuple(widths), convs=convs)
+        nets = {"widths": tuple(widths), "convs": convs, "norm": norm}
+        self.prior_net = GaussianEncoder(in_channels, self.latent_dim, **nets)
+        self.posterior_net = GaussianEncoder(in_channels + 1, self.latent_dim, **nets)
 
     def prior(self, images: Tensor) -> DiagonalGaussian:
         """p(z | image) with mu, log sigma [B, latent_dim]."""
