@@ -153,6 +153,15 @@ RECIPE = register_recipe(Recipe(
             "transport": {"backbone_options": {"widths": (16, 32, 64, 96), "convs": 2}, "features": 16},
             "train": {"joint": {"lr": 1e-3, "steps": 1200, "batch_size": 12, "val_images": 8, "val_samples": 8}},
         },
+        # LIDC on 2 CPU cores: GroupNorm in every net (without it the model predicts empty masks
+        # for hundreds of steps; docs/training.md)
+        "cpu-lidc": {
+            "prior": {"widths": (16, 32, 64, 96), "convs": 2, "norm": "group"},
+            "transport": {"backbone_options": {"widths": (16, 32, 64, 96), "convs": 2, "norm": "group"},
+                          "features": 16},
+            "train": {"joint": {"lr": 1e-3, "steps": 2000, "batch_size": 12, "val_every": 250, "val_images": 48,
+                                "val_samples": 16}},
+        },
         "paper-lidc": {"in_channels": 1, "image_size": 128, "train": {"joint": {"batch_size": 32, "steps": 240_000}}},
         "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"joint": {"batch_size": 32, "epochs": 400}}},
     },
