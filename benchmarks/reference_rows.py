@@ -57,7 +57,9 @@ def main() -> None:
             for key, value in scores.items():
                 per_image.setdefault(name, {}).setdefault(key, []).append(value.item())
     result = {"data": spec.to_dict(), "split": args.split, "images": len(data),
-              "rows": {name: summarise(values) for name, values in per_image.items()}}
+              "rows": {name: summarise(values) for name, values in per_image.items()},
+              "per_image": {name: {k: per_image[name][k] for k in ("GED16", "GED32", "GED100", "HM-IoU32")}
+                            for name in per_image}}
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1)
     for name, summary in result["rows"].items():
