@@ -16,7 +16,7 @@ from . import distributed as dist
 from .checkpoint import load_checkpoint, load_weights
 from .data.spec import DataSpec
 from .errors import AmbisegError, ConfigError
-from .evaluation import PeakMemory, _sync, count_flops, evaluate_method
+from .evaluation import PeakMemory, count_flops, evaluate_method
 from .io import ensure_dir, write_json
 from .leaderboard import to_rich, write_leaderboard
 from .method import Method, method_config
@@ -104,15 +104,15 @@ def _run_dir(spec: BenchSpec, method: str, seed: int) -> Path:
     return spec.out / "runs" / f"{method}-{spec.data}-{spec.preset}-seed{seed}"
 
 
-def _train_or_load(method: Method, sets: dict[str, Dataset], run_dir: Path, spec: BenchSpec, seed: int,
-                   device: torch.device, console: Console) -> float:
-    """Train `method` into `run_dir`, resuming an interrupted run; load a finished one. Returns seconds."""
+def _train_or_load(method: Method, sets: dict[str, Dataset], data: dict[str, Any], run_dir: Path, spec: BenchSpec,
+                   seed: int, device: torch.device, console: Console) -> float:
+    """Train `method` on `sets` (described by the data spec `data`) into `run_dir`, resuming an
+    interrupted run; load a finished one. Returns seconds."""
     last = run_dir / "last.safetensors"
-    data = spec.data_spec().to_dict()
     if last.exists() and not spec.retrain:
         ckpt = load_checkpoint(last, method=method.name)
-        if ckpt.config != method.config or ckpt.meta.get("data") != data:
-            what = "configuration" if ckpt.config != method.config else "data"
+        what = "configuration" if ckpt.config != method.config else "data" if ckpt.meta.get("data") != data else None
+        if what is not None:
             raise AmbisegError(f"{run_dir} holds a {method.name} run with another {what}; "
                                "pass --retrain to replace it or choose another --out")
         if ckpt.meta.get("stage_index") == len(method.stages):
@@ -151,7 +151,7 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
             untrained = evaluate_method(method, sets["test"], counts=(preset.untrained_samples,), seed=seed,
                                         device=device, warmup=False, max_batch=spec.max_batch)
             run_dir = ensure_dir(_run_dir(spec, method.name, seed))
-            train_s = _train_or_load(method, sets, run_dir, spec, seed, device, console)
+            train_s = _train_or_load(method, sets, data_spec.to_dict(), run_dir, spec, seed, device, console)
             result = evaluate_method(method, sets["test"], counts=spec.counts, seed=seed, device=device,
                                      warmup=preset.warmup, max_batch=spec.max_batch)
             image = collate([sets["test"][0]])["image"].to(device)
