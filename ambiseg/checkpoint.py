@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .errors import AmbisegError
+from .errors import AmbisegError, ConfigError
 from .io import atomic_path
 
 __all__ = [
@@ -168,12 +168,23 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint, *, source: str = "che
 
 
 
-def load_method(path: str | os.PathLike) -> tuple[Any, Checkpoint]:
-    """Rebuild the method stored in checkpoint `path` (from its config) and load its weights."""
-    from .method import Method
+def load_method(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None) -> tuple[Any, Checkpoint]:
+    """Rebuild the method stored in checkpoint `path` (from its config) and load its weights.
+
+    `overrides` (dotted keys, e.g. `{"sampler.steps": 10, "prior.temperature": 0.8}`) change the
+    stored config before building: sampling options apply to the trained weights; an override
+    that changes a weight's shape is refused by the weight check, naming the first difference.
+    """
+    from .method import Method, apply_overrides
 
     ckpt = load_checkpoint(path)
-    method = Method.from_config(ckpt.config)
-    load_weights(method, ckpt, source=str(path))
+    method = Method.from_config(apply_overrides(ckpt.config, overrides) if overrides else ckpt.config)
+    try:
+        load_weights(method, ckpt, source=str(path))
+    except AmbisegError as err:
+        if not overrides:
+            raise
+        raise ConfigError(f"{', '.join(overrides)} would change the trained network, so its weights no longer "
+                          f"fit ({err}); only sampling options can change on a checkpoint") from None
     method.eval()
     return method, ckpt

@@ -35,6 +35,9 @@ DATA_KEYS = ("in_channels", "image_size")
 ROLES = ("prior", "transport", "sampler")
 
 
+SCHEDULES = ("constant", "cosine", "linear")
+
+
 @dataclasses.dataclass(frozen=True)
 class StageTraining:
     """One stage's training options, `train.<stage>.<key>` in a method config.
@@ -42,6 +45,9 @@ class StageTraining:
     `steps` (optimiser steps) overrides `epochs` when set; `accumulate` splits each batch into
     that many micro-batches; `val_images`/`val_samples` size the validation, which runs at every
     epoch end, or every `val_every` steps when set (and at the stage's last step).
+    `schedule` shapes the learning rate over the stage ("constant", "cosine" or "linear" decay to
+    `min_lr`), after `warmup` steps of linear warm-up from 0; it is a function of the step alone,
+    so a resumed run follows the same curve.
     """
 
     optimizer: str = "adam"
@@ -55,6 +61,9 @@ class StageTraining:
     val_samples: int = 8
     val_every: int | None = None
     accumulate: int = 1
+    schedule: str = "constant"
+    warmup: int = 0
+    min_lr: float = 0.0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, stage: str) -> "StageTraining":
@@ -70,7 +79,12 @@ class StageTraining:
         for key in ("epochs", "steps", "batch_size", "val_images", "val_samples", "val_every", "accumulate"):
             if out.get(key) is not None and out[key] < 1:
                 raise ConfigError(f"train.{stage}.{key} must be >= 1, got {out[key]}")
-        for key in ("lr", "weight_decay", "grad_clip"):
+        if out.get("schedule", "constant") not in SCHEDULES:
+            raise ConfigError(f"train.{stage}.schedule must be one of {', '.join(SCHEDULES)}, got "
+                              f"'{out['schedule']}'{closest(str(out['schedule']), SCHEDULES)}")
+        if out.get("warmup", 0) < 0:
+            raise ConfigError(f"train.{stage}.warmup must be >= 0, got {out['warmup']}")
+        for key in ("lr", "weight_decay", "grad_clip", "min_lr"):
             if out.get(key) is not None and out[key] < 0:
                 raise ConfigError(f"train.{stage}.{key} must be >= 0, got {out[key]}")
         return cls(**out)

@@ -31,7 +31,8 @@ from .errors import AmbisegError, ConfigError, closest
 from .io import write_text
 from .method import Method
 
-__all__ = ["Trainer", "TrainResult", "TrainingError", "collate", "to_device", "make_optimizer", "seed_everything"]
+__all__ = ["Trainer", "TrainResult", "TrainingError", "collate", "to_device", "make_optimizer", "learning_rate",
+           "seed_everything"]
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -87,6 +88,25 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def learning_rate(cfg: dict[str, Any], step: int, total: int) -> float:
+    """The stage's learning rate for optimiser step `step` (0-based) of `total`.
+
+    Linear warm-up over the first `warmup` steps (from lr / warmup to lr), then `schedule`:
+    "constant", or "cosine" / "linear" decay from `lr` at the end of warm-up to `min_lr` at the
+    last step. A pure function of the step, so resuming needs no scheduler state.
+    """
+    lr, warmup = float(cfg["lr"]), int(cfg.get("warmup") or 0)
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    schedule = cfg.get("schedule") or "constant"
+    if schedule == "constant" or total - warmup <= 1:
+        return lr
+    floor = float(cfg.get("min_lr") or 0.0)
+    progress = (step - warmup) / (total - warmup - 1)
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return floor + (lr - floor) * shape
 
 
 def make_optimizer(cfg: dict[str, Any], params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -249,6 +269,8 @@ class Trainer:
         while step < total:
             epoch, offset = divmod(step, per_epoch)
             for idx in self._epoch_batches(stage, epoch, bs)[offset:]:
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg, step, total)
                 loss = self._step(loss_fn, optimizer, params, dist.shard(idx), accumulate, clip, stage, epoch, step)
                 step += 1
                 every = cfg.get("val_every")
@@ -257,7 +279,7 @@ class Trainer:
                     rate = (step - s0) / max(time.perf_counter() - t0, 1e-9)
                     bar.update(task, completed=step, loss=loss, rate=f"{rate:.1f} it/s")
                 if end_of_epoch:
-                    self._end_epoch(stage, epoch, step, loss, best)
+                    self._end_epoch(stage, epoch, step, loss, best, lr=optimizer.param_groups[0]["lr"])
                 if end_of_epoch or step % self.save_every == 0:
                     self._save("last.safetensors", optimizer, stage_index=index, stage=stage, step=step,
                                epoch=step // per_epoch, best=best, seconds=elapsed + time.perf_counter() - start)
@@ -296,10 +318,12 @@ class Trainer:
         optimizer.step()
         return total.item()
 
-    def _end_epoch(self, stage: str, epoch: int, step: int, loss: float, best: dict[str, float | None]) -> None:
+    def _end_epoch(self, stage: str, epoch: int, step: int, loss: float, best: dict[str, float | None], *,
+                   lr: float) -> None:
         scores = self._validate(stage)
         score = None if scores is None else scores.pop("score")
-        self.history.append({"stage": stage, "epoch": epoch, "step": step, "loss": loss, "val": score, **(scores or {})})
+        self.history.append({"stage": stage, "epoch": epoch, "step": step, "loss": loss, "lr": lr, "val": score,
+                             **(scores or {})})
         self._write_log()
         if score is None:
             return

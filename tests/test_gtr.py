@@ -168,3 +168,23 @@ def test_mean_weight_adds_the_fit_of_the_mean_to_the_annotator_frequency():
     assert torch.allclose(base["mean_fit"], fit) and torch.allclose(weighted["loss"], base["loss"] + 0.5 * fit)
     with pytest.raises(ConfigError, match="mean_weight"):
         GTRPrior(**TINY, mean_weight=-1)
+
+
+def test_temperature_scales_the_deviation_from_the_mean_and_not_the_loss():
+    images, batch = torch.rand(2, 1, 16, 16), _batch()
+    torch.manual_seed(0)
+    hot = GTRPrior(**TINY).eval()
+    cold = GTRPrior(**TINY, temperature=0.5).eval()
+    cold.load_state_dict(hot.state_dict())
+    state = hot.condition(images)
+    full = torch.logit(hot.sample(state, 6, generator=torch.Generator().manual_seed(1)).double(), eps=1e-12)
+    half = torch.logit(cold.sample(state, 6, generator=torch.Generator().manual_seed(1)).double(), eps=1e-12)
+    mean = state.mean.view(2, 1, 1, 16, 16).double()
+    torch.testing.assert_close(half - mean, 0.5 * (full - mean), atol=1e-4, rtol=1e-4)
+    torch.manual_seed(2)
+    loss_hot = hot.loss(batch)["loss"]
+    torch.manual_seed(2)
+    assert torch.equal(cold.loss(batch)["loss"], loss_hot)
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="temperature"):
+            GTRPrior(**TINY, temperature=bad)

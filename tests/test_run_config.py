@@ -75,9 +75,22 @@ def test_eval_on_other_explicit_data_and_whole_dataset(smoke_run, capsys):
     assert result["data"]["options"] == {"sizes": [3, 2, 1]} and result["data"]["preset"] == "smoke"  # 32 px
 
 
-def test_eval_refuses_method_settings(smoke_run, capsys):
-    code, err = run_cli(["eval", str(smoke_run / "last.safetensors"), "--set", "sampler.steps=3"], capsys)
-    assert code == 2 and "only data.KEY=VALUE" in err
+def test_eval_applies_sampling_settings_to_the_trained_weights(tmp_path, capsys):
+    from ambiseg.checkpoint import load_method, save_checkpoint
+
+    trained = ambiseg.build("atfm", preset="smoke")
+    path = tmp_path / "atfm.safetensors"
+    save_checkpoint(path, trained, trained.config, stage_index=2)
+    method, _ = load_method(path, overrides={"sampler.steps": 3, "prior.temperature": 0.5})
+    assert method.sampler.steps == 3 and method.prior.temperature == 0.5
+    for key, value in trained.state_dict().items():
+        assert torch.equal(value, method.state_dict()[key]), key
+    out = tmp_path / "eval.json"
+    code, err = run_cli(["eval", str(path), "--preset", "smoke", "--samples", "2", "--set", "data.test.limit=2",
+                         "--set", "sampler.steps=3", "--out", str(out)], capsys)
+    assert code == 0, err
+    record = json.loads(out.read_text())
+    assert record["overrides"] == {"sampler.steps": 3} and record["config"]["sampler"]["steps"] == 3
 
 
 # ---- --set values are typed -----------------------------------------------------------------------

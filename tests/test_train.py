@@ -7,7 +7,7 @@ import torch
 import ambiseg
 from ambiseg import data
 from ambiseg.checkpoint import load_checkpoint
-from ambiseg.train import Trainer, TrainingError
+from ambiseg.train import Trainer, TrainingError, learning_rate
 
 
 def sets():
@@ -15,8 +15,9 @@ def sets():
     return data.build("synthetic", split="train", **opts), data.build("synthetic", split="val", **opts)
 
 
-def small(steps: int = 6):
-    return ambiseg.build("det-unet", preset="smoke", train={"transport": {"steps": steps, "batch_size": 3, "lr": 1e-2}})
+def small(steps: int = 6, **train):
+    return ambiseg.build("det-unet", preset="smoke",
+                         train={"transport": {"steps": steps, "batch_size": 3, "lr": 1e-2, **train}})
 
 
 def weights(method):
@@ -39,14 +40,15 @@ def test_fit_writes_checkpoints_and_history(tmp_path):
     assert (tmp_path / "best.safetensors").exists()
 
 
-def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("schedule", [{}, {"schedule": "cosine", "warmup": 2, "min_lr": 1e-4}])
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch, schedule):
     train, val = sets()
     torch.manual_seed(0)
-    reference = small(7)
+    reference = small(7, **schedule)
     Trainer(reference, train, val, out_dir=tmp_path / "ref", seed=3, progress=False, save_every=2).fit()
 
     torch.manual_seed(0)
-    method = small(7)
+    method = small(7, **schedule)
     trainer = Trainer(method, train, val, out_dir=tmp_path / "run", seed=3, progress=False, save_every=2)
     calls = {"n": 0}
     original = method.loss
@@ -65,7 +67,7 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch)
     assert meta["step"] in (3, 4) and meta["epoch"] == 1 and meta["stage"] == "transport"
 
     torch.manual_seed(99)  # a fresh process would have another RNG state: resume must restore it
-    resumed = small(7)
+    resumed = small(7, **schedule)
     Trainer(resumed, train, val, out_dir=tmp_path / "run", seed=3, progress=False, save_every=2).fit(resume=True)
     for key, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
@@ -110,3 +112,25 @@ def test_val_every_and_csv_learning_curves(tmp_path):
     rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
     assert [int(r["step"]) for r in rows] == [2, 4]
     assert all(0.0 <= float(r["val_hm_iou"]) <= 1.0 and float(r["val_ged"]) == float(r["val"]) for r in rows)
+
+
+def test_learning_rate_schedules():
+    cfg = {"lr": 1.0, "warmup": 4, "schedule": "cosine", "min_lr": 0.1}
+    assert [learning_rate(cfg, s, 14) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert learning_rate(cfg, 4, 14) == 1.0 and learning_rate(cfg, 13, 14) == pytest.approx(0.1)
+    assert learning_rate(cfg, 8, 14) < learning_rate(cfg, 7, 14) < 1.0
+    assert learning_rate({**cfg, "schedule": "linear"}, 9, 14) == pytest.approx(0.1 + 0.9 * (1 - 5 / 9))
+    assert learning_rate({"lr": 0.3}, 50, 100) == 0.3
+
+
+def test_lr_reaches_the_optimizer_and_the_history(tmp_path):
+    train, val = sets()
+    method = small(6, schedule="linear", min_lr=0.0, val_every=3)
+    result = Trainer(method, train, val, out_dir=None, seed=0, progress=False).fit()
+    rates = [row["lr"] for row in result.history]
+    assert rates == [pytest.approx(1e-2 * (1 - 2 / 5)), 0.0]
+
+
+def test_unknown_schedule_is_refused_with_the_closest_name():
+    with pytest.raises(ambiseg.ConfigError, match="schedule.*did you mean 'cosine'"):
+        small(schedule="cosin")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -23,6 +24,18 @@ from .app import cli, console
 from .options import data_options, data_set_option, parse_counts, parse_ints, parse_sets, split_sets
 
 
+def _load_run(path: Path, sets: tuple[str, ...]) -> tuple[Method, Checkpoint, dict[str, Any]]:
+    """The checkpoint's method with the sampling overrides among `sets` (`prior.*`, `transport.*`,
+    `sampler.*`; e.g. `sampler.steps=10`); training options are refused: the weights are trained."""
+    settings = split_sets(parse_sets(sets))[0]
+    trained = [k for k in settings if k.split(".")[0] in ("train", "stages", "in_channels", "image_size")]
+    if trained:
+        raise ConfigError(f"--set {trained[0]}: a trained checkpoint's {trained[0].split('.')[0]} cannot change; "
+                          "here only sampling options (prior.*, transport.*, sampler.*, max_batch) and data.* apply")
+    method, ckpt = load_method(path, overrides=settings)
+    return method, ckpt, settings
+
+
 def _run_data(path: Path, ckpt: Checkpoint, data_name: str | None, root: str | None, preset: str | None,
               sets: tuple[str, ...]) -> DataSpec:
     """The data to score on: the run's own (recorded in the checkpoint), changed only where the user says.
@@ -30,10 +43,7 @@ def _run_data(path: Path, ckpt: Checkpoint, data_name: str | None, root: str | N
     Another dataset name starts from that dataset's defaults; `--root`, `--preset` and
     `--set data.*` change the recorded spec.
     """
-    settings, data_settings = split_sets(parse_sets(sets))
-    if settings:
-        raise ConfigError(f"--set {next(iter(settings))}: only data.KEY=VALUE settings are allowed here; "
-                          "the method's config comes from the checkpoint")
+    data_settings = split_sets(parse_sets(sets))[1]
     recorded = ckpt.meta.get("data")
     base = DataSpec.from_dict(recorded, where=f"checkpoint {path} data record") if recorded else DataSpec()
     if recorded is None and data_name is None:
@@ -77,7 +87,7 @@ def sample_cmd(checkpoint: Path, data_name: str | None, root: str | None, preset
 
     if num < 1:
         raise ConfigError(f"--samples must be >= 1, got {num}")
-    method, ckpt = load_method(checkpoint)
+    method, ckpt, _ = _load_run(checkpoint, sets)
     spec = _run_data(checkpoint, ckpt, data_name, root, preset, sets)
     dev = pick_device(device)
     data = _load_split(spec, split, method, checkpoint)
@@ -116,7 +126,7 @@ def eval_cmd(checkpoint: Path, data_name: str | None, root: str | None, preset: 
     With no data flags the run's own data (recorded in the checkpoint) is used.
     """
     counts = parse_counts(samples)
-    method, ckpt = load_method(checkpoint)
+    method, ckpt, overrides = _load_run(checkpoint, sets)
     spec = _run_data(checkpoint, ckpt, data_name, root, preset, sets)
     dev = pick_device(device)
     data = _load_split(spec, split, method, checkpoint)
@@ -130,4 +140,4 @@ def eval_cmd(checkpoint: Path, data_name: str | None, root: str | None, preset: 
         write_json(out, {"checkpoint": str(checkpoint), "method": method.name, "data": spec.to_dict(), "split": split,
                          "created": dt.datetime.now(dt.timezone.utc).isoformat(), "metrics": summary,
                          "per_image": result["per_image"], "sample_s": result["sample_seconds"],
-                         "env": environment(dev), "config": ckpt.config})
+                         "env": environment(dev), "config": method.config, "overrides": overrides})

@@ -76,6 +76,7 @@ def common_set_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def data_set_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--set", "sets", multiple=True, metavar="data.KEY=VALUE",
+    return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                         help="dataset options: data.KEY=VALUE for every split, data.SPLIT.KEY=VALUE for one "
-                             "(e.g. data.test.limit=500); the method comes from the checkpoint")(func)
+                             "(e.g. data.test.limit=500); sampling options of the trained method: "
+                             "sampler.steps=10, sampler=heun, prior.temperature=0.8")(func)

@@ -13,14 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import backbones
+from ..errors import ConfigError, closest
 from ..interfaces import Prior, Transport
 from ..losses import pick_annotator, unpack_batch
 from ..method import Recipe, register_recipe
 from ..registry import priors, transports
 
 __all__ = ["DeltaPrior", "UNetMap"]
-
-
 
 @priors.register("delta")
 class DeltaPrior(Prior):
@@ -36,14 +35,26 @@ class DeltaPrior(Prior):
 
 @transports.register("unet-map")
 class UNetMap(Transport):
-    """Backbone logits of the image (computed once per image), sigmoid; BCE to one annotator."""
+    """Backbone logits of the image (computed once per image), sigmoid; BCE to the annotations.
+
+    Args:
+        target: "mean" fits the annotators' pixel-wise mean; "random" one annotator drawn per
+            image and step. Both have the same expected loss (BCE is linear in its target) and
+            optimum, the raters' frequency, whose 0.5-threshold is the majority vote; "mean"
+            has no sampling noise in its gradient.
+    """
 
     kind = "map"
     default_training = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5}
+    TARGETS = ("mean", "random")
 
     def __init__(self, backbone: str = "unet", widths: tuple[int, ...] = (32, 64, 128, 192), norm: str | None = None,
-                 in_channels: int = 1) -> None:
+                 in_channels: int = 1, target: str = "mean") -> None:
         super().__init__()
+        if target not in self.TARGETS:
+            raise ConfigError(f"unet-map target must be one of {', '.join(self.TARGETS)}, got '{target}'"
+                              f"{closest(target, self.TARGETS)}")
+        self.target = target
         options = {"widths": tuple(widths), "norm": norm} if backbone == "unet" else {}
         self.net = backbones.create(backbone, in_channels, 1, **options)
 
@@ -59,7 +70,7 @@ class UNetMap(Transport):
     def loss(self, batch: dict[str, Tensor], prior: Prior) -> dict[str, Tensor]:
         image, masks = unpack_batch(batch)
         logits = self.net(image)
-        target = pick_annotator(masks)
+        target = masks.mean(1, keepdim=True) if self.target == "mean" else pick_annotator(masks)
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum((1, 2, 3)).mean()
         return {"loss": bce, "bce": bce}
 

@@ -94,6 +94,11 @@ class GTRPrior(Prior):
             whole image; docs/training.md).
         mean_weight: weight of an extra term fitting the mean logits to the annotators'
             pixel-wise frequency (BCE summed over pixels); 0 (the paper) leaves it out.
+        temperature: scale of the deviation from the mean in drawn samples (`sample`, which
+            also feeds a transport's training); 1 (the paper) draws from the fitted Gaussian,
+            below 1 narrows it. The training loss always uses the fitted Gaussian. A sampling
+            option: it can be changed on a trained checkpoint (`ambiseg eval --set
+            prior.temperature=0.8`).
         features: feature channels the backbone outputs, read by the three 1x1 heads.
         rank: rank r of the covariance factor; 0 gives a diagonal Gaussian.
         mc_samples: Monte-Carlo samples M of the training loss.
@@ -110,7 +115,7 @@ class GTRPrior(Prior):
     def __init__(self, *, backbone: str = "unet", widths: tuple[int, ...] = (32, 64, 128, 192), features: int = 32,
                  rank: int = 10, mc_samples: int = 20, antithetic: bool = True, loss_form: str = "logsumexp",
                  norm: str | None = None, centre_factor: bool = False, mean_weight: float = 0.0,
-                 in_channels: int = 1) -> None:
+                 temperature: float = 1.0, in_channels: int = 1) -> None:
         super().__init__()
         _check_options(features=features, rank=rank, mc_samples=mc_samples, antithetic=antithetic,
                        loss_form=loss_form, in_channels=in_channels)
@@ -124,6 +129,9 @@ class GTRPrior(Prior):
         if float(mean_weight) < 0:
             raise ConfigError(f"prior 'gtr' option 'mean_weight' must be >= 0, got {mean_weight}")
         self.mean_weight = float(mean_weight)
+        if not (math.isfinite(float(temperature)) and float(temperature) > 0):
+            raise ConfigError(f"prior 'gtr' option 'temperature' must be a finite number > 0, got {temperature}")
+        self.temperature = float(temperature)
 
     def condition(self, images: Tensor) -> GTRState:
         """Run the backbone once: the Gaussian of each image in `images` [B, C, H, W]."""
@@ -140,6 +148,8 @@ class GTRPrior(Prior):
     def sample(self, state: GTRState, num_samples: int, *, generator: torch.Generator | None = None) -> Tensor:
         """`num_samples` sources per image: sigmoid(logit samples) [B, num_samples, 1, H, W] in [0, 1]."""
         logits = state.draw(num_samples, generator=generator)
+        if self.temperature != 1.0:
+            logits = torch.lerp(state.mean.unsqueeze(1), logits, self.temperature)
         h, w = state.size
         return rearrange(logits, "b n (h w) -> b n 1 h w", h=h, w=w).sigmoid()
 
