@@ -38,7 +38,7 @@ class CIMDTransport(DiffusionTransport):
     Args:
         in_channels: image channels (concatenated with the 1-channel state).
         steps, beta_start, beta_end, truncation: the diffusion chain (see `DiffusionTransport`).
-        width, mults, blocks, attention: the `TimeUNet` denoiser.
+        width, mults, blocks, attention, groups: the `TimeUNet` denoiser (groups: GroupNorm groups).
         latent_dim: size of the ambiguity latent z (6); 0 disables the prior/posterior nets.
         kl_weight: weight of KL(posterior || prior) (1/1000 as in CIMD).
         encoder_widths, encoder_convs: U-Net encoder of the prior and posterior nets.
@@ -48,14 +48,14 @@ class CIMDTransport(DiffusionTransport):
 
     def __init__(self, *, in_channels: int = 1, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  truncation: int | None = None, width: int = 128, mults: tuple[int, ...] = (1, 2, 4), blocks: int = 2,
-                 attention: bool = True, latent_dim: int = 6, kl_weight: float = 1e-3,
+                 attention: bool = True, groups: int = 8, latent_dim: int = 6, kl_weight: float = 1e-3,
                  encoder_widths: tuple[int, ...] = (32, 64, 128, 192), encoder_convs: int = 3) -> None:
         super().__init__(steps=steps, beta_start=beta_start, beta_end=beta_end, truncation=truncation)
         if int(latent_dim) < 0:
             raise ConfigError(f"cimd: latent_dim must be >= 0 (0 disables the ambiguity latent), got {latent_dim}")
         self.latent_dim, self.kl_weight = int(latent_dim), float(kl_weight)
         self.denoiser = TimeUNet(in_channels + 1, 1, width=width, mults=tuple(mults), blocks=blocks,
-                                 attention=attention, cond_dim=self.latent_dim or None)
+                                 attention=attention, groups=groups, cond_dim=self.latent_dim or None)
         if self.latent_dim:
             enc = {"widths": tuple(encoder_widths), "convs": encoder_convs}
             self.prior_net = GaussianEncoder(in_channels + 1, self.latent_dim, **enc)
@@ -121,6 +121,15 @@ RECIPE = register_recipe(Recipe(
             "sampler": {"name": "ddim", "steps": 10},
             "train": {"transport": {"lr": 1e-3, "steps": 1500, "batch_size": 8, "val_images": 4,
                                     "val_samples": 4}},
+        },
+        # LIDC on 2 CPU cores (64 px crops): the denoiser at ATFM's cpu-lidc ST-Net width, so a
+        # sampling step costs what ATFM's does; DDIM 10 steps
+        "cpu-lidc": {
+            "transport": {"steps": 100, "width": 8, "mults": (1, 2, 4), "blocks": 1, "groups": 4, "attention": False,
+                          "encoder_widths": (16, 32, 64), "encoder_convs": 2},
+            "sampler": {"name": "ddim", "steps": 10},
+            "train": {"transport": {"lr": 1e-3, "steps": 2000, "batch_size": 8, "val_every": 250, "val_images": 48,
+                                    "val_samples": 16}},
         },
         "paper-lidc": {"in_channels": 1, "image_size": 128, "train": {"transport": {"epochs": 200}}},
         "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"transport": {"epochs": 120}}},

@@ -280,6 +280,10 @@ RECIPE = register_recipe(Recipe(
                   "train": {"joint": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}}},
         "cpu": {**_both(base_width=8),
                 "train": {"joint": {"steps": 1000, "batch_size": 12, "val_images": 8, "val_samples": 8}}},
+        # LIDC on 2 CPU cores (64 px crops, 4 latent levels); validation curve in docs/training.md
+        "cpu-lidc": {**_both(base_width=8),
+                     "train": {"joint": {"steps": 2000, "batch_size": 12, "val_every": 250, "val_images": 48,
+                                         "val_samples": 16}}},
         "paper-lidc": {"in_channels": 1, "image_size": 128, "train": {"joint": {"batch_size": 12, "epochs": 100}}},
         "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"joint": {"batch_size": 12, "epochs": 400}}},
     },

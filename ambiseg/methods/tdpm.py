@@ -27,7 +27,12 @@ _DIFFUSION: dict[str, dict[str, Any]] = {
     "paper-lidc": {"train": {"epochs": 200}},
     "paper-isic3": {"train": {"epochs": 120}},
 }
-_DIFFUSION["cpu-lidc"] = _DIFFUSION["cpu"]  # LIDC: ATFM's cpu-lidc GTR, the cpu diffusion (not tuned on LIDC yet)
+# LIDC: ATFM's cpu-lidc GTR; the denoiser at ATFM's cpu-lidc ST-Net width, trained as long
+_DIFFUSION["cpu-lidc"] = {
+    "transport": {"steps": 100, "truncation": 30, "width": 8, "mults": (1, 2, 4), "blocks": 1, "groups": 4,
+                  "attention": False},
+    "sampler": {"name": "ddim", "steps": 5},
+    "train": {"lr": 1e-3, "steps": 1000, "batch_size": 8, "val_every": 250, "val_images": 48, "val_samples": 16}}
 
 
 def _presets() -> dict[str, dict[str, Any]]:
