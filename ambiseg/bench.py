@@ -3,6 +3,7 @@ sample, evaluate, time, and write one JSON record per (method, dataset, seed).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +20,11 @@ from .errors import AmbisegError, ConfigError
 from .evaluation import PeakMemory, count_flops, evaluate_method
 from .io import ensure_dir, write_json
 from .leaderboard import to_rich, write_leaderboard
+from .lock import run_lock
 from .method import Method, method_config
 from .presets import bench_preset
 from .registry import methods
-from .results import RECORD_KIND, environment, summarise
+from .results import RECORD_KIND, RECORD_SCHEMA, environment, summarise
 from .train import Trainer, collate, seed_everything
 
 __all__ = ["BenchSpec", "run_bench", "evaluate_method", "build_for_data", "pick_preset", "pick_device",
@@ -39,8 +41,14 @@ def pick_device(device: str | None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise ConfigError(f"unknown device '{device}'; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device '{device}' is not supported (ambiseg trains and samples on cpu or cuda); "
+                          "use cpu, cuda, cuda:N or auto")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{device}' requested but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{device}' does not exist; this machine has {torch.cuda.device_count()} "
+                          f"CUDA device(s), cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 
@@ -107,7 +115,13 @@ def _run_dir(spec: BenchSpec, method: str, seed: int) -> Path:
 def _train_or_load(method: Method, sets: dict[str, Dataset], data: dict[str, Any], run_dir: Path, spec: BenchSpec,
                    seed: int, device: torch.device, console: Console) -> float:
     """Train `method` on `sets` (described by the data spec `data`) into `run_dir`, resuming an
-    interrupted run; load a finished one. Returns seconds."""
+    interrupted run; load a finished one. Holds the run directory's lock. Returns seconds."""
+    with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():
+        return _train_or_load_locked(method, sets, data, run_dir, spec, seed, device, console)
+
+
+def _train_or_load_locked(method: Method, sets: dict[str, Dataset], data: dict[str, Any], run_dir: Path,
+                          spec: BenchSpec, seed: int, device: torch.device, console: Console) -> float:
     last = run_dir / "last.safetensors"
     if last.exists() and not spec.retrain:
         ckpt = load_checkpoint(last, method=method.name)
@@ -158,7 +172,7 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
             flops = count_flops(method, image) if preset.flops else None
             key = f"GED{preset.untrained_samples}"
             record = {
-                "kind": RECORD_KIND, "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "kind": RECORD_KIND, "schema": RECORD_SCHEMA, "created": dt.datetime.now(dt.timezone.utc).isoformat(),
                 "method": method.name, "dataset": spec.data, "preset": spec.preset, "seed": seed,
                 "root": spec.root, "data": data_spec.to_dict(), "config": method.config, "counts": list(spec.counts),
                 "sizes": {k: len(v) for k, v in sets.items()},

@@ -20,8 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .errors import AmbisegError, ConfigError
-from .io import atomic_path
+from .errors import AmbisegError, ConfigError, NonFiniteError
+from .io import atomic_path, write_error
 
 __all__ = [
     "Checkpoint", "save_checkpoint", "load_checkpoint", "load_weights", "load_method", "optimizer_state",
@@ -112,7 +112,10 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: dic
         rng_tensors, meta["rng"] = capture_rng()
         tensors.update({k: v.cpu().contiguous().clone() for k, v in rng_tensors.items()})
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"ambiseg": json.dumps(meta)})
+        try:
+            save_file(tensors, str(tmp), metadata={"ambiseg": json.dumps(meta)})
+        except SafetensorError as exc:  # e.g. a full disk, reported by the Rust writer
+            raise write_error(path, exc) from None
 
 
 def load_checkpoint(path: str | os.PathLike, *, method: str | None = None) -> Checkpoint:
@@ -134,7 +137,7 @@ def load_checkpoint(path: str | os.PathLike, *, method: str | None = None) -> Ch
         raise AmbisegError(f"checkpoint {path} is not a readable safetensors file (truncated or not a checkpoint): {exc}") from None
     if "ambiseg" not in header:
         raise AmbisegError(f"{path} is a safetensors file but not an ambiseg checkpoint (no 'ambiseg' header)")
-    meta = json.loads(header["ambiseg"])
+    meta = _read_meta(header["ambiseg"], path)
     major = str(meta.get("ambiseg_version", "0")).split(".")[0]
     if major != __version__.split(".")[0]:
         raise AmbisegError(f"checkpoint {path} was written by ambiseg {meta.get('ambiseg_version')}; "
@@ -151,8 +154,26 @@ def load_checkpoint(path: str | os.PathLike, *, method: str | None = None) -> Ch
     return Checkpoint(meta=meta, model=groups["model"], optim=groups["optim"], rng=groups["rng"])
 
 
+def _read_meta(text: str, path: Path) -> dict[str, Any]:
+    """The checkpoint's `ambiseg` header: a JSON object whose `config` is an object naming a method."""
+    try:
+        meta = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        what = "nested too deeply" if isinstance(exc, RecursionError) else f"not JSON: {exc}"
+        raise AmbisegError(f"{path}: the ambiseg header is damaged ({what}); the checkpoint cannot be used") from None
+    if not isinstance(meta, dict):
+        raise AmbisegError(f"{path}: the ambiseg header is a JSON {type(meta).__name__}, not an object; "
+                           "the checkpoint is damaged")
+    config = meta.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("method"), str):
+        raise AmbisegError(f"{path}: the ambiseg header has no 'config' object naming a method; "
+                           "the checkpoint is damaged")
+    return meta
+
+
 def load_weights(model: torch.nn.Module, ckpt: Checkpoint, *, source: str = "checkpoint") -> None:
-    """Load `ckpt`'s weights into `model`, refusing a mismatch of names or shapes with the first difference."""
+    """Load `ckpt`'s weights into `model`, refusing a mismatch of names or shapes with the first
+    difference, and weights holding NaN or inf (they would be scored as empty masks)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(ckpt.model))
     extra = sorted(set(ckpt.model) - set(own))
@@ -164,6 +185,9 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint, *, source: str = "che
         if value.shape != ckpt.model[key].shape:
             raise AmbisegError(f"{source} does not fit this method's configuration: {key} has shape "
                                f"{tuple(ckpt.model[key].shape)} there but {tuple(value.shape)} here")
+    bad = next((k for k, v in ckpt.model.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise NonFiniteError(f"{source}: weight {bad} holds NaN or inf; a damaged checkpoint is never used or scored")
     model.load_state_dict(ckpt.model)
 
 

@@ -23,6 +23,9 @@ from .registry import samplers
 __all__ = ["linear_betas", "DiffusionSchedule", "DiffusionTransport", "DDPM", "DDIM", "ddim_timesteps", "VARIANCES"]
 
 
+MAX_DIFFUSION_STEPS = 100_000  # T; the schedule tensors have T entries and DDPM takes T steps
+
+
 def linear_betas(steps: int, *, start: float = 1e-4, end: float = 0.02) -> Tensor:
     """Linear betas [steps] (float64) from `start` to `end`, scaled by 1000 / steps.
 
@@ -30,7 +33,9 @@ def linear_betas(steps: int, *, start: float = 1e-4, end: float = 0.02) -> Tenso
     CIMD code builds on) keeps abar at a given fraction of the chain similar for any T.
     """
     steps = int(steps)
-    scale = 1000.0 / steps
+    if steps > MAX_DIFFUSION_STEPS:
+        raise ConfigError(f"diffusion steps must be at most {MAX_DIFFUSION_STEPS}, got {steps}")
+    scale = 1000.0 / max(steps, 1)
     if steps < 1 or not 0.0 < start * scale <= end * scale < 1.0:
         raise ConfigError(f"linear beta schedule needs steps >= 1 and 0 < start <= end with end * 1000 / steps < 1, "
                           f"got steps={steps}, start={start}, end={end}; use more steps or a smaller end")

@@ -8,7 +8,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["AmbisegError", "ConfigError", "UnknownNameError", "CompatibilityError", "DataError", "closest"]
+__all__ = ["AmbisegError", "ConfigError", "UnknownNameError", "CompatibilityError", "DataError", "NonFiniteError",
+           "closest"]
 
 
 class AmbisegError(Exception):
@@ -32,6 +33,10 @@ class CompatibilityError(ConfigError):
 
 class DataError(AmbisegError):
     """A dataset file or folder is missing, malformed or unsafe."""
+
+
+class NonFiniteError(AmbisegError):
+    """Weights or samples hold NaN or inf: an error, never a score."""
 
 
 def closest(name: str, choices: Iterable[str]) -> str:

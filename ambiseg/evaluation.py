@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from . import distributed as dist
 from . import metrics
-from .errors import AmbisegError
+from .errors import AmbisegError, NonFiniteError
 from .method import Method
 from .train import collate
 
@@ -118,6 +118,9 @@ def evaluate_method(method: Method, test_set: Dataset, *, counts: tuple[int, ...
             out = method.sample(image, total, generator=gen, max_batch=max_batch)
             _sync(device)
             seconds = time.perf_counter() - t0
+            if not torch.isfinite(out).all():  # NaN >= 0.5 is False: it would score as an empty mask
+                raise NonFiniteError(f"{method.name} gives non-finite samples for test image {i}; it is not "
+                                     "scored (are the weights damaged? does the sampler diverge?)")
             samples = (out >= 0.5).cpu()
             del out
             mine.append((i, *_score(samples, item, counts, total), seconds))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .io import write_text
+from .io import atomic_paths
 from .results import read_records, summarise
 
 __all__ = ["Row", "build_rows", "to_rich", "to_markdown", "to_csv", "to_latex", "plot", "write_leaderboard", "HEADLINE"]
@@ -246,12 +246,19 @@ def plot(rows: list[Row], path: str | Path) -> None:
 
 
 def write_leaderboard(inputs: list[str | Path], out: str | Path) -> tuple[list[Row], dict[str, Path]]:
-    """Read records from `inputs`, write leaderboard.{md,csv,tex,png} into `out`, return rows and paths."""
+    """Read records from `inputs`, write leaderboard.{md,csv,tex,png} into `out`, return rows and paths.
+
+    The four files are written as a set: all to temporaries first, then renamed, so a failure
+    (e.g. a full disk) leaves the previous set whole and a reader never sees new tables beside
+    an old figure.
+    """
     rows = build_rows(read_records(inputs))
     out = Path(out)
     paths = {ext: out / f"leaderboard.{ext}" for ext in ("md", "csv", "tex", "png")}
-    write_text(paths["md"], to_markdown(rows))
-    write_text(paths["csv"], to_csv(rows))
-    write_text(paths["tex"], to_latex(rows))
-    plot(rows, paths["png"])
+    with atomic_paths(list(paths.values())) as temps:
+        tmp = dict(zip(paths, temps, strict=True))
+        tmp["md"].write_text(to_markdown(rows))
+        tmp["csv"].write_text(to_csv(rows))
+        tmp["tex"].write_text(to_latex(rows))
+        plot(rows, tmp["png"])
     return rows, paths

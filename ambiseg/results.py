@@ -1,6 +1,7 @@
 """Benchmark records: summary statistics, environment, and reading records back safely."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import platform
 import subprocess
@@ -12,10 +13,24 @@ import torch
 
 from . import __version__
 from .errors import AmbisegError
+from .io import is_temp_file
 
-__all__ = ["bootstrap_ci", "summarise", "environment", "read_records", "RECORD_KIND"]
+__all__ = ["bootstrap_ci", "summarise", "environment", "read_records", "check_record", "RECORD_KIND",
+           "RECORD_SCHEMA"]
 
 RECORD_KIND = "ambiseg-bench-record"
+RECORD_SCHEMA = 1  # records written before the schema field existed are read as schema 1
+
+_NUMBER = (int, float)
+# field (dotted) -> (allowed types, required); the leaderboard reads exactly these
+RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "dataset": ((str,), True), "preset": ((str,), True), "method": ((str,), True), "seed": ((int,), True),
+    "created": ((str,), True), "per_image": ((dict,), True), "untrained": ((dict,), False),
+    "timing": ((dict,), True), "timing.train_s": (_NUMBER, True), "timing.sample_s_per_image": (_NUMBER, True),
+    "timing.samples_per_image": ((int,), True), "params": ((int,), True), "flops": ((dict,), False),
+    "memory": ((dict,), False), "memory.peak_mb": ((*_NUMBER, type(None)), False), "env": ((dict,), True),
+    "env.device": ((str,), True), "env.device_name": ((str, type(None)), False),
+}
 
 
 def bootstrap_ci(values: np.ndarray, *, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -82,17 +97,52 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+def _bad(file: Path | str, field: str, why: str) -> AmbisegError:
+    return AmbisegError(f"{file}: malformed bench record: field '{field}' {why}; re-run `ambiseg bench` or fix "
+                        "the file")
+
+
+def check_record(record: dict[str, Any], file: Path | str) -> None:
+    """Refuse a bench record of another schema or with a missing or mistyped field, naming `file` and the field."""
+    schema = record.get("schema", 1)
+    if type(schema) is not int or not 1 <= schema <= RECORD_SCHEMA:
+        raise _bad(file, "schema", f"is {schema!r}; this ambiseg reads schema 1..{RECORD_SCHEMA} (upgrade ambiseg)")
+    for name, (types, required) in RECORD_FIELDS.items():
+        parent, _, key = name.rpartition(".")
+        holder = record.get(parent) if parent else record
+        if not isinstance(holder, dict) or key not in holder:
+            if required:
+                raise _bad(file, name, "is missing")
+            continue
+        value = holder[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise _bad(file, name, f"is {json.dumps(value)[:40]}, not {allowed}")
+    try:
+        dt.datetime.fromisoformat(record["created"])
+    except ValueError:
+        raise _bad(file, "created", f"is '{record['created'][:40]}', not an ISO date-time") from None
+    for group in ("per_image", "untrained"):
+        for key, value in record.get(group, {}).items():
+            values = value if group == "per_image" else [value]
+            if group == "per_image" and not isinstance(value, list):
+                raise _bad(file, f"{group}.{key}", "is not a list of numbers")
+            if any(isinstance(v, bool) or not isinstance(v, _NUMBER) for v in values):
+                raise _bad(file, f"{group}.{key}", "holds a value that is not a number")
+
+
 def read_records(paths: list[str | Path]) -> list[dict[str, Any]]:
     """Every bench record in `paths` (files or directories, searched recursively).
 
-    A file that is not a bench record is refused with its name: a leaderboard never mixes in
-    unrelated JSON by accident.
+    A file that is not a bench record, or a record of another schema or with a malformed field,
+    is refused with its name: a leaderboard never mixes in unrelated JSON by accident. Temporary
+    files a killed writer left behind (`.<name>.<random>.tmp.json`) are skipped.
     """
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*.json") if p.parent.name == "results")
+            found = sorted(p for p in path.rglob("*.json") if p.parent.name == "results" and not is_temp_file(p))
             files += found
         elif path.is_file():
             files.append(path)
@@ -107,6 +157,7 @@ def read_records(paths: list[str | Path]) -> list[dict[str, Any]]:
         if not isinstance(record, dict) or record.get("kind") != RECORD_KIND:
             raise AmbisegError(f"{file} is not a results file (no \"kind\": \"{RECORD_KIND}\"); "
                                "pass the output directory of `ambiseg bench` or its results/*.json")
+        check_record(record, file)
         record["_file"] = str(file)
         records.append(record)
     if not records:

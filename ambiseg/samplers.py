@@ -15,7 +15,9 @@ from .errors import ConfigError
 from .interfaces import Field, Sampler
 from .registry import samplers
 
-__all__ = ["FixedStepSampler", "Euler", "Heun", "Midpoint", "RK4", "Dopri5", "Direct"]
+__all__ = ["FixedStepSampler", "Euler", "Heun", "Midpoint", "RK4", "Dopri5", "Direct", "MAX_STEPS"]
+
+MAX_STEPS = 10_000  # steps of a fixed-step sampler; more is a typo (1e9 would run for weeks)
 
 
 class _FlowSampler(Sampler):
@@ -54,6 +56,8 @@ class FixedStepSampler(_FlowSampler):
         super().__init__(t0=t0, t1=t1)
         if int(steps) < 1:
             raise ConfigError(f"sampler steps must be >= 1, got {steps}")
+        if int(steps) > MAX_STEPS:
+            raise ConfigError(f"sampler steps must be at most {MAX_STEPS}, got {steps}")
         self.steps = int(steps)
 
     def _options(self) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from torch.utils.data import Dataset
 from . import distributed as dist
 from .checkpoint import load_checkpoint, load_weights, optimizer_state, restore_rng, save_checkpoint
 from .errors import AmbisegError, ConfigError, closest
-from .io import write_text
+from .io import ensure_dir, write_text
+from .lock import run_lock
 from .method import Method
 
 __all__ = ["Trainer", "TrainResult", "TrainingError", "collate", "to_device", "make_optimizer", "learning_rate",
@@ -154,6 +155,7 @@ class Trainer:
         self.amp = amp and self.device.type == "cuda"
         self.console = console or Console(stderr=True)
         self.history: list[dict[str, Any]] = []
+        self._checked: dict[str, Any] | None = None
 
     # ---- schedule -------------------------------------------------------------------------
     def _stage_length(self, stage: str) -> tuple[int, int, int]:
@@ -176,18 +178,66 @@ class Trainer:
     # ---- checkpoints ----------------------------------------------------------------------
     def _save(self, name: str, optimizer: torch.optim.Optimizer | None, **state: Any) -> None:
         if self.out_dir is not None and dist.is_main():
+            bad = next((k for k, v in self.method.state_dict().items()
+                        if v.is_floating_point() and not torch.isfinite(v).all()), None)
+            if bad is not None:
+                raise TrainingError(f"weight {bad} became non-finite in stage '{state.get('stage')}' at step "
+                                    f"{state.get('step')}; {name} is not written and the last good checkpoint is "
+                                    "kept; lower the learning rate, set train.<stage>.grad_clip or run with "
+                                    "--detect-anomaly")
             save_checkpoint(self.out_dir / name, self.method, self.method.config, optimizer=optimizer,
                             seed=self.seed, history=self.history, data=self.data, **state)
 
-    def _resume_state(self) -> dict[str, Any] | None:
+    def check_resume(self) -> dict[str, Any] | None:
+        """Load and check `out_dir/last.safetensors` for `fit(resume=True)` before anything is written.
+
+        Refuses (one `AmbisegError` line) a checkpoint of another method, seed or network shape
+        and a damaged training state (stage, step, RNG states, optimiser state); loads the
+        weights. Returns the state `fit` continues from (None when there is no checkpoint).
+        """
         path = self.out_dir / "last.safetensors" if self.out_dir else None
         if path is None or not path.exists():
             return None
         ckpt = load_checkpoint(path, method=self.method.name)
+        meta = ckpt.meta
+        if meta.get("seed") is not None and meta.get("seed") != self.seed:
+            raise ConfigError(f"{path} was trained with seed {meta.get('seed')}, not {self.seed}; resume it with "
+                              f"--seed {meta.get('seed')} (the batch order depends on it)")
+        stages = len(self.method.stages)
+        for key, low, high in (("stage_index", 0, stages), ("step", 0, None)):
+            value = meta.get(key)
+            if type(value) is not int or value < low or (high is not None and value > high):
+                raise TrainingError(f"{path}: training state '{key}' is {value!r}, not an integer in "
+                                    f"{low}..{high if high is not None else 'inf'}; the checkpoint is damaged")
+        if not isinstance(meta.get("history", []), list) or not isinstance(meta.get("best", {}), dict):
+            raise TrainingError(f"{path}: training state 'history'/'best' is malformed; the checkpoint is damaged")
         load_weights(self.method, ckpt, source=str(path))
+        try:
+            opt_state = optimizer_state(ckpt)
+            if opt_state is not None and meta["stage_index"] < stages:
+                cfg = self.method.train_config[self.method.stages[meta["stage_index"]]]
+                stage = self.method.stages[meta["stage_index"]]
+                params = [p for m in self.method.stage_modules(stage) for p in m.parameters()]
+                make_optimizer(cfg, params).load_state_dict(opt_state)  # a throwaway optimiser: a check only
+            rng = torch.get_rng_state()
+            restore_rng(ckpt.rng, meta.get("rng", {}))
+            torch.set_rng_state(rng)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
+            raise TrainingError(f"{path}: training state is damaged ({type(exc).__name__}: {exc}); "
+                                "the weights load but the run cannot continue exactly; train again") from None
+        self._checked = {**meta, "optimizer_state": opt_state, "_ckpt": ckpt}
+        return self._checked
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        state = self._checked if self._checked is not None else self.check_resume()
+        self._checked = None
+        if state is None:
+            return None
+        ckpt = state.pop("_ckpt")
+        load_weights(self.method, ckpt, source="resumed checkpoint")
         restore_rng(ckpt.rng, ckpt.meta.get("rng", {}))
         self.history = list(ckpt.meta.get("history", []))
-        return {**ckpt.meta, "optimizer_state": optimizer_state(ckpt)}
+        return state
 
     # ---- validation -----------------------------------------------------------------------
     def _validate(self, stage: str) -> dict[str, float] | None:
@@ -216,7 +266,17 @@ class Trainer:
 
     # ---- main loop ------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> TrainResult:
-        """Train every stage; with `resume`, continue from `out_dir/last.safetensors` if present."""
+        """Train every stage; with `resume`, continue from `out_dir/last.safetensors` if present.
+
+        Holds the lock of `out_dir` (`ambiseg.lock`): a second writer to it is refused.
+        """
+        locked = self.out_dir is not None and dist.is_main()
+        if locked:
+            ensure_dir(self.out_dir)
+        with run_lock(self.out_dir) if locked else contextlib.nullcontext():
+            return self._fit(resume=resume)
+
+    def _fit(self, *, resume: bool) -> TrainResult:
         self.method.to(self.device)
         state = self._resume_state() if resume else None
         if state is None:

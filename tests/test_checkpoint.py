@@ -52,7 +52,7 @@ def test_crash_mid_write_keeps_the_old_file(tmp_path, method, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("ambiseg.checkpoint.save_file", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(AmbisegError, match=f"cannot write {path}: disk full; the previous file is kept"):
         save_checkpoint(path, method, method.config, step=2)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]  # no temp file left behind

@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import pickle
+import struct
+import zipfile
+import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 import ambiseg
 from ambiseg.checkpoint import save_checkpoint
@@ -28,6 +35,42 @@ def lidc_folder(root, *, mask_size=16, mask_value=255):
             mask[4:8, 4:8] = mask_value
             png(nodule / f"mask-{k}" / "slice-0.png", mask)
     return root
+
+
+def record(**changes):
+    """A minimal valid bench record, with `changes` applied (a value of ... deletes the key)."""
+    rec = {"kind": "ambiseg-bench-record", "schema": 1, "created": "2025-01-01T00:00:00+00:00", "method": "det-unet",
+           "dataset": "synthetic", "preset": "smoke", "seed": 0, "per_image": {"GED16": [0.5, 0.25]},
+           "timing": {"train_s": 1.0, "sample_s_per_image": 0.1, "samples_per_image": 16}, "params": 10,
+           "env": {"device": "cpu", "device_name": "CPU"}}
+    for key, value in changes.items():
+        if value is ...:
+            del rec[key]
+        else:
+            rec[key] = value
+    return rec
+
+
+def huge_png(side):
+    """A 1x1 grey PNG whose header claims `side` x `side` pixels."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", side, side)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def header_checkpoint(path, header):
+    save_file({"model/w": torch.zeros(1)}, str(path), metadata={"ambiseg": header})
+    return path
+
+
+def pickle_dir(path, image):
+    path.mkdir()
+    with open(path / "data.pickle", "wb") as fh:
+        pickle.dump({"s0": {"image": image, "masks": [np.zeros((4, 4), np.uint8)] * 4, "series_uid": "p0"}}, fh)
+    return path
 
 
 class Evil:
@@ -70,6 +113,53 @@ def files(tmp_path_factory):
     f["notes"].write_text('{"not": "a record"}')
     f["blocker"] = tmp / "a-file"
     f["blocker"].write_text("in the way")
+    f["fifo"] = tmp / "fifo"
+    os.mkfifo(f["fifo"])
+    flow = ambiseg.build("atfm", preset="smoke")
+    f["flow_ckpt"] = tmp / "flow.safetensors"
+    save_checkpoint(f["flow_ckpt"], flow, flow.config, stage_index=len(flow.stages))
+    nan_state = {k: v.clone() for k, v in method.state_dict().items()}
+    next(v for v in nan_state.values() if v.is_floating_point()).fill_(float("nan"))
+    method.load_state_dict(nan_state)
+    f["nan_ckpt"] = tmp / "nan.safetensors"
+    save_checkpoint(f["nan_ckpt"], method, method.config, stage_index=1)
+    meta = {"format": 1, "ambiseg_version": ambiseg.__version__, "method": "det-unet"}
+    f["hdr_text"] = header_checkpoint(tmp / "h1.safetensors", "{oops")
+    f["hdr_list"] = header_checkpoint(tmp / "h2.safetensors", "[1, 2]")
+    f["hdr_noconfig"] = header_checkpoint(tmp / "h3.safetensors", json.dumps(meta))
+    f["hdr_deep"] = header_checkpoint(tmp / "h4.safetensors", "[" * 100_000 + "]" * 100_000)
+    badcrc = tmp / "badcrc.zip"
+    with zipfile.ZipFile(badcrc, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted((tmp / "nonbinary").rglob("*.png")):
+            data = bytearray(path.read_bytes())
+            zf.writestr(str(path.relative_to(tmp / "nonbinary")), bytes(data))
+    raw = bytearray(badcrc.read_bytes())
+    at = 0
+    while (at := raw.find(b"\x89PNG", at + 1)) != -1:
+        raw[at + 40] ^= 0xFF
+    badcrc.write_bytes(bytes(raw))
+    f["badcrc"] = badcrc
+    for side, name in ((40_000, "bomb"), (10_000, "big_png")):
+        root = lidc_folder(tmp / name)
+        image = root / "LIDC-IDRI-slices" / "LIDC-IDRI-0000" / "nodule-0" / "images" / "slice-0.png"
+        image.write_bytes(huge_png(side))
+        f[name] = root
+    f["ragged"] = pickle_dir(tmp / "ragged", [[0.1, 0.2], [0.3]])
+    deep = [0.5]
+    for _ in range(64):
+        deep = [deep]
+    f["dims65"] = pickle_dir(tmp / "dims65", deep)
+    f["empty_image"] = pickle_dir(tmp / "empty-image", np.zeros((0, 0), np.float32))
+    big = tmp / "bytearray"
+    big.mkdir()
+    (big / "data.pickle").write_bytes(b"\x80\x02c__builtin__\nbytearray\n\x8a\x08" + (2**62).to_bytes(8, "little")
+                                      + b"\x85R.")
+    f["bytearray"] = big
+    for name, rec in {"no_per_image": record(per_image=...), "seed_text": record(seed="abc"),
+                      "created_int": record(created=5), "schema_99": record(schema=99),
+                      "per_image_text": record(per_image={"GED16": ["x"]})}.items():
+        (tmp / f"rec-{name}.json").write_text(json.dumps(rec))
+        f[f"rec_{name}"] = tmp / f"rec-{name}.json"
     return f
 
 
@@ -117,6 +207,47 @@ CASES = [
     ("out is a file", "bench --methods det-unet --preset smoke --out {blocker}", "is a file"),
     ("leaderboard of a non-record", "leaderboard {notes} --out {out}", "is not a results file"),
     ("sample index out of range", "sample {ckpt} --preset smoke --indices 99 --out {out}", "out of range"),
+    # issue 16
+    ("eval max-batch 0", "eval {ckpt} --samples 2 --max-batch 0", "--max-batch must be >= 1"),
+    ("absurd sampler steps", "eval {flow_ckpt} --samples 2 --set sampler.steps=1e9", "steps must be at most 10000"),
+    ("absurd sample count", "eval {ckpt} --samples 1000000000", "at most 10000"),
+    ("absurd sample count in sample", "sample {ckpt} --samples 1000000000 --out {out}", "between 1 and 10000"),
+    ("absurd diffusion steps", "train cimd --preset smoke --set transport.steps=1000000000 --out {out}",
+     "at most 100000"),
+    ("seed beyond 64 bits", "train det-unet --preset smoke --seed 100000000000000000000000 --out {out}",
+     "--seed must be between 0 and"),
+    ("negative seed in eval", "eval {ckpt} --samples 2 --seed -1", "--seed must be between 0 and"),
+    ("seeds beyond 64 bits", "bench --methods det-unet --preset smoke --seeds 100000000000000000000 --out {out}",
+     "--seeds must be between"),
+    ("meta device", "train det-unet --preset smoke --device meta --out {out}", "not supported"),
+    ("mps device", "eval {ckpt} --samples 2 --device mps", "not supported"),
+    ("NaN weights", "eval {nan_ckpt} --samples 2", "NaN or inf"),
+    ("checkpoint header not JSON", "eval {hdr_text} --samples 2", "header is damaged (not JSON"),
+    ("checkpoint header a list", "eval {hdr_list} --samples 2", "is a JSON list"),
+    ("checkpoint header without config", "eval {hdr_noconfig} --samples 2", "no 'config'"),
+    ("checkpoint header nested 100k deep", "eval {hdr_deep} --samples 2", "nested too deeply"),
+    ("train over a run", "train det-unet --preset smoke --out {other_run}", "already holds a run"),
+    ("resume and overwrite", "train det-unet --preset smoke --resume --overwrite --out {other_run}", "choose one"),
+    ("eval --out a FIFO", "eval {ckpt} --samples 2 --out {fifo}", "not a regular file"),
+    ("eval --out a folder", "eval {ckpt} --samples 2 --out {tmp}", "is a directory"),
+    ("zip entry with a bad CRC", "bench --methods det-unet --data lidc --root {badcrc} --preset smoke --out {out}",
+     "the zip is damaged"),
+    ("PNG header of 40000 x 40000", "bench --methods det-unet --data lidc --root {bomb} --preset smoke --out {out}",
+     "too large to decode safely"),
+    ("PNG header of 10000 x 10000", "bench --methods det-unet --data lidc --root {big_png} --preset smoke --out {out}",
+     "too large to decode safely"),
+    ("ragged pickle image", "bench --methods det-unet --data lidc --root {ragged} --preset smoke --out {out}",
+     "not an array"),
+    ("65-dim pickle image", "bench --methods det-unet --data lidc --root {dims65} --preset smoke --out {out}", None),
+    ("0x0 pickle image", "bench --methods det-unet --data lidc --root {empty_image} --preset smoke --out {out}",
+     "non-empty 2-D"),
+    ("bytearray(2**62) pickle", "bench --methods det-unet --data lidc --root {bytearray} --preset smoke --out {out}",
+     "bytearray from a int"),
+    ("record without per_image", "leaderboard {rec_no_per_image} --out {out}", "field 'per_image' is missing"),
+    ("record seed not an int", "leaderboard {rec_seed_text} --out {out}", "field 'seed' is \"abc\", not int"),
+    ("record created not a date", "leaderboard {rec_created_int} --out {out}", "field 'created' is 5, not str"),
+    ("record of a newer schema", "leaderboard {rec_schema_99} --out {out}", "field 'schema' is 99"),
+    ("record per_image not numbers", "leaderboard {rec_per_image_text} --out {out}", "field 'per_image.GED16'"),
 ]
 
 

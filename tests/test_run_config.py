@@ -221,7 +221,7 @@ def test_lidc_cpu_uses_each_recipes_lidc_preset_where_it_has_one():
 
     candidates = bench_preset("cpu").method_presets_for("lidc")
     assert candidates == ("cpu-lidc", "cpu") and bench_preset("cpu").method_presets_for("synthetic") == ("cpu",)
-    assert pick_preset("atfm", candidates) == "cpu-lidc" and pick_preset("phiseg", candidates) == "cpu"
+    assert pick_preset("atfm", candidates) == "cpu-lidc" and pick_preset("phiseg", ("cpu-isic3", "cpu")) == "cpu"
     config = method_config("act-gtr", preset="cpu-lidc")
     assert config["prior"]["centre_factor"] and config["prior"]["norm"] == "group"
     test = DataSpec(name="lidc", root="x", preset="cpu").options_for("test")

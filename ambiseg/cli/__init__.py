@@ -34,4 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         click.echo(f"error: {exc.strerror or exc}: {exc.filename}", err=True)
         sys.exit(2)
+    except OSError as exc:  # the file system refused (full disk, read-only, I/O error): not a bug of ours
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(2)
     sys.exit(0)

@@ -7,10 +7,18 @@ import click
 
 from ..bench import BenchSpec, pick_device, run_bench
 from ..distributed import distributed_run
-from ..errors import ConfigError
 from ..leaderboard import to_rich, write_leaderboard
 from .app import cli, console
-from .options import common_set_option, data_options, parse_counts, parse_ints, parse_sets, split_sets
+from .options import (
+    check_max_batch,
+    check_seed,
+    common_set_option,
+    data_options,
+    parse_counts,
+    parse_ints,
+    parse_sets,
+    split_sets,
+)
 
 
 @cli.command("bench")
@@ -30,8 +38,9 @@ def bench_cmd(methods: str, data_name: str, root: str | None, preset: str, sets:
               no_progress: bool) -> None:
     """Train, sample, evaluate and time METHODS on one dataset; print and write the leaderboard."""
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    if max_batch is not None and max_batch < 1:
-        raise ConfigError(f"--max-batch must be >= 1, got {max_batch}")
+    check_max_batch(max_batch)
+    for seed in parse_ints(seeds, "--seeds"):
+        check_seed(seed, "--seeds")
     from ..registry import methods as registry
 
     names = [registry.canonical(n) for n in names]  # unknown names fail before any work

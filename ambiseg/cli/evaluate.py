@@ -16,12 +16,13 @@ from ..checkpoint import Checkpoint, load_method
 from ..data.spec import SPLIT_NAMES, DataSpec
 from ..method import Method
 from ..registry import datasets
-from ..errors import ConfigError
-from ..io import atomic_path, ensure_dir, write_json
+from ..errors import ConfigError, NonFiniteError
+from ..io import atomic_path, check_target, ensure_dir, write_json
 from ..results import environment, summarise
 from ..train import collate
 from .app import cli, console
-from .options import data_options, data_set_option, parse_counts, parse_ints, parse_sets, split_sets
+from .options import (MAX_SAMPLES, check_max_batch, check_seed, data_options, data_set_option, parse_counts,
+                      parse_ints, parse_sets, split_sets)
 
 
 def _load_run(path: Path, sets: tuple[str, ...]) -> tuple[Method, Checkpoint, dict[str, Any]]:
@@ -85,8 +86,10 @@ def sample_cmd(checkpoint: Path, data_name: str | None, root: str | None, preset
     """Draw samples for chosen images: OUT/samples.npz and one PNG per image."""
     from ..data import figure_for_item, save_figure
 
-    if num < 1:
-        raise ConfigError(f"--samples must be >= 1, got {num}")
+    if not 1 <= num <= MAX_SAMPLES:
+        raise ConfigError(f"--samples must be between 1 and {MAX_SAMPLES}, got {num}")
+    check_seed(seed, "--seed")
+    check_target(out / "samples.npz")
     method, ckpt, _ = _load_run(checkpoint, sets)
     spec = _run_data(checkpoint, ckpt, data_name, root, preset, sets)
     dev = pick_device(device)
@@ -99,6 +102,9 @@ def sample_cmd(checkpoint: Path, data_name: str | None, root: str | None, preset
     items = collate([data[i] for i in idx])
     gen = torch.Generator(dev).manual_seed(seed)
     probs = method.to(dev).sample(items["image"].to(dev), num, generator=gen).cpu()
+    if not torch.isfinite(probs).all():
+        raise NonFiniteError(f"{checkpoint} gives non-finite samples for the {split} items {list(idx)}; nothing "
+                             "is written (are the weights damaged?)")
     with atomic_path(out / "samples.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, samples=(probs >= 0.5).numpy().astype(np.uint8), probs=probs.numpy().astype(np.float16),
@@ -126,6 +132,10 @@ def eval_cmd(checkpoint: Path, data_name: str | None, root: str | None, preset: 
     With no data flags the run's own data (recorded in the checkpoint) is used.
     """
     counts = parse_counts(samples)
+    check_max_batch(max_batch)
+    check_seed(seed, "--seed")
+    if out is not None:
+        check_target(out)  # before the work: a device node or folder is refused now, not after scoring
     method, ckpt, overrides = _load_run(checkpoint, sets)
     spec = _run_data(checkpoint, ckpt, data_name, root, preset, sets)
     dev = pick_device(device)

@@ -9,8 +9,11 @@ import click
 
 from ..errors import ConfigError
 
-__all__ = ["parse_sets", "split_sets", "parse_counts", "parse_ints", "data_options", "common_set_option",
-           "data_set_option"]
+__all__ = ["parse_sets", "split_sets", "parse_counts", "parse_ints", "check_seed", "check_max_batch",
+           "data_options", "common_set_option", "data_set_option", "MAX_SAMPLES", "MAX_SEED"]
+
+MAX_SAMPLES = 10_000  # samples per image; more would take days and fill the memory with masks
+MAX_SEED = 2**32 - 1  # seeds derive per-image generator seeds (seed * 100_003 + i) that must fit 64 bits
 
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
@@ -35,7 +38,22 @@ def split_sets(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     return method, data
 
 
+def check_seed(seed: int, option: str) -> int:
+    """`seed` if it is in 0..MAX_SEED, else a ConfigError naming `option`."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{option} must be between 0 and {MAX_SEED}, got {seed}")
+    return seed
+
+
+def check_max_batch(max_batch: int | None) -> int | None:
+    """`max_batch` if it is None or >= 1, else a ConfigError."""
+    if max_batch is not None and max_batch < 1:
+        raise ConfigError(f"--max-batch must be >= 1, got {max_batch}")
+    return max_batch
+
+
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    """`"1,2,3"` -> `(1, 2, 3)`; a ConfigError naming `option` for anything else."""
     try:
         values = tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
@@ -46,9 +64,12 @@ def parse_ints(text: str, option: str) -> tuple[int, ...]:
 
 
 def parse_counts(text: str) -> tuple[int, ...]:
+    """Sample counts of `--samples` ("16,32,100"): positive and at most MAX_SAMPLES."""
     counts = parse_ints(text, "--samples")
     if min(counts) < 1:
         raise ConfigError(f"--samples must be positive integers, got '{text}'")
+    if max(counts) > MAX_SAMPLES:
+        raise ConfigError(f"--samples must be at most {MAX_SAMPLES} per image, got {max(counts)}")
     return counts
 
 

@@ -1,6 +1,7 @@
 """`ambiseg train`: train one method into an output directory (resumable)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -8,10 +9,27 @@ import click
 from ..bench import build_for_data, pick_device
 from ..data.spec import DataSpec
 from ..distributed import distributed_run, is_main
-from ..io import ensure_dir, write_json
+from ..errors import ConfigError
+from ..io import check_target, ensure_dir, write_json
+from ..lock import run_lock
 from ..presets import bench_preset
 from .app import cli, console
-from .options import common_set_option, data_options, parse_sets, split_sets
+from .options import check_seed, common_set_option, data_options, parse_sets, split_sets
+
+RUN_FILES = ("last.safetensors", "best.safetensors", "history.csv")
+
+
+def check_existing_run(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to train over a run in `out` unless told to continue it (`resume`) or replace it
+    (`overwrite`, which deletes its checkpoints and history first); `resume` wins over `overwrite`."""
+    held = [name for name in RUN_FILES[:2] if (out / name).exists()]
+    if resume or not held:
+        return
+    if not overwrite:
+        raise ConfigError(f"{out} already holds a run ({held[0]}); pass --resume to continue it, --overwrite to "
+                          "replace it, or choose another --out")
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 @cli.command("train")
@@ -22,6 +40,8 @@ from .options import common_set_option, data_options, parse_sets, split_sets
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
 @click.option("--resume", is_flag=True, help="continue from OUT/last.safetensors")
+@click.option("--overwrite", is_flag=True, help="replace the run in OUT (its checkpoints and history) instead of "
+              "refusing")
 @click.option("--detect-anomaly", is_flag=True, help="torch autograd anomaly detection (slow; for debugging)")
 @click.option("--save-every", type=click.IntRange(min=1), default=50, show_default=True,
               help="checkpoint every N optimiser steps (and at every epoch end)")
@@ -29,11 +49,20 @@ from .options import common_set_option, data_options, parse_sets, split_sets
 @click.option("--log", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="learning curves: validation history as CSV (default: OUT/history.csv)")
 def train_cmd(method: str, data_name: str, root: str | None, preset: str, sets: tuple[str, ...], out: Path,
-              seed: int, device: str | None, resume: bool, detect_anomaly: bool, save_every: int,
+              seed: int, device: str | None, resume: bool, overwrite: bool, detect_anomaly: bool, save_every: int,
               no_progress: bool, log: Path | None) -> None:
-    """Train METHOD (a registered recipe) on a dataset; checkpoints go to OUT."""
+    """Train METHOD (a registered recipe) on a dataset; checkpoints go to OUT.
+
+    OUT is locked while training; a run already in OUT is continued with --resume, replaced
+    with --overwrite, and otherwise refused.
+    """
     from ..train import Trainer, seed_everything
 
+    check_seed(seed, "--seed")
+    if log is not None:
+        check_target(log)  # refused now, not at the first validation
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it; choose one")
     overrides, data_settings = split_sets(parse_sets(sets))
     spec = DataSpec(name=data_name, root=root, preset=preset).with_settings(data_settings)
     dev = pick_device(device)
@@ -46,9 +75,14 @@ def train_cmd(method: str, data_name: str, root: str | None, preset: str, sets: 
         trainer = Trainer(model, sel["train"], sel["val"], out_dir=out, seed=seed, device=dev,
                           progress=not no_progress, detect_anomaly=detect_anomaly, save_every=save_every,
                           console=console, data=spec.to_dict(), log=log or out / "history.csv")
-        if is_main():
-            write_json(out / "config.json", {"config": model.config, "data": spec.to_dict(), "seed": seed,
-                                             "overrides": overrides, "data_settings": data_settings})
-        result = trainer.fit(resume=resume)
+        with run_lock(out) if is_main() else contextlib.nullcontext():
+            if is_main():
+                check_existing_run(out, resume=resume, overwrite=overwrite)
+            if resume:
+                trainer.check_resume()  # a refused resume writes nothing
+            if is_main():
+                write_json(out / "config.json", {"config": model.config, "data": spec.to_dict(), "seed": seed,
+                                                 "overrides": overrides, "data_settings": data_settings})
+            result = trainer.fit(resume=resume)
     console.print(f"trained {model.name} in {result.seconds:.1f} s; steps {result.steps}; best {result.best}; "
                   f"checkpoint {out / 'last.safetensors'}")

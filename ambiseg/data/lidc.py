@@ -21,6 +21,7 @@ import dataclasses
 import os
 import re
 import zipfile
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,8 +49,9 @@ _SLICE_NAME = re.compile(
 
 
 def _natural(text: str) -> tuple[Any, ...]:
-    """Sort key putting "slice-2" before "slice-10"."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+    """Sort key putting "slice-2" before "slice-10" (ASCII digits only: "slice-1²" sorts as text)."""
+    return tuple((0, int(part), "") if part.isdigit() and part.isascii() else (1, 0, part)
+                 for part in re.split(r"([0-9]+)", text))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +91,9 @@ class ZipStore:
         except KeyError:
             raise DataError(f"{self.path}: entry '{name}' is gone; was the zip replaced after the dataset "
                             "was built?") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+            raise DataError(f"{self.path}: entry '{name}' cannot be read ({exc}); the zip is damaged, "
+                            "download it again") from None
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers reopen the zip themselves
         return {**self.__dict__, "_zip": None, "_pid": None}
@@ -142,6 +147,7 @@ class SlicesSource:
             raise DataError(f"{self.store.label}: mask {some} has no image {key[0]}/images/{key[1]}.png; "
                             "add it or delete the mask")
         records = []
+        ids: dict[str, str] = {}
         for key in sorted(images, key=lambda k: (_natural(k[0]), _natural(k[1]))):
             nodule_dir, slice_name = key
             need = sorted(raters[nodule_dir])
@@ -156,7 +162,12 @@ class SlicesSource:
                     "mask-<k> folder"
                 )
             patient, nodule = owner[nodule_dir]
-            records.append(SliceRecord(id=f"{patient}/{nodule}/{slice_name}", group=patient, image=images[key],
+            slice_id = f"{patient}/{nodule}/{slice_name}"
+            if slice_id in ids:
+                raise DataError(f"{self.store.label}: slice {slice_id} is there twice ({ids[slice_id]} and "
+                                f"{images[key]}); keep one copy of the tree, or it would be counted twice")
+            ids[slice_id] = images[key]
+            records.append(SliceRecord(id=slice_id, group=patient, image=images[key],
                                        masks=tuple(masks[key][k] for k in need),
                                        where=f"{self.store.label}:{images[key]}"))
         return records
@@ -216,11 +227,11 @@ class PickleSource:
         if absent:
             raise DataError(f"{where}: missing key(s) {', '.join(absent)}; each entry needs 'image' (array), "
                             "'masks' (list of binary arrays) and 'series_uid' (str, used as the patient group)")
-        image = np.asarray(entry["image"])
+        image = _array(entry["image"], f"{where}['image']")
         if image.ndim == 3 and image.shape[0] == 1:
             image = image[0]
-        if image.ndim != 2:
-            raise DataError(f"{where}: image has shape {image.shape}; expected a 2-D [H, W] array")
+        if image.ndim != 2 or 0 in image.shape:
+            raise DataError(f"{where}: image has shape {image.shape}; expected a non-empty 2-D [H, W] array")
         image = unit_image(image, where=f"{where}['image']")
         raw = entry["masks"]
         if not isinstance(raw, (list, tuple, np.ndarray)) or len(raw) == 0:
@@ -228,7 +239,7 @@ class PickleSource:
         masks = []
         for k, mask in enumerate(raw):
             mask_where = f"{where}['masks'][{k}]"
-            mask = np.asarray(mask)
+            mask = _array(mask, mask_where)
             check_shape(mask.shape, image.shape, where=mask_where, what="mask")
             masks.append(binary_mask(mask, where=mask_where))
         uid = entry["series_uid"]
@@ -239,6 +250,17 @@ class PickleSource:
     def read(record: SliceRecord, *, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """The checked arrays of `record` (shapes were checked when the files were loaded)."""
         return record.image, list(record.masks)
+
+
+def _array(value: Any, where: str) -> np.ndarray:
+    """`value` as a numeric numpy array, or a DataError (ragged lists, more than 32 dims, objects)."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise DataError(f"{where}: not an array ({str(exc).split('.')[0]}); expected a [H, W] numeric array") from None
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{where}: holds {array.dtype} values; expected a [H, W] numeric array")
+    return array
 
 
 def open_source(root: str | os.PathLike[str]) -> SlicesSource | PickleSource:

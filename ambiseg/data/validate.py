@@ -6,7 +6,9 @@ how to fix it, so a bad dataset fails with one readable line instead of a NaN lo
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,20 +87,58 @@ def check_nonempty(count: int, *, where: str, how: str) -> None:
         raise DataError(f"{where}: no items; {how}")
 
 
-def decode_png(data: bytes | Path, *, where: str, mode: str | None = None) -> np.ndarray:
-    """Decode a PNG/JPEG (bytes or path) to numpy: [H, W] for grey/indexed, [H, W, 3] for RGB.
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L")
 
-    `mode` (a PIL mode such as "RGB" or "L") converts first; without it grey ("L", "1",
-    "I;16"), palette-indexed ("P", read as the indices) and "RGB" files are read as they are.
+
+def decode_png(data: bytes | Path, *, where: str, mode: str | None = None) -> np.ndarray:
+    """Decode a PNG/JPEG (bytes or path) to numpy: [H, W] for grey, [H, W, 3] for colour.
+
+    Values are decoded by the file's mode, never reinterpreted: grey ("L", "1") as uint8,
+    16-bit grey as uint16 (`unit_image` scales it by 65535), palette files ("P") through their
+    palette (grey when every entry is grey, else RGB). `mode` "RGB" converts colour and grey
+    files, 16-bit ones scaled to 8 bits first. Other modes, and images over Pillow's
+    decompression-bomb limit, are refused.
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            if mode is not None and img.mode != mode:
-                img = img.convert(mode)
-            if img.mode not in ("1", "L", "P", "I;16", "RGB"):
-                raise DataError(f"{where}: unsupported image mode {img.mode!r}; save it as 8-bit grey or RGB")
-            return np.array(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+                return _by_mode(img, mode, where)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{where}: image is too large to decode safely ({exc}); is it a real image?") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"{where}: cannot decode image ({exc}); the file is corrupt or not an image") from None
+
+
+def _by_mode(img: Any, mode: str | None, where: str) -> np.ndarray:
+    """`img` (an open PIL image) as an array decoded by its mode; see `decode_png`."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if img.mode == "RGBA":
+            raise DataError(f"{where}: palette image with transparency; save it as 8-bit grey or RGB")
+        rgb = np.array(img)
+        if (rgb == rgb[..., :1]).all() and mode != "RGB":
+            return np.ascontiguousarray(rgb[..., 0])
+        if mode not in (None, "RGB"):
+            raise DataError(f"{where}: palette image with colours; save it as 8-bit grey")
+        return rgb
+    if img.mode in _SIXTEEN_BIT:
+        grey = np.array(img).astype(np.uint16)
+        if mode == "RGB":
+            return np.repeat(np.round(grey / 257.0).astype(np.uint8)[..., None], 3, axis=-1)
+        if mode not in (None, "I;16"):
+            raise DataError(f"{where}: 16-bit image; save it as 8-bit {mode}")
+        return grey
+    if mode is not None and img.mode != mode:
+        if img.mode not in ("1", "L", "LA", "RGB", "RGBA", "CMYK", "YCbCr"):
+            raise DataError(f"{where}: image mode {img.mode!r} cannot be read as {mode}; save it as 8-bit grey "
+                            "or RGB")
+        img = img.convert(mode)
+    if img.mode not in ("1", "L", "RGB"):
+        raise DataError(f"{where}: unsupported image mode {img.mode!r}; save it as 8-bit grey or RGB")
+    array = np.array(img)
+    if 0 in array.shape:
+        raise DataError(f"{where}: image is empty ({img.width} x {img.height})")
+    return array
