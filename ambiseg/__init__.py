@@ -5,21 +5,39 @@ segmentation with a Transport, and a Sampler integrates that transport. Componen
 by name in registries; third-party packages add their own through the `ambiseg.plugins`
 entry-point group.
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import backbones, samplers  # noqa: F401  (register components)
-from . import methods  # noqa: F401
-from . import metrics  # noqa: F401
-from . import data  # noqa: F401
+from . import (  # noqa: F401  (register components)
+    backbones,
+    data,  # noqa: F401
+    methods,  # noqa: F401
+    metrics,  # noqa: F401
+    samplers,
+)
 from .errors import AmbisegError, CompatibilityError, ConfigError, DataError, UnknownNameError
 from .interfaces import Prior, Sampler, Transport
 from .method import Method, Recipe, build, compose, list_components, register_recipe
 from .registry import Registry, load_plugins
 
 __all__ = [
-    "__version__", "build", "compose", "list_components", "register_recipe", "Method", "Recipe",
-    "Prior", "Transport", "Sampler", "Registry", "load_plugins",
-    "AmbisegError", "ConfigError", "UnknownNameError", "CompatibilityError", "DataError",
+    "__version__",
+    "build",
+    "compose",
+    "list_components",
+    "register_recipe",
+    "Method",
+    "Recipe",
+    "Prior",
+    "Transport",
+    "Sampler",
+    "Registry",
+    "load_plugins",
+    "AmbisegError",
+    "ConfigError",
+    "UnknownNameError",
+    "CompatibilityError",
+    "DataError",
 ]

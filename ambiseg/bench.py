@@ -1,6 +1,7 @@
 """The benchmark harness: train (or load) each method on the same data, split and seed,
 sample, evaluate, time, and write one JSON record per (method, dataset, seed).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,16 @@ from .registry import methods
 from .results import RECORD_KIND, RECORD_SCHEMA, environment, summarise
 from .train import Trainer, collate, seed_everything
 
-__all__ = ["BenchSpec", "run_bench", "evaluate_method", "build_for_data", "pick_preset", "pick_device",
-           "PeakMemory", "count_flops"]
+__all__ = [
+    "BenchSpec",
+    "run_bench",
+    "evaluate_method",
+    "build_for_data",
+    "pick_preset",
+    "pick_device",
+    "PeakMemory",
+    "count_flops",
+]
 
 BASELINE = "det-unet"
 
@@ -42,13 +51,17 @@ def pick_device(device: str | None) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device '{device}'; use cpu, cuda, cuda:N or auto") from None
     if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device '{device}' is not supported (ambiseg trains and samples on cpu or cuda); "
-                          "use cpu, cuda, cuda:N or auto")
+        raise ConfigError(
+            f"device '{device}' is not supported (ambiseg trains and samples on cpu or cuda); "
+            "use cpu, cuda, cuda:N or auto"
+        )
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{device}' requested but CUDA is not available here; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device '{device}' does not exist; this machine has {torch.cuda.device_count()} "
-                          f"CUDA device(s), cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        raise ConfigError(
+            f"device '{device}' does not exist; this machine has {torch.cuda.device_count()} "
+            f"CUDA device(s), cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+        )
     return dev
 
 
@@ -62,8 +75,9 @@ def pick_preset(name: str, candidates: str | tuple[str, ...] | None) -> str | No
     return next((c for c in candidates if c in recipe.presets), candidates[-1])
 
 
-def build_for_data(name: str, dataset: Dataset, *, preset: str | tuple[str, ...] | None,
-                   overrides: dict[str, Any]) -> Method:
+def build_for_data(
+    name: str, dataset: Dataset, *, preset: str | tuple[str, ...] | None, overrides: dict[str, Any]
+) -> Method:
     """Build recipe `name` once, sized for `dataset` (channels, image size), with CLI-style overrides.
 
     `preset` may list candidates, most specific first (`("cpu-lidc", "cpu")`, see `pick_preset`).
@@ -74,13 +88,16 @@ def build_for_data(name: str, dataset: Dataset, *, preset: str | tuple[str, ...]
     """
     data_size = int(getattr(dataset, "image_shape", (None,))[0] or 0) or None
     channels = int(getattr(dataset, "in_channels", 1))
-    config = method_config(name, preset=pick_preset(name, preset), overrides=overrides, in_channels=channels,
-                           image_size=data_size)
+    config = method_config(
+        name, preset=pick_preset(name, preset), overrides=overrides, in_channels=channels, image_size=data_size
+    )
     for key, have in (("in_channels", channels), ("image_size", data_size)):
         if have is not None and config.get(key) is not None and config[key] != have:
             what = "channels" if key == "in_channels" else "pixels per side"
-            raise ConfigError(f"{key}={config[key]} contradicts the data, which has {have} {what}; "
-                              f"drop --set {key} (the data decides it) or change the data (e.g. --set data.size=...)")
+            raise ConfigError(
+                f"{key}={config[key]} contradicts the data, which has {have} {what}; "
+                f"drop --set {key} (the data decides it) or change the data (e.g. --set data.size=...)"
+            )
     return Method.from_config(config)
 
 
@@ -112,23 +129,41 @@ def _run_dir(spec: BenchSpec, method: str, seed: int) -> Path:
     return spec.out / "runs" / f"{method}-{spec.data}-{spec.preset}-seed{seed}"
 
 
-def _train_or_load(method: Method, sets: dict[str, Dataset], data: dict[str, Any], run_dir: Path, spec: BenchSpec,
-                   seed: int, device: torch.device, console: Console) -> float:
+def _train_or_load(
+    method: Method,
+    sets: dict[str, Dataset],
+    data: dict[str, Any],
+    run_dir: Path,
+    spec: BenchSpec,
+    seed: int,
+    device: torch.device,
+    console: Console,
+) -> float:
     """Train `method` on `sets` (described by the data spec `data`) into `run_dir`, resuming an
     interrupted run; load a finished one. Holds the run directory's lock. Returns seconds."""
     with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():
         return _train_or_load_locked(method, sets, data, run_dir, spec, seed, device, console)
 
 
-def _train_or_load_locked(method: Method, sets: dict[str, Dataset], data: dict[str, Any], run_dir: Path,
-                          spec: BenchSpec, seed: int, device: torch.device, console: Console) -> float:
+def _train_or_load_locked(
+    method: Method,
+    sets: dict[str, Dataset],
+    data: dict[str, Any],
+    run_dir: Path,
+    spec: BenchSpec,
+    seed: int,
+    device: torch.device,
+    console: Console,
+) -> float:
     last = run_dir / "last.safetensors"
     if last.exists() and not spec.retrain:
         ckpt = load_checkpoint(last, method=method.name)
         what = "configuration" if ckpt.config != method.config else "data" if ckpt.meta.get("data") != data else None
         if what is not None:
-            raise AmbisegError(f"{run_dir} holds a {method.name} run with another {what}; "
-                               "pass --retrain to replace it or choose another --out")
+            raise AmbisegError(
+                f"{run_dir} holds a {method.name} run with another {what}; "
+                "pass --retrain to replace it or choose another --out"
+            )
         if ckpt.meta.get("stage_index") == len(method.stages):
             load_weights(method, ckpt, source=str(last))
             console.print(f"[dim]{method.name}: loaded the trained checkpoint {last}[/dim]")
@@ -136,8 +171,18 @@ def _train_or_load_locked(method: Method, sets: dict[str, Dataset], data: dict[s
     elif last.exists():
         last.unlink()
         (run_dir / "best.safetensors").unlink(missing_ok=True)
-    trainer = Trainer(method, sets["train"], sets["val"], out_dir=run_dir, seed=seed, device=device,
-                      progress=spec.progress, console=console, data=data, log=run_dir / "history.csv")
+    trainer = Trainer(
+        method,
+        sets["train"],
+        sets["val"],
+        out_dir=run_dir,
+        seed=seed,
+        device=device,
+        progress=spec.progress,
+        console=console,
+        data=data,
+        log=run_dir / "history.csv",
+    )
     return trainer.fit(resume=True).seconds
 
 
@@ -160,36 +205,75 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
         for name in names:
             seed_everything(seed)
             method = build_for_data(name, sets["train"], preset=method_preset, overrides=spec.overrides)
-            console.print(f"[bold]{method.name}[/bold] on {spec.data} (preset {spec.preset}, seed {seed}, "
-                          f"{method.num_parameters():,} parameters, device {device})")
-            untrained = evaluate_method(method, sets["test"], counts=(preset.untrained_samples,), seed=seed,
-                                        device=device, warmup=False, max_batch=spec.max_batch)
+            console.print(
+                f"[bold]{method.name}[/bold] on {spec.data} (preset {spec.preset}, seed {seed}, "
+                f"{method.num_parameters():,} parameters, device {device})"
+            )
+            untrained = evaluate_method(
+                method,
+                sets["test"],
+                counts=(preset.untrained_samples,),
+                seed=seed,
+                device=device,
+                warmup=False,
+                max_batch=spec.max_batch,
+            )
             run_dir = ensure_dir(_run_dir(spec, method.name, seed))
             train_s = _train_or_load(method, sets, data_spec.to_dict(), run_dir, spec, seed, device, console)
-            result = evaluate_method(method, sets["test"], counts=spec.counts, seed=seed, device=device,
-                                     warmup=preset.warmup, max_batch=spec.max_batch)
+            result = evaluate_method(
+                method,
+                sets["test"],
+                counts=spec.counts,
+                seed=seed,
+                device=device,
+                warmup=preset.warmup,
+                max_batch=spec.max_batch,
+            )
             image = collate([sets["test"][0]])["image"].to(device)
             flops = count_flops(method, image) if preset.flops else None
             key = f"GED{preset.untrained_samples}"
             record = {
-                "kind": RECORD_KIND, "schema": RECORD_SCHEMA, "created": dt.datetime.now(dt.timezone.utc).isoformat(),
-                "method": method.name, "dataset": spec.data, "preset": spec.preset, "seed": seed,
-                "root": spec.root, "data": data_spec.to_dict(), "config": method.config, "counts": list(spec.counts),
+                "kind": RECORD_KIND,
+                "schema": RECORD_SCHEMA,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "method": method.name,
+                "dataset": spec.data,
+                "preset": spec.preset,
+                "seed": seed,
+                "root": spec.root,
+                "data": data_spec.to_dict(),
+                "config": method.config,
+                "counts": list(spec.counts),
                 "sizes": {k: len(v) for k, v in sets.items()},
-                "metrics": summarise(result["per_image"]), "per_image": result["per_image"],
-                "untrained": {"GED": sum(untrained["per_image"][key]) / len(untrained["per_image"][key]),
-                              "samples": preset.untrained_samples},
+                "metrics": summarise(result["per_image"]),
+                "per_image": result["per_image"],
+                "untrained": {
+                    "GED": sum(untrained["per_image"][key]) / len(untrained["per_image"][key]),
+                    "samples": preset.untrained_samples,
+                },
                 "truth": {k: _mean_rows(v) for k, v in result["truth"].items()},
-                "timing": {"train_s": train_s, "sample_s_per_image": sum(result["sample_seconds"]) / len(result["sample_seconds"]),
-                           "samples_per_image": result["samples_per_image"], "sample_s": result["sample_seconds"],
-                           "nfe": method.sampler.nfe},
-                "memory": {"peak_mb": result["peak_mb"], "kind": result["memory_kind"], "max_batch": spec.max_batch or method.max_batch},
-                "params": method.num_parameters(), "flops": flops or {}, "env": environment(device),
+                "timing": {
+                    "train_s": train_s,
+                    "sample_s_per_image": sum(result["sample_seconds"]) / len(result["sample_seconds"]),
+                    "samples_per_image": result["samples_per_image"],
+                    "sample_s": result["sample_seconds"],
+                    "nfe": method.sampler.nfe,
+                },
+                "memory": {
+                    "peak_mb": result["peak_mb"],
+                    "kind": result["memory_kind"],
+                    "max_batch": spec.max_batch or method.max_batch,
+                },
+                "params": method.num_parameters(),
+                "flops": flops or {},
+                "env": environment(device),
                 "checkpoint": str(run_dir / "last.safetensors"),
             }
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
             if dist.is_main():
-                write_json(spec.out / "results" / f"{method.name}-{spec.data}-{spec.preset}-seed{seed}-{stamp}.json", record)
+                write_json(
+                    spec.out / "results" / f"{method.name}-{spec.data}-{spec.preset}-seed{seed}-{stamp}.json", record
+                )
             records.append(record)
     if not dist.is_main():
         return records

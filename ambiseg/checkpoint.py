@@ -5,6 +5,7 @@ Layout of the tensors: `model/<name>`, `optim/<param index>/<key>`, `rng/torch`,
 `rng/cuda/<device>`; the header's `ambiseg` entry holds the method config, stage, epoch,
 step, optimiser hyperparameters, Python/NumPy RNG states and the ambiseg version.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,15 @@ from .errors import AmbisegError, ConfigError, NonFiniteError
 from .io import atomic_path, write_error
 
 __all__ = [
-    "Checkpoint", "save_checkpoint", "load_checkpoint", "load_weights", "load_method", "optimizer_state",
-    "capture_rng", "restore_rng", "FORMAT",
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "load_method",
+    "optimizer_state",
+    "capture_rng",
+    "restore_rng",
+    "FORMAT",
 ]
 
 FORMAT = 1
@@ -51,10 +59,16 @@ def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng/cuda/{i}"] = state
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 - numpy's global RNG is the state to save
     py_state = random.getstate()
-    return tensors, {"python": [py_state[0], list(py_state[1]), py_state[2]],
-                     "numpy": [np_state[0], np_state[1].tolist(), *[float(x) if isinstance(x, float) else int(x) for x in np_state[2:]]]}
+    return tensors, {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": [
+            np_state[0],
+            np_state[1].tolist(),
+            *[float(x) if isinstance(x, float) else int(x) for x in np_state[2:]],
+        ],
+    }
 
 
 def restore_rng(tensors: dict[str, torch.Tensor], states: dict[str, Any]) -> None:
@@ -70,7 +84,8 @@ def restore_rng(tensors: dict[str, torch.Tensor], states: dict[str, Any]) -> Non
         random.setstate((v, tuple(internal), gauss))
     if "numpy" in states:
         name, keys, pos, has_gauss, cached = states["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+        state = (name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))
+        np.random.set_state(state)  # noqa: NPY002 - restores numpy's global RNG
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -99,12 +114,24 @@ def optimizer_state(ckpt: Checkpoint) -> dict[str, Any] | None:
     return {"state": state, "param_groups": info["param_groups"]}
 
 
-def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: dict[str, Any], *,
-                    optimizer: torch.optim.Optimizer | None = None, rng: bool = True, **state: Any) -> None:
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    rng: bool = True,
+    **state: Any,
+) -> None:
     """Write a checkpoint of `model` (and optimiser, RNG) with `config` and training `state`."""
     tensors = {f"model/{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    meta: dict[str, Any] = {"format": FORMAT, "ambiseg_version": __version__, "method": config.get("method"),
-                            "config": config, **state}
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "ambiseg_version": __version__,
+        "method": config.get("method"),
+        "config": config,
+        **state,
+    }
     if optimizer is not None:
         opt_tensors, meta["optimizer"] = _flatten_optimizer(optimizer.state_dict())
         tensors.update({k: v.detach().cpu().contiguous().clone() for k, v in opt_tensors.items()})
@@ -134,14 +161,18 @@ def load_checkpoint(path: str | os.PathLike, *, method: str | None = None) -> Ch
             header = fh.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise AmbisegError(f"checkpoint {path} is not a readable safetensors file (truncated or not a checkpoint): {exc}") from None
+        raise AmbisegError(
+            f"checkpoint {path} is not a readable safetensors file (truncated or not a checkpoint): {exc}"
+        ) from None
     if "ambiseg" not in header:
         raise AmbisegError(f"{path} is a safetensors file but not an ambiseg checkpoint (no 'ambiseg' header)")
     meta = _read_meta(header["ambiseg"], path)
     major = str(meta.get("ambiseg_version", "0")).split(".")[0]
     if major != __version__.split(".")[0]:
-        raise AmbisegError(f"checkpoint {path} was written by ambiseg {meta.get('ambiseg_version')}; "
-                           f"this is ambiseg {__version__} (major versions differ); retrain or use a matching version")
+        raise AmbisegError(
+            f"checkpoint {path} was written by ambiseg {meta.get('ambiseg_version')}; "
+            f"this is ambiseg {__version__} (major versions differ); retrain or use a matching version"
+        )
     if method is not None and meta.get("method") != method:
         raise AmbisegError(f"checkpoint {path} is of method '{meta.get('method')}', not '{method}'")
     groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "rng": {}}
@@ -162,12 +193,14 @@ def _read_meta(text: str, path: Path) -> dict[str, Any]:
         what = "nested too deeply" if isinstance(exc, RecursionError) else f"not JSON: {exc}"
         raise AmbisegError(f"{path}: the ambiseg header is damaged ({what}); the checkpoint cannot be used") from None
     if not isinstance(meta, dict):
-        raise AmbisegError(f"{path}: the ambiseg header is a JSON {type(meta).__name__}, not an object; "
-                           "the checkpoint is damaged")
+        raise AmbisegError(
+            f"{path}: the ambiseg header is a JSON {type(meta).__name__}, not an object; the checkpoint is damaged"
+        )
     config = meta.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("method"), str):
-        raise AmbisegError(f"{path}: the ambiseg header has no 'config' object naming a method; "
-                           "the checkpoint is damaged")
+        raise AmbisegError(
+            f"{path}: the ambiseg header has no 'config' object naming a method; the checkpoint is damaged"
+        )
     return meta
 
 
@@ -179,17 +212,20 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint, *, source: str = "che
     extra = sorted(set(ckpt.model) - set(own))
     if missing or extra:
         which = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        raise AmbisegError(f"{source} does not fit this method's configuration ({which}; "
-                           f"{len(missing)} missing, {len(extra)} unexpected tensors); build the method from the checkpoint's config")
+        raise AmbisegError(
+            f"{source} does not fit this method's configuration ({which}; "
+            f"{len(missing)} missing, {len(extra)} unexpected tensors); build the method from the checkpoint's config"
+        )
     for key, value in own.items():
         if value.shape != ckpt.model[key].shape:
-            raise AmbisegError(f"{source} does not fit this method's configuration: {key} has shape "
-                               f"{tuple(ckpt.model[key].shape)} there but {tuple(value.shape)} here")
+            raise AmbisegError(
+                f"{source} does not fit this method's configuration: {key} has shape "
+                f"{tuple(ckpt.model[key].shape)} there but {tuple(value.shape)} here"
+            )
     bad = next((k for k, v in ckpt.model.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise NonFiniteError(f"{source}: weight {bad} holds NaN or inf; a damaged checkpoint is never used or scored")
     model.load_state_dict(ckpt.model)
-
 
 
 def load_method(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None) -> tuple[Any, Checkpoint]:
@@ -208,7 +244,9 @@ def load_method(path: str | os.PathLike, *, overrides: dict[str, Any] | None = N
     except AmbisegError as err:
         if not overrides:
             raise
-        raise ConfigError(f"{', '.join(overrides)} would change the trained network, so its weights no longer "
-                          f"fit ({err}); only sampling options can change on a checkpoint") from None
+        raise ConfigError(
+            f"{', '.join(overrides)} would change the trained network, so its weights no longer "
+            f"fit ({err}); only sampling options can change on a checkpoint"
+        ) from None
     method.eval()
     return method, ckpt

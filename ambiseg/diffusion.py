@@ -8,6 +8,7 @@ exposes `schedule`, `start_step` (T, or a truncation step) and `initial_state`, 
 prior sample into x_{start_step}. The samplers read these, so the same transport runs
 untruncated from noise (CIMD) or truncated from a mask estimate (a truncated diffusion model).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -37,8 +38,10 @@ def linear_betas(steps: int, *, start: float = 1e-4, end: float = 0.02) -> Tenso
         raise ConfigError(f"diffusion steps must be at most {MAX_DIFFUSION_STEPS}, got {steps}")
     scale = 1000.0 / max(steps, 1)
     if steps < 1 or not 0.0 < start * scale <= end * scale < 1.0:
-        raise ConfigError(f"linear beta schedule needs steps >= 1 and 0 < start <= end with end * 1000 / steps < 1, "
-                          f"got steps={steps}, start={start}, end={end}; use more steps or a smaller end")
+        raise ConfigError(
+            f"linear beta schedule needs steps >= 1 and 0 < start <= end with end * 1000 / steps < 1, "
+            f"got steps={steps}, start={start}, end={end}; use more steps or a smaller end"
+        )
     return torch.linspace(start * scale, end * scale, steps, dtype=torch.float64)
 
 
@@ -98,13 +101,16 @@ class DiffusionTransport(Transport):
 
     kind = "diffusion"
 
-    def __init__(self, *, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                 truncation: int | None = None) -> None:
+    def __init__(
+        self, *, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, truncation: int | None = None
+    ) -> None:
         super().__init__()
         self.schedule = DiffusionSchedule(linear_betas(steps, start=beta_start, end=beta_end))
         if truncation is not None and not 1 <= int(truncation) <= self.schedule.steps:
-            raise ConfigError(f"diffusion truncation must be a step in 1..{self.schedule.steps} (the transport's "
-                              f"steps), got {truncation}")
+            raise ConfigError(
+                f"diffusion truncation must be a step in 1..{self.schedule.steps} (the transport's "
+                f"steps), got {truncation}"
+            )
         self.truncated = truncation is not None and int(truncation) < self.schedule.steps
         self.start_step = int(truncation) if truncation is not None else self.schedule.steps
 
@@ -113,15 +119,20 @@ class DiffusionTransport(Transport):
 
         noise = isinstance(prior, NoisePrior)
         if self.truncated and noise:
-            raise CompatibilityError(f"a diffusion truncated at step {self.start_step} starts from a mask estimate in "
-                                     "[0, 1] (e.g. prior 'gtr'), not from prior 'noise'; drop transport.truncation")
+            raise CompatibilityError(
+                f"a diffusion truncated at step {self.start_step} starts from a mask estimate in "
+                "[0, 1] (e.g. prior 'gtr'), not from prior 'noise'; drop transport.truncation"
+            )
         if not self.truncated and not noise:
-            raise CompatibilityError(f"an untruncated diffusion starts from noise x_T: use prior 'noise', or set "
-                                     f"transport.truncation=k to start from a diffused sample of "
-                                     f"{type(prior).__name__}")
+            raise CompatibilityError(
+                f"an untruncated diffusion starts from noise x_T: use prior 'noise', or set "
+                f"transport.truncation=k to start from a diffused sample of "
+                f"{type(prior).__name__}"
+            )
         if noise and prior.channels != 1:
-            raise CompatibilityError(f"the mask diffusion has 1 channel; set prior 'noise' channels=1 "
-                                     f"(got {prior.channels})")
+            raise CompatibilityError(
+                f"the mask diffusion has 1 channel; set prior 'noise' channels=1 (got {prior.channels})"
+            )
 
     def initial_state(self, x0: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """x_{start_step} from a prior sample: the noise itself, or a diffused mask estimate."""
@@ -157,14 +168,16 @@ class _DiffusionSampler(Sampler):
     def _begin(field: Field, x0: Tensor, generator: torch.Generator | None) -> tuple[DiffusionSchedule, int, Tensor]:
         schedule = getattr(field, "schedule", None)
         if not isinstance(schedule, DiffusionSchedule):
-            raise CompatibilityError(f"diffusion samplers need a diffusion transport with a `schedule`; "
-                                     f"{type(field).__name__} has none")
+            raise CompatibilityError(
+                f"diffusion samplers need a diffusion transport with a `schedule`; {type(field).__name__} has none"
+            )
         start = int(getattr(field, "start_step", schedule.steps))
         init = getattr(field, "initial_state", None)
         return schedule, start, init(x0, generator=generator) if init is not None else x0
 
-    def _estimate(self, field: Field, schedule: DiffusionSchedule, x: Tensor, k: int,
-                  cond: Any) -> tuple[Tensor, Tensor]:
+    def _estimate(
+        self, field: Field, schedule: DiffusionSchedule, x: Tensor, k: int, cond: Any
+    ) -> tuple[Tensor, Tensor]:
         """(x0 estimate, eps) at step k; with `clip`, x0 is clamped to [-1, 1] and eps re-derived from it."""
         eps = field(x, torch.full((x.shape[0],), k, device=x.device, dtype=torch.long), cond)
         x0 = schedule.predict_x0(x, k, eps)
@@ -186,12 +199,14 @@ class DDPM(_DiffusionSampler):
     def __init__(self, *, variance: str = "small", clip: bool = True) -> None:
         super().__init__(clip=clip)
         if variance not in VARIANCES:
-            raise ConfigError(f"ddpm variance '{variance}'{closest(variance, VARIANCES)}; choose one of: "
-                              f"{', '.join(VARIANCES)}")
+            raise ConfigError(
+                f"ddpm variance '{variance}'{closest(variance, VARIANCES)}; choose one of: {', '.join(VARIANCES)}"
+            )
         self.variance = variance
 
-    def __call__(self, field: Field, x0: Tensor, cond: Any = None, *,
-                 generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None
+    ) -> Tensor:
         schedule, start, x = self._begin(field, x0, generator)
         for k in range(start, 0, -1):
             x0_hat, _ = self._estimate(field, schedule, x, k, cond)
@@ -208,8 +223,9 @@ class DDPM(_DiffusionSampler):
 def ddim_timesteps(start: int, steps: int) -> list[int]:
     """`steps` distinct steps from `start` down to >= 1, evenly spaced (rounded): DDIM's sub-sequence."""
     if not 1 <= steps <= start:
-        raise ConfigError(f"ddim steps must be in 1..{start} (the transport's start step), got {steps}; "
-                          "lower sampler.steps")
+        raise ConfigError(
+            f"ddim steps must be in 1..{start} (the transport's start step), got {steps}; lower sampler.steps"
+        )
     return torch.linspace(float(start), 1.0, steps, dtype=torch.float64).round().long().tolist()
 
 
@@ -230,15 +246,16 @@ class DDIM(_DiffusionSampler):
             raise ConfigError(f"ddim needs steps >= 1 and eta >= 0, got steps={steps}, eta={eta}")
         self.steps, self.eta = int(steps), float(eta)
 
-    def __call__(self, field: Field, x0: Tensor, cond: Any = None, *,
-                 generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None
+    ) -> Tensor:
         schedule, start, x = self._begin(field, x0, generator)
         taus = ddim_timesteps(start, self.steps)
-        for k, prev in zip(taus, [*taus[1:], 0]):
+        for k, prev in zip(taus, [*taus[1:], 0], strict=True):
             x0_hat, eps = self._estimate(field, schedule, x, k, cond)
             a, a_prev = float(schedule.alpha_bar[k]), float(schedule.alpha_bar[prev])
             sigma = self.eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
-            x = a_prev ** 0.5 * x0_hat + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
+            x = a_prev**0.5 * x0_hat + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
             if sigma > 0:
                 x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return x

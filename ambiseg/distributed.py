@@ -4,6 +4,7 @@ Under `torchrun` (WORLD_SIZE > 1 in the environment) `setup()` joins the process
 (nccl on GPU, gloo on CPU) and pins each rank to its local GPU; without it every helper here
 is a no-op, so single-process code paths stay exactly as they are.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["setup", "teardown", "is_distributed", "rank", "world_size", "is_main", "barrier", "shard",
-           "gather_objects", "broadcast_object", "local_device", "distributed_run"]
+__all__ = [
+    "setup",
+    "teardown",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_main",
+    "barrier",
+    "shard",
+    "gather_objects",
+    "broadcast_object",
+    "local_device",
+    "distributed_run",
+]
 
 
 def is_distributed() -> bool:
@@ -67,7 +80,7 @@ def barrier() -> None:
 
 def shard(items: list[Any]) -> list[Any]:
     """This rank's share of `items` (strided, so shares differ in length by at most one)."""
-    return items[rank()::world_size()]
+    return items[rank() :: world_size()]
 
 
 def gather_objects(obj: Any) -> list[Any]:

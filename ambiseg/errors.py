@@ -3,13 +3,21 @@
 Every error a user can cause (a bad name, a bad config value, a bad file) is an
 `AmbisegError`; the CLI turns it into one readable line and exit code 2.
 """
+
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["AmbisegError", "ConfigError", "UnknownNameError", "CompatibilityError", "DataError", "NonFiniteError",
-           "closest"]
+__all__ = [
+    "AmbisegError",
+    "ConfigError",
+    "UnknownNameError",
+    "CompatibilityError",
+    "DataError",
+    "NonFiniteError",
+    "closest",
+]
 
 
 class AmbisegError(Exception):

@@ -6,6 +6,7 @@ numbers are kept, so memory holds one image's samples whatever the size of the t
 Under torchrun every rank takes its share of the images and only those numbers (with the
 timings and peak memory) are gathered.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,7 +32,7 @@ class PeakMemory:
     def __init__(self, device: torch.device) -> None:
         self.device, self.peak_mb, self.kind = device, None, None
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -70,15 +71,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _score(samples: torch.Tensor, item: dict[str, Any], counts: tuple[int, ...],
-           total: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+def _score(
+    samples: torch.Tensor, item: dict[str, Any], counts: tuple[int, ...], total: int
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """One image's metrics and (for data with known modes) truth rows, as plain Python numbers.
 
     `samples` is the bool `[1, S, H, W]` on the CPU and `item` the image collated alone.
     """
     known = {"modes": item["modes"], "probs": item["mode_probs"]} if "modes" in item else {}
-    scores = {key: value.item() for key, value in metrics.evaluate(samples, item["masks"], counts=counts,
-                                                                   **known).items()}
+    scores = {
+        key: value.item() for key, value in metrics.evaluate(samples, item["masks"], counts=counts, **known).items()
+    }
     truth = {}
     if known:
         truth[f"mode_mass{total}"] = metrics.mode_mass(samples, item["modes"], item["mode_probs"])[0].tolist()
@@ -86,8 +89,16 @@ def _score(samples: torch.Tensor, item: dict[str, Any], counts: tuple[int, ...],
     return scores, truth
 
 
-def evaluate_method(method: Method, test_set: Dataset, *, counts: tuple[int, ...], seed: int,
-                    device: torch.device, warmup: bool = True, max_batch: int | None = None) -> dict[str, Any]:
+def evaluate_method(
+    method: Method,
+    test_set: Dataset,
+    *,
+    counts: tuple[int, ...],
+    seed: int,
+    device: torch.device,
+    warmup: bool = True,
+    max_batch: int | None = None,
+) -> dict[str, Any]:
     """Sample max(counts) masks per test image (one image at a time, timed, warm) and score each
     image as soon as its samples exist.
 
@@ -119,8 +130,10 @@ def evaluate_method(method: Method, test_set: Dataset, *, counts: tuple[int, ...
             _sync(device)
             seconds = time.perf_counter() - t0
             if not torch.isfinite(out).all():  # NaN >= 0.5 is False: it would score as an empty mask
-                raise NonFiniteError(f"{method.name} gives non-finite samples for test image {i}; it is not "
-                                     "scored (are the weights damaged? does the sampler diverge?)")
+                raise NonFiniteError(
+                    f"{method.name} gives non-finite samples for test image {i}; it is not "
+                    "scored (are the weights damaged? does the sampler diverge?)"
+                )
             samples = (out >= 0.5).cpu()
             del out
             mine.append((i, *_score(samples, item, counts, total), seconds))
@@ -134,5 +147,11 @@ def evaluate_method(method: Method, test_set: Dataset, *, counts: tuple[int, ...
             per_image.setdefault(key, []).append(value)
         for key, value in truth_rows.items():
             truth.setdefault(key, []).append(value)
-    return {"per_image": per_image, "truth": truth, "sample_seconds": [row[3] for row in rows],
-            "samples_per_image": total, "peak_mb": max(peaks) if peaks else None, "memory_kind": peak.kind}
+    return {
+        "per_image": per_image,
+        "truth": truth,
+        "sample_seconds": [row[3] for row in rows],
+        "samples_per_image": total,
+        "peak_mb": max(peaks) if peaks else None,
+        "memory_kind": peak.kind,
+    }

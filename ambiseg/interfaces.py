@@ -5,6 +5,7 @@ segmentation (a one-shot map, a flow velocity field, or a diffusion denoiser), a
 `Sampler` integrates the transport. Image-only work lives in `condition` so a method runs it
 once per image and reuses it for every sample.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -99,8 +100,9 @@ class Sampler(ABC):
     integrates: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
-    def __call__(self, field: Field, x0: Tensor, cond: Any = None, *,
-                 generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Final states [N, ...] from initial states `x0` [N, ...] under `field(x, t, cond)`."""
 
     @property

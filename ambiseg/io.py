@@ -1,4 +1,5 @@
 """Atomic file writes: a crash mid-write never leaves a truncated file where a good one was."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,16 @@ from typing import Any
 
 from .errors import AmbisegError
 
-__all__ = ["atomic_path", "atomic_paths", "write_text", "write_json", "ensure_dir", "check_target", "is_temp_file",
-           "write_error"]
+__all__ = [
+    "atomic_path",
+    "atomic_paths",
+    "write_text",
+    "write_json",
+    "ensure_dir",
+    "check_target",
+    "is_temp_file",
+    "write_error",
+]
 
 # `atomic_path` names its temporary `.<name>.<random>.tmp<suffix>`; a killed writer leaves one behind
 _TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^.]+)?$")
@@ -48,8 +57,12 @@ def write_error(path: str | os.PathLike, exc: BaseException) -> AmbisegError:
     """A one-line error for a failed write of `path` (full disk, read-only file system, ...)."""
     code: int = getattr(exc, "errno", None) or 0
     reason = os.strerror(code) if code else str(exc)
-    hint = {errno.ENOSPC: "free some space", errno.EROFS: "choose a writable --out",
-            errno.EDQUOT: "free some space", errno.EACCES: "choose a writable --out"}.get(code, "")
+    hint = {
+        errno.ENOSPC: "free some space",
+        errno.EROFS: "choose a writable --out",
+        errno.EDQUOT: "free some space",
+        errno.EACCES: "choose a writable --out",
+    }.get(code, "")
     return AmbisegError(f"cannot write {path}: {reason}; the previous file is kept" + (f"; {hint}" if hint else ""))
 
 
@@ -61,7 +74,9 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     except (FileExistsError, NotADirectoryError):
         raise AmbisegError(f"output directory {path} cannot be created: a file of that name is in the way") from None
     except PermissionError:
-        raise AmbisegError(f"output directory {path} cannot be created: permission denied; choose another --out") from None
+        raise AmbisegError(
+            f"output directory {path} cannot be created: permission denied; choose another --out"
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise AmbisegError(f"output directory {path} is not writable; choose another --out")
     return path

@@ -4,6 +4,7 @@ Records are grouped by (dataset, preset, method); per seed the newest record cou
 per-image values of all seeds are pooled for the mean and its 95% bootstrap interval. Record
 files are never deleted or rewritten, so merging never drops earlier results.
 """
+
 from __future__ import annotations
 
 import csv
@@ -64,17 +65,24 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
             for k, v in rec.get("untrained", {}).items():
                 untrained[k].append(v)
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-        rows.append(Row(
-            dataset=dataset, preset=preset, method=method, seeds=[int(r["seed"]) for r in recs],
-            metrics=summarise(pooled), untrained={k: mean(v) for k, v in untrained.items()},
-            train_s=mean([r["timing"]["train_s"] for r in recs]),
-            sample_s=mean([r["timing"]["sample_s_per_image"] for r in recs]),
-            samples_timed=int(recs[0]["timing"]["samples_per_image"]),
-            params=int(recs[0]["params"]), flops_per_image=recs[0].get("flops", {}).get("per_image"),
-            flops_per_sample=recs[0].get("flops", {}).get("per_sample"),
-            peak_mb=max((r.get("memory", {}).get("peak_mb") or 0.0) for r in recs) or None,
-            device=recs[0]["env"]["device_name"] or recs[0]["env"]["device"],
-        ))
+        rows.append(
+            Row(
+                dataset=dataset,
+                preset=preset,
+                method=method,
+                seeds=[int(r["seed"]) for r in recs],
+                metrics=summarise(pooled),
+                untrained={k: mean(v) for k, v in untrained.items()},
+                train_s=mean([r["timing"]["train_s"] for r in recs]),
+                sample_s=mean([r["timing"]["sample_s_per_image"] for r in recs]),
+                samples_timed=int(recs[0]["timing"]["samples_per_image"]),
+                params=int(recs[0]["params"]),
+                flops_per_image=recs[0].get("flops", {}).get("per_image"),
+                flops_per_sample=recs[0].get("flops", {}).get("per_sample"),
+                peak_mb=max((r.get("memory", {}).get("peak_mb") or 0.0) for r in recs) or None,
+                device=recs[0]["env"]["device_name"] or recs[0]["env"]["device"],
+            )
+        )
     rows.sort(key=lambda r: (r.dataset, r.preset, _sort_value(r), r.method))
     return rows
 
@@ -127,8 +135,15 @@ def _table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     header = ["method", *cols]
     if untrained:
         header.append(f"GED{'/'.join(map(str, sorted(counts)))} untrained")
-    header += ["train s", f"sample s / {rows[0].samples_timed}" if rows else "sample s", "params", "FLOPs/image",
-               "FLOPs/sample", "peak MB", "seeds"]
+    header += [
+        "train s",
+        f"sample s / {rows[0].samples_timed}" if rows else "sample s",
+        "params",
+        "FLOPs/image",
+        "FLOPs/sample",
+        "peak MB",
+        "seeds",
+    ]
     body = []
     for r in rows:
         line = [r.method]
@@ -137,9 +152,15 @@ def _table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
             line.append(f"{_fmt(m['mean'])} [{_fmt(m['lo'])}, {_fmt(m['hi'])}]" if m else "-")
         if untrained:
             line.append(_fmt(r.untrained.get("GED")))
-        line += [f"{r.train_s:.1f}", f"{r.sample_s:.3f}", _human(r.params), _human(r.flops_per_image),
-                 _human(r.flops_per_sample),
-                 _fmt(r.peak_mb, 0), ",".join(map(str, r.seeds))]
+        line += [
+            f"{r.train_s:.1f}",
+            f"{r.sample_s:.3f}",
+            _human(r.params),
+            _human(r.flops_per_image),
+            _human(r.flops_per_sample),
+            _fmt(r.peak_mb, 0),
+            ",".join(map(str, r.seeds)),
+        ]
         body.append(line)
     return header, body
 
@@ -180,8 +201,10 @@ def to_markdown(rows: list[Row]) -> str:
         parts.append("|" + "---|" * len(header))
         parts += ["| " + " | ".join(line) + " |" for line in body]
         parts.append("")
-    parts.append("Metrics: mean over test images [95% bootstrap interval]; lower GED is better, higher HM-IoU/MDM "
-                 "is better. Diversity = E d(S, S'). sample s = seconds to draw the samples of one image (warm).")
+    parts.append(
+        "Metrics: mean over test images [95% bootstrap interval]; lower GED is better, higher HM-IoU/MDM "
+        "is better. Diversity = E d(S, S'). sample s = seconds to draw the samples of one image (warm)."
+    )
     return "\n".join(parts) + "\n"
 
 
@@ -189,17 +212,48 @@ def to_csv(rows: list[Row]) -> str:
     cols = _columns(rows, every=True)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["dataset", "preset", "method", "seeds", *[f"{c}{s}" for c in cols for s in ("", "_lo", "_hi")],
-                     "untrained_GED", "untrained_samples", "train_s", "sample_s_per_image", "samples_per_image", "params",
-                     "flops_per_sample", "peak_mb", "device"])
+    writer.writerow(
+        [
+            "dataset",
+            "preset",
+            "method",
+            "seeds",
+            *[f"{c}{s}" for c in cols for s in ("", "_lo", "_hi")],
+            "untrained_GED",
+            "untrained_samples",
+            "train_s",
+            "sample_s_per_image",
+            "samples_per_image",
+            "params",
+            "flops_per_sample",
+            "peak_mb",
+            "device",
+        ]
+    )
     for r in rows:
         values = []
         for c in cols:
             m = r.metrics.get(c, {})
             values += [m.get("mean", ""), m.get("lo", ""), m.get("hi", "")]
         unt = r.untrained.get("GED", "")
-        writer.writerow([r.dataset, r.preset, r.method, " ".join(map(str, r.seeds)), *values, unt, r.untrained.get("samples", ""), r.train_s,
-                         r.sample_s, r.samples_timed, r.params, r.flops_per_sample or "", r.peak_mb or "", r.device])
+        writer.writerow(
+            [
+                r.dataset,
+                r.preset,
+                r.method,
+                " ".join(map(str, r.seeds)),
+                *values,
+                unt,
+                r.untrained.get("samples", ""),
+                r.train_s,
+                r.sample_s,
+                r.samples_timed,
+                r.params,
+                r.flops_per_sample or "",
+                r.peak_mb or "",
+                r.device,
+            ]
+        )
     return buf.getvalue()
 
 
@@ -229,12 +283,14 @@ def plot(rows: list[Row], path: str | Path) -> None:
     sections = _sections(rows)
     fig = Figure(figsize=(5.5 * len(sections), 4.2))
     axes = fig.subplots(1, len(sections), squeeze=False)
-    for ax, ((dataset, preset), group) in zip(axes[0], sections.items()):
+    for ax, ((dataset, preset), group) in zip(axes[0], sections.items(), strict=True):
         key = _headline(group[0]) or "GED"
         for r in group:
             if key in r.metrics:
                 m = r.metrics[key]
-                ax.errorbar(r.sample_s, m["mean"], yerr=[[m["mean"] - m["lo"]], [m["hi"] - m["mean"]]], fmt="o", capsize=3)
+                ax.errorbar(
+                    r.sample_s, m["mean"], yerr=[[m["mean"] - m["lo"]], [m["hi"] - m["mean"]]], fmt="o", capsize=3
+                )
                 ax.annotate(r.method, (r.sample_s, m["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel(f"seconds for {group[0].samples_timed} samples of one image")

@@ -7,6 +7,7 @@ writer takes it over. Where the file system has no `flock`, a lock naming a live
 respected and one naming a dead pid is taken over. Locks are re-entrant within a process, so
 `ambiseg train` can hold the lock while its `Trainer` takes it again.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,10 @@ def _alive(pid: int) -> bool:
 
 def _refuse(directory: Path, pid: int | None) -> RunLockedError:
     who = f"process {pid}" if pid else "another process"
-    return RunLockedError(f"{directory} is in use by {who} (lock file {directory / LOCK_NAME}); wait for it to "
-                          "finish or choose another --out")
+    return RunLockedError(
+        f"{directory} is in use by {who} (lock file {directory / LOCK_NAME}); wait for it to "
+        "finish or choose another --out"
+    )
 
 
 def _acquire(directory: Path, lock: Path) -> int:

@@ -3,6 +3,7 @@
 Dice here is per sample over all non-batch dims, and 1 when prediction and target are both
 empty (the metrics' convention).
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,14 +22,23 @@ def unpack_batch(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """
     missing = [k for k in ("image", "masks") if k not in batch]
     if missing:
-        raise DataError(f"training batch lacks {', '.join(repr(k) for k in missing)}; it needs 'image' [B, C, H, W] "
-                        f"and 'masks' [B, A, H, W], got keys {sorted(batch)}")
+        raise DataError(
+            f"training batch lacks {', '.join(repr(k) for k in missing)}; it needs 'image' [B, C, H, W] "
+            f"and 'masks' [B, A, H, W], got keys {sorted(batch)}"
+        )
     image, masks = batch["image"], batch["masks"]
     if image.ndim != 4:
         raise DataError(f"batch 'image' must be [B, C, H, W], got shape {tuple(image.shape)}")
-    if masks.ndim != 4 or masks.shape[0] != image.shape[0] or masks.shape[-2:] != image.shape[-2:] or not masks.shape[1]:
-        raise DataError(f"batch 'masks' must be [B, A, H, W] with A >= 1 and B, H, W of the image "
-                        f"{tuple(image.shape)}, got shape {tuple(masks.shape)}")
+    if (
+        masks.ndim != 4
+        or masks.shape[0] != image.shape[0]
+        or masks.shape[-2:] != image.shape[-2:]
+        or not masks.shape[1]
+    ):
+        raise DataError(
+            f"batch 'masks' must be [B, A, H, W] with A >= 1 and B, H, W of the image "
+            f"{tuple(image.shape)}, got shape {tuple(masks.shape)}"
+        )
     return image.float(), masks.float()
 
 

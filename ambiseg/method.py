@@ -9,6 +9,7 @@ A method's config is a nested, JSON-safe dict::
 
 `Method.from_config(method.config)` rebuilds the same method; checkpoints store it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,8 +26,17 @@ from .interfaces import Prior, Sampler, Transport
 from .registry import REGISTRIES, coerce, methods, priors, samplers, transports
 
 __all__ = [
-    "Method", "Recipe", "StageTraining", "register_recipe", "build", "compose", "list_components",
-    "apply_overrides", "method_config", "STAGES", "DEFAULT_TRAINING",
+    "Method",
+    "Recipe",
+    "StageTraining",
+    "register_recipe",
+    "build",
+    "compose",
+    "list_components",
+    "apply_overrides",
+    "method_config",
+    "STAGES",
+    "DEFAULT_TRAINING",
 ]
 
 STAGES = ("prior", "transport", "joint")
@@ -66,22 +76,25 @@ class StageTraining:
     min_lr: float = 0.0
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, stage: str) -> "StageTraining":
+    def from_dict(cls, values: dict[str, Any], *, stage: str) -> StageTraining:
         """Typed options from a dict (CLI strings coerced); unknown keys and bad values refused."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
         out = {}
         for key, value in values.items():
             if key not in fields:
-                raise ConfigError(f"train.{stage} has no option '{key}'{closest(key, fields)}; "
-                                  f"options: {', '.join(fields)}")
+                raise ConfigError(
+                    f"train.{stage} has no option '{key}'{closest(key, fields)}; options: {', '.join(fields)}"
+                )
             out[key] = coerce(value, hints[key], where=f"train.{stage}.{key}")
         for key in ("epochs", "steps", "batch_size", "val_images", "val_samples", "val_every", "accumulate"):
             if out.get(key) is not None and out[key] < 1:
                 raise ConfigError(f"train.{stage}.{key} must be >= 1, got {out[key]}")
         if out.get("schedule", "constant") not in SCHEDULES:
-            raise ConfigError(f"train.{stage}.schedule must be one of {', '.join(SCHEDULES)}, got "
-                              f"'{out['schedule']}'{closest(str(out['schedule']), SCHEDULES)}")
+            raise ConfigError(
+                f"train.{stage}.schedule must be one of {', '.join(SCHEDULES)}, got "
+                f"'{out['schedule']}'{closest(str(out['schedule']), SCHEDULES)}"
+            )
         if out.get("warmup", 0) < 0:
             raise ConfigError(f"train.{stage}.warmup must be >= 0, got {out['warmup']}")
         for key in ("lr", "weight_decay", "grad_clip", "min_lr"):
@@ -128,7 +141,9 @@ def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[s
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         if head not in CONFIG_KEYS:
-            raise ConfigError(f"unknown config key '{key}'{closest(head, CONFIG_KEYS)}; top-level keys: {', '.join(CONFIG_KEYS)}")
+            raise ConfigError(
+                f"unknown config key '{key}'{closest(head, CONFIG_KEYS)}; top-level keys: {', '.join(CONFIG_KEYS)}"
+            )
         if head in ROLES:
             if rest in DATA_KEYS:
                 raise ConfigError(f"'{key}' is set for the whole method: use '{rest}' (e.g. --set {rest}={value})")
@@ -193,8 +208,10 @@ def _create(registry: Any, spec: dict[str, Any], data: dict[str, Any]) -> tuple[
         if key not in fields or data.get(key) is None:
             continue
         if kwargs.get(key) is not None and kwargs[key] != data[key]:
-            raise ConfigError(f"{registry.singular}.{key} = {kwargs[key]!r} contradicts the method's {key} = "
-                              f"{data[key]!r}; set {key} at the top level only")
+            raise ConfigError(
+                f"{registry.singular}.{key} = {kwargs[key]!r} contradicts the method's {key} = "
+                f"{data[key]!r}; set {key} at the top level only"
+            )
         kwargs[key] = data[key]
     cfg = entry.make_config(**kwargs)
     obj = entry.factory(**dataclasses.asdict(cfg))
@@ -214,9 +231,18 @@ def _infer_stages(prior: Prior, transport: Transport) -> tuple[str, ...]:
 class Method(nn.Module):
     """A prior, a transport and a sampler, trained in `stages` and sampled in bounded chunks."""
 
-    def __init__(self, prior: Prior, transport: Transport, sampler: Sampler, *, name: str = "custom",
-                 stages: tuple[str, ...] | list[str] | None = None, train: dict[str, Any] | None = None,
-                 max_batch: int = 64, config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        prior: Prior,
+        transport: Transport,
+        sampler: Sampler,
+        *,
+        name: str = "custom",
+        stages: tuple[str, ...] | list[str] | None = None,
+        train: dict[str, Any] | None = None,
+        max_batch: int = 64,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if transport.kind not in sampler.integrates:
             fits = [n for n in samplers.names() if transport.kind in samplers.get(n).factory.integrates]
@@ -239,19 +265,25 @@ class Method(nn.Module):
             raise ConfigError(f"train must be a dict of stages, got {train!r}")
         for stage, options in train.items():
             if stage not in self.stages:
-                raise ConfigError(f"train.{stage}: method '{name}' has no stage '{stage}'{closest(stage, self.stages)}; "
-                                  f"its stages: {', '.join(self.stages)}")
+                raise ConfigError(
+                    f"train.{stage}: method '{name}' has no stage '{stage}'{closest(stage, self.stages)}; "
+                    f"its stages: {', '.join(self.stages)}"
+                )
             if not isinstance(options, dict):
                 raise ConfigError(f"train.{stage} must be a dict of options, got {options!r}")
-        self.train_config = {s: dataclasses.asdict(StageTraining.from_dict(
-            {**self._stage_module_defaults(s), **train.get(s, {})}, stage=s)) for s in self.stages}
+        self.train_config = {
+            s: dataclasses.asdict(
+                StageTraining.from_dict({**self._stage_module_defaults(s), **train.get(s, {})}, stage=s)
+            )
+            for s in self.stages
+        }
         self._config = config
 
     def _stage_module_defaults(self, stage: str) -> dict[str, Any]:
         return dict((self.prior if stage == "prior" else self.transport).default_training)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Method":
+    def from_config(cls, config: dict[str, Any]) -> Method:
         """Rebuild a method from its nested config dict (see module docstring)."""
         unknown = [k for k in config if k not in CONFIG_KEYS]
         if unknown:
@@ -261,12 +293,25 @@ class Method(nn.Module):
         prior, pspec = _create(priors, _spec(config.get("prior"), None, "prior"), data)
         transport, tspec = _create(transports, _spec(config.get("transport"), None, "transport"), data)
         sampler, sspec = _create(samplers, _spec(config.get("sampler"), None, "sampler"), data)
-        method = cls(prior, transport, sampler, name=config.get("method") or "custom", stages=config.get("stages"),
-                     train=config.get("train"), max_batch=config.get("max_batch") or 64)
+        method = cls(
+            prior,
+            transport,
+            sampler,
+            name=config.get("method") or "custom",
+            stages=config.get("stages"),
+            train=config.get("train"),
+            max_batch=config.get("max_batch") or 64,
+        )
         config = {
-            "method": method.name, "prior": pspec, "transport": tspec, "sampler": sspec,
-            "stages": list(method.stages), "train": method.train_config,
-            "in_channels": data["in_channels"], "image_size": data["image_size"], "max_batch": method.max_batch,
+            "method": method.name,
+            "prior": pspec,
+            "transport": tspec,
+            "sampler": sspec,
+            "stages": list(method.stages),
+            "train": method.train_config,
+            "in_channels": data["in_channels"],
+            "image_size": data["image_size"],
+            "max_batch": method.max_batch,
         }
         method._config = json.loads(json.dumps(config))  # JSON form (tuples -> lists): equal after a round trip
         return method
@@ -308,8 +353,14 @@ class Method(nn.Module):
 
     # ---- sampling -------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, images: Tensor, num_samples: int, *, generator: torch.Generator | None = None,
-               max_batch: int | None = None) -> Tensor:
+    def sample(
+        self,
+        images: Tensor,
+        num_samples: int,
+        *,
+        generator: torch.Generator | None = None,
+        max_batch: int | None = None,
+    ) -> Tensor:
         """Draw `num_samples` segmentations per image: probabilities [B, S, H, W] in [0, 1].
 
         Image-only work (prior and transport `condition`) runs once per group of images; the
@@ -326,14 +377,15 @@ class Method(nn.Module):
             group = min(images.shape[0], limit)
             per_chunk = max(1, limit // group)
             for start in range(0, images.shape[0], group):
-                imgs = images[start:start + group]
+                imgs = images[start : start + group]
                 out.append(self._sample_group(imgs, num_samples, per_chunk, generator))
             return torch.cat(out, dim=0)
         finally:
             self.train(was_training)
 
-    def _sample_group(self, images: Tensor, num_samples: int, per_chunk: int,
-                      generator: torch.Generator | None) -> Tensor:
+    def _sample_group(
+        self, images: Tensor, num_samples: int, per_chunk: int, generator: torch.Generator | None
+    ) -> Tensor:
         b, _, h, w = images.shape
         state = self.prior.condition(images)
         cond = self.transport.condition(images)
@@ -341,8 +393,9 @@ class Method(nn.Module):
         for done in range(0, num_samples, per_chunk):
             n = min(per_chunk, num_samples - done)
             x0 = self.prior.sample(state, n, generator=generator).flatten(0, 1)
-            x1 = self.sampler(self.transport, x0, self.transport.expand(cond, n, generator=generator),
-                              generator=generator)
+            x1 = self.sampler(
+                self.transport, x0, self.transport.expand(cond, n, generator=generator), generator=generator
+            )
             chunks.append(self.transport.to_probs(x1).reshape(b, n, h, w))
         return torch.cat(chunks, dim=1)
 
@@ -373,15 +426,22 @@ class Recipe:
 
     def config(self, preset: str | None = None) -> dict[str, Any]:
         """The method config of this recipe, with `preset` applied."""
-        base = {"method": self.name, "prior": dict(self.prior), "transport": dict(self.transport),
-                "sampler": dict(self.sampler), "train": copy.deepcopy(self.train)}
+        base = {
+            "method": self.name,
+            "prior": dict(self.prior),
+            "transport": dict(self.transport),
+            "sampler": dict(self.sampler),
+            "train": copy.deepcopy(self.train),
+        }
         if self.stages:
             base["stages"] = list(self.stages)
         if preset is None:
             return base
         if preset not in self.presets:
-            raise ConfigError(f"method '{self.name}' has no preset '{preset}'{closest(preset, self.presets)}; "
-                              f"presets: {', '.join(sorted(self.presets)) or '(none)'}")
+            raise ConfigError(
+                f"method '{self.name}' has no preset '{preset}'{closest(preset, self.presets)}; "
+                f"presets: {', '.join(sorted(self.presets)) or '(none)'}"
+            )
         return _deep_merge(base, self.presets[preset])
 
 
@@ -398,12 +458,33 @@ def _recipe_config(recipe: Recipe, *, preset: str | None = None, **overrides: An
 
 def register_recipe(recipe: Recipe) -> Recipe:
     """Add `recipe` to the methods registry (name and aliases) and return it."""
-    def factory(*, preset: str | None = None, in_channels: int | None = None, image_size: int | None = None,
-                prior: Any = None, transport: Any = None, sampler: Any = None, train: dict | None = None,
-                stages: Any = None, max_batch: int | None = None) -> Method:
-        return Method.from_config(_recipe_config(
-            recipe, preset=preset, in_channels=in_channels, image_size=image_size, prior=prior, transport=transport,
-            sampler=sampler, train=train, stages=stages, max_batch=max_batch))
+
+    def factory(
+        *,
+        preset: str | None = None,
+        in_channels: int | None = None,
+        image_size: int | None = None,
+        prior: Any = None,
+        transport: Any = None,
+        sampler: Any = None,
+        train: dict | None = None,
+        stages: Any = None,
+        max_batch: int | None = None,
+    ) -> Method:
+        return Method.from_config(
+            _recipe_config(
+                recipe,
+                preset=preset,
+                in_channels=in_channels,
+                image_size=image_size,
+                prior=prior,
+                transport=transport,
+                sampler=sampler,
+                train=train,
+                stages=stages,
+                max_batch=max_batch,
+            )
+        )
 
     methods.register(recipe.name, aliases=recipe.aliases, recipe=recipe, description=recipe.description)(factory)
     return recipe
@@ -417,8 +498,9 @@ def build(name: str, *, preset: str | None = None, **overrides: Any) -> Method:
     return methods.create(name, preset=preset, **overrides)
 
 
-def method_config(name: str, *, preset: str | None = None, overrides: dict[str, Any] | None = None,
-                  **keywords: Any) -> dict[str, Any]:
+def method_config(
+    name: str, *, preset: str | None = None, overrides: dict[str, Any] | None = None, **keywords: Any
+) -> dict[str, Any]:
     """The full config of registered method `name` without building it twice.
 
     `keywords` are `build`'s (e.g. `in_channels=3`); `overrides` are CLI-style dotted keys applied
@@ -435,9 +517,18 @@ def method_config(name: str, *, preset: str | None = None, overrides: dict[str, 
     return apply_overrides(config, overrides or {})
 
 
-def compose(*, prior: str | dict | Prior, transport: str | dict | Transport, sampler: str | dict | Sampler,
-            stages: tuple[str, ...] | None = None, train: dict[str, Any] | None = None, in_channels: int = 1,
-            image_size: int | None = None, max_batch: int = 64, name: str = "custom") -> Method:
+def compose(
+    *,
+    prior: str | dict | Prior,
+    transport: str | dict | Transport,
+    sampler: str | dict | Sampler,
+    stages: tuple[str, ...] | None = None,
+    train: dict[str, Any] | None = None,
+    in_channels: int = 1,
+    image_size: int | None = None,
+    max_batch: int = 64,
+    name: str = "custom",
+) -> Method:
     """A new method from components given by name, by `{name, **options}` or as instances.
 
     Raises `CompatibilityError` with a one-line explanation when the sampler cannot integrate
@@ -445,20 +536,28 @@ def compose(*, prior: str | dict | Prior, transport: str | dict | Transport, sam
     """
     parts = {"prior": prior, "transport": transport, "sampler": sampler}
     if not any(isinstance(p, (Prior, Transport, Sampler)) for p in parts.values()):
-        config = {"method": name, "stages": list(stages) if stages else None, "train": train or {},
-                  "in_channels": in_channels, "image_size": image_size, "max_batch": max_batch}
+        config = {
+            "method": name,
+            "stages": list(stages) if stages else None,
+            "train": train or {},
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "max_batch": max_batch,
+        }
         config.update({k: _spec(v, None, k) for k, v in parts.items()})
         return Method.from_config(config)
     data = {"in_channels": in_channels, "image_size": image_size}
     built = {}
     for role, value in parts.items():
         registry = REGISTRIES[role + "s"]
-        built[role] = value if not isinstance(value, (str, dict)) else _create(registry, _spec(value, None, role), data)[0]
-    return Method(built["prior"], built["transport"], built["sampler"], name=name, stages=stages, train=train,
-                  max_batch=max_batch)
+        built[role] = (
+            value if not isinstance(value, (str, dict)) else _create(registry, _spec(value, None, role), data)[0]
+        )
+    return Method(
+        built["prior"], built["transport"], built["sampler"], name=name, stages=stages, train=train, max_batch=max_batch
+    )
 
 
 def list_components() -> dict[str, list[str]]:
     """Every registry kind and its registered names (plug-ins included)."""
     return {kind: registry.names() for kind, registry in REGISTRIES.items()}
-

@@ -4,6 +4,7 @@
 well under 15 minutes on 2 CPU cores on the synthetic data), `paper` uses each method's
 paper preset for the dataset (`paper-lidc`, `paper-isic3`) and full splits.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -45,17 +46,25 @@ class BenchPreset:
 
 BENCH_PRESETS = {
     "smoke": BenchPreset(
-        method_preset="smoke", untrained_samples=4,
-        data={"synthetic": {"common": {"size": 32, "sizes": (16, 4, 4)}},
-              "lidc": {"train": {"limit": 16}, "val": {"limit": 4}, "test": {"limit": 4}},
-              "isic3": {"train": {"limit": 8}, "val": {"limit": 2}, "test": {"limit": 2}}}),
+        method_preset="smoke",
+        untrained_samples=4,
+        data={
+            "synthetic": {"common": {"size": 32, "sizes": (16, 4, 4)}},
+            "lidc": {"train": {"limit": 16}, "val": {"limit": 4}, "test": {"limit": 4}},
+            "isic3": {"train": {"limit": 8}, "val": {"limit": 2}, "test": {"limit": 2}},
+        },
+    ),
     "cpu": BenchPreset(
-        method_preset="cpu", dataset_method_presets={"lidc": "cpu-lidc"},
-        data={"synthetic": {"common": {"size": 64, "sizes": (400, 8, 16)}},
-              # LIDC: the central 64 px of the 128 px crops (0.15% of the lesion pixels fall
-              # outside), every training slice, 48 validation and 500 test slices
-              "lidc": {"common": {"crop": 64}, "val": {"limit": 48}, "test": {"limit": 500}},
-              "isic3": {"train": {"limit": 150}, "val": {"limit": 8}, "test": {"limit": 16}}}),
+        method_preset="cpu",
+        dataset_method_presets={"lidc": "cpu-lidc"},
+        data={
+            "synthetic": {"common": {"size": 64, "sizes": (400, 8, 16)}},
+            # LIDC: the central 64 px of the 128 px crops (0.15% of the lesion pixels fall
+            # outside), every training slice, 48 validation and 500 test slices
+            "lidc": {"common": {"crop": 64}, "val": {"limit": 48}, "test": {"limit": 500}},
+            "isic3": {"train": {"limit": 150}, "val": {"limit": 8}, "test": {"limit": 16}},
+        },
+    ),
     # the papers' settings: LIDC crops are 128 px as stored; ISIC3 images are resized to 256 px
     "paper": BenchPreset(method_preset="paper-{dataset}", data={"isic3": {"common": {"size": 256}}}),
 }

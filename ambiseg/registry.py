@@ -5,6 +5,7 @@ factory's keyword parameters, so every hyperparameter can be overridden by keywo
 keys are refused with the closest valid key, and string values (from the CLI) are coerced
 to the declared type.
 """
+
 from __future__ import annotations
 
 import collections.abc
@@ -19,8 +20,20 @@ from typing import Any
 from .errors import AmbisegError, ConfigError, UnknownNameError, closest
 
 __all__ = [
-    "Entry", "Registry", "coerce", "type_name", "load_plugins", "PLUGIN_GROUP",
-    "priors", "transports", "samplers", "methods", "backbones", "datasets", "metrics", "REGISTRIES",
+    "Entry",
+    "Registry",
+    "coerce",
+    "type_name",
+    "load_plugins",
+    "PLUGIN_GROUP",
+    "priors",
+    "transports",
+    "samplers",
+    "methods",
+    "backbones",
+    "datasets",
+    "metrics",
+    "REGISTRIES",
 ]
 
 PLUGIN_GROUP = "ambiseg.plugins"
@@ -115,8 +128,9 @@ def coerce(value: Any, annotation: Any, *, where: str) -> Any:
         fixed = origin is tuple and len(inner) > 1 and Ellipsis not in args
         if fixed and len(parts) != len(inner):
             raise _fail(value, annotation, where)
-        items = [coerce(p, inner[k] if fixed else (inner[0] if inner else Any), where=where)
-                 for k, p in enumerate(parts)]
+        items = [
+            coerce(p, inner[k] if fixed else (inner[0] if inner else Any), where=where) for k, p in enumerate(parts)
+        ]
         return list(items) if origin is list else tuple(items)
     if origin is dict or annotation is dict:
         if isinstance(value, dict):
@@ -148,8 +162,11 @@ class Entry:
                     f"options: {', '.join(fields) or '(none)'}"
                 )
             values[key] = coerce(value, fields[key].type, where=f"{self.kind} '{self.name}' option '{key}'")
-        missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
+        missing = [
+            n
+            for n, f in fields.items()
+            if n not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
             raise ConfigError(f"{self.kind} '{self.name}' needs option(s): {', '.join(missing)}")
         return self.config(**values)
@@ -174,7 +191,7 @@ def _signatures(factory: Callable[..., Any], skip: int) -> list[tuple[inspect.Pa
         if "__init__" not in vars(klass) or klass is object:
             continue
         init = vars(klass)["__init__"]
-        params = list(inspect.signature(init).parameters.values())[1 + (skip if first else 0):]
+        params = list(inspect.signature(init).parameters.values())[1 + (skip if first else 0) :]
         hints = _hints(init)
         for p in params:
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) or p.name in seen:
@@ -223,7 +240,7 @@ class Registry:
 
     @property
     def singular(self) -> str:
-        """"sampler" for the "samplers" registry (used in messages)."""
+        """ "sampler" for the "samplers" registry (used in messages)."""
         return self.kind[:-1] if self.kind.endswith("s") else self.kind
 
     def register(self, name: str, *, aliases: tuple[str, ...] = (), **info: Any) -> Callable[[Any], Any]:
@@ -251,10 +268,7 @@ class Registry:
         if name in self._entries or name in self._aliases:
             return self._aliases.get(name, name)
         known = sorted([*self._entries, *self._aliases])
-        raise UnknownNameError(
-            f"unknown {self.singular} '{name}'{closest(name, known)}; "
-            f"known: {', '.join(known)}"
-        )
+        raise UnknownNameError(f"unknown {self.singular} '{name}'{closest(name, known)}; known: {', '.join(known)}")
 
     def get(self, name: str) -> Entry:
         return self._entries[self.canonical(name)]

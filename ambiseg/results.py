@@ -1,4 +1,5 @@
 """Benchmark records: summary statistics, environment, and reading records back safely."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,8 +16,7 @@ from . import __version__
 from .errors import AmbisegError
 from .io import is_temp_file
 
-__all__ = ["bootstrap_ci", "summarise", "environment", "read_records", "check_record", "RECORD_KIND",
-           "RECORD_SCHEMA"]
+__all__ = ["bootstrap_ci", "summarise", "environment", "read_records", "check_record", "RECORD_KIND", "RECORD_SCHEMA"]
 
 RECORD_KIND = "ambiseg-bench-record"
 RECORD_SCHEMA = 1  # records written before the schema field existed are read as schema 1
@@ -24,16 +24,30 @@ RECORD_SCHEMA = 1  # records written before the schema field existed are read as
 _NUMBER = (int, float)
 # field (dotted) -> (allowed types, required); the leaderboard reads exactly these
 RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
-    "dataset": ((str,), True), "preset": ((str,), True), "method": ((str,), True), "seed": ((int,), True),
-    "created": ((str,), True), "per_image": ((dict,), True), "untrained": ((dict,), False),
-    "timing": ((dict,), True), "timing.train_s": (_NUMBER, True), "timing.sample_s_per_image": (_NUMBER, True),
-    "timing.samples_per_image": ((int,), True), "params": ((int,), True), "flops": ((dict,), False),
-    "memory": ((dict,), False), "memory.peak_mb": ((*_NUMBER, type(None)), False), "env": ((dict,), True),
-    "env.device": ((str,), True), "env.device_name": ((str, type(None)), False),
+    "dataset": ((str,), True),
+    "preset": ((str,), True),
+    "method": ((str,), True),
+    "seed": ((int,), True),
+    "created": ((str,), True),
+    "per_image": ((dict,), True),
+    "untrained": ((dict,), False),
+    "timing": ((dict,), True),
+    "timing.train_s": (_NUMBER, True),
+    "timing.sample_s_per_image": (_NUMBER, True),
+    "timing.samples_per_image": ((int,), True),
+    "params": ((int,), True),
+    "flops": ((dict,), False),
+    "memory": ((dict,), False),
+    "memory.peak_mb": ((*_NUMBER, type(None)), False),
+    "env": ((dict,), True),
+    "env.device": ((str,), True),
+    "env.device_name": ((str, type(None)), False),
 }
 
 
-def bootstrap_ci(values: np.ndarray, *, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: np.ndarray, *, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values` (over images)."""
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
@@ -53,7 +67,12 @@ def summarise(per_image: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     for key, values in per_image.items():
         arr = np.asarray(values, dtype=np.float64)
         lo, hi = bootstrap_ci(arr)
-        out[key] = {"mean": float(np.nanmean(arr)) if arr.size else float("nan"), "lo": lo, "hi": hi, "n": int(arr.size)}
+        out[key] = {
+            "mean": float(np.nanmean(arr)) if arr.size else float("nan"),
+            "lo": lo,
+            "hi": hi,
+            "n": int(arr.size),
+        }
     return out
 
 
@@ -61,8 +80,12 @@ def _git_commit() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     if head.returncode != 0:
@@ -90,16 +113,25 @@ def environment(device: torch.device) -> dict[str, Any]:
     else:
         name = _cpu_name()
     return {
-        "device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-        "versions": {"ambiseg": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-                     "scipy": scipy.__version__, "python": platform.python_version()},
-        "commit": _git_commit(), "platform": platform.platform(),
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "versions": {
+            "ambiseg": __version__,
+            "torch": torch.__version__,
+            "numpy": numpy.__version__,
+            "scipy": scipy.__version__,
+            "python": platform.python_version(),
+        },
+        "commit": _git_commit(),
+        "platform": platform.platform(),
     }
 
 
 def _bad(file: Path | str, field: str, why: str) -> AmbisegError:
-    return AmbisegError(f"{file}: malformed bench record: field '{field}' {why}; re-run `ambiseg bench` or fix "
-                        "the file")
+    return AmbisegError(
+        f"{file}: malformed bench record: field '{field}' {why}; re-run `ambiseg bench` or fix the file"
+    )
 
 
 def check_record(record: dict[str, Any], file: Path | str) -> None:
@@ -155,11 +187,15 @@ def read_records(paths: list[str | Path]) -> list[dict[str, Any]]:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise AmbisegError(f"{file} is not a results file (not JSON: {exc})") from None
         if not isinstance(record, dict) or record.get("kind") != RECORD_KIND:
-            raise AmbisegError(f"{file} is not a results file (no \"kind\": \"{RECORD_KIND}\"); "
-                               "pass the output directory of `ambiseg bench` or its results/*.json")
+            raise AmbisegError(
+                f'{file} is not a results file (no "kind": "{RECORD_KIND}"); '
+                "pass the output directory of `ambiseg bench` or its results/*.json"
+            )
         check_record(record, file)
         record["_file"] = str(file)
         records.append(record)
     if not records:
-        raise AmbisegError(f"no bench records found in {', '.join(map(str, paths))}; run `ambiseg bench --out DIR` first")
+        raise AmbisegError(
+            f"no bench records found in {', '.join(map(str, paths))}; run `ambiseg bench --out DIR` first"
+        )
     return records

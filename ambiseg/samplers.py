@@ -3,6 +3,7 @@
 A fixed-step sampler is data: the torchdiffeq method name and its field evaluations per
 step. Diffusion samplers (ddpm, ddim) live with the diffusion transport in `ambiseg.diffusion`.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -37,8 +38,9 @@ class _FlowSampler(Sampler):
     def _tolerances(self) -> dict[str, Any]:
         return {}
 
-    def __call__(self, field: Field, x0: Tensor, cond: Any = None, *,
-                 generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None
+    ) -> Tensor:
         def f(t: Tensor, x: Tensor) -> Tensor:
             return field(x, t.expand(x.shape[0]), cond)
 
@@ -119,8 +121,9 @@ class Direct(Sampler):
 
     integrates = frozenset({"map"})
 
-    def __call__(self, field: Field, x0: Tensor, cond: Any = None, *,
-                 generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None
+    ) -> Tensor:
         return field(x0, None, cond)
 
     @property

@@ -10,6 +10,7 @@ takes the same global batch of `batch_size` images whatever the world size: each
 its strided share and splits it into `accumulate` micro-batches, each loss scaled by its share
 of the rank's images, so the averaged gradient is the gradient of the global batch mean.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,16 @@ from .io import ensure_dir, write_text
 from .lock import run_lock
 from .method import Method
 
-__all__ = ["Trainer", "TrainResult", "TrainingError", "collate", "to_device", "make_optimizer", "learning_rate",
-           "seed_everything"]
+__all__ = [
+    "Trainer",
+    "TrainResult",
+    "TrainingError",
+    "collate",
+    "to_device",
+    "make_optimizer",
+    "learning_rate",
+    "seed_everything",
+]
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -74,7 +83,7 @@ def seed_everything(seed: int) -> None:
     import numpy as np
 
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds numpy's global RNG that user code may draw from
     torch.manual_seed(seed)
 
 
@@ -136,16 +145,30 @@ class Trainer:
             step, training loss, validation GED / HM-IoU / diversity or the stage's loss).
     """
 
-    def __init__(self, method: Method, train_set: Dataset, val_set: Dataset | None = None, *,
-                 out_dir: str | Path | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                 progress: bool = True, detect_anomaly: bool = False, save_every: int = 50, amp: bool = True,
-                 console: Console | None = None, data: dict[str, Any] | None = None,
-                 log: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        method: Method,
+        train_set: Dataset,
+        val_set: Dataset | None = None,
+        *,
+        out_dir: str | Path | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+        detect_anomaly: bool = False,
+        save_every: int = 50,
+        amp: bool = True,
+        console: Console | None = None,
+        data: dict[str, Any] | None = None,
+        log: str | Path | None = None,
+    ) -> None:
         if len(train_set) == 0:
             raise AmbisegError("the training set is empty; check the dataset root and split")
         if out_dir is not None and not method.has_config:
-            raise ConfigError(f"method '{method.name}' was composed from instances, so its checkpoints could not be "
-                              "rebuilt; compose it from names or {name, **options} dicts, or train with out_dir=None")
+            raise ConfigError(
+                f"method '{method.name}' was composed from instances, so its checkpoints could not be "
+                "rebuilt; compose it from names or {name, **options} dicts, or train with out_dir=None"
+            )
         self.data = data
         self.log = Path(log) if log is not None else None
         self.method, self.train_set, self.val_set = method, train_set, val_set
@@ -173,20 +196,36 @@ class Trainer:
     def _epoch_batches(self, stage: str, epoch: int, bs: int) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.method.stages.index(stage) * 10_007 + epoch)
         perm = torch.randperm(len(self.train_set), generator=g).tolist()
-        return [perm[i:i + bs] for i in range(0, len(perm), bs)]
+        return [perm[i : i + bs] for i in range(0, len(perm), bs)]
 
     # ---- checkpoints ----------------------------------------------------------------------
     def _save(self, name: str, optimizer: torch.optim.Optimizer | None, **state: Any) -> None:
         if self.out_dir is not None and dist.is_main():
-            bad = next((k for k, v in self.method.state_dict().items()
-                        if v.is_floating_point() and not torch.isfinite(v).all()), None)
+            bad = next(
+                (
+                    k
+                    for k, v in self.method.state_dict().items()
+                    if v.is_floating_point() and not torch.isfinite(v).all()
+                ),
+                None,
+            )
             if bad is not None:
-                raise TrainingError(f"weight {bad} became non-finite in stage '{state.get('stage')}' at step "
-                                    f"{state.get('step')}; {name} is not written and the last good checkpoint is "
-                                    "kept; lower the learning rate, set train.<stage>.grad_clip or run with "
-                                    "--detect-anomaly")
-            save_checkpoint(self.out_dir / name, self.method, self.method.config, optimizer=optimizer,
-                            seed=self.seed, history=self.history, data=self.data, **state)
+                raise TrainingError(
+                    f"weight {bad} became non-finite in stage '{state.get('stage')}' at step "
+                    f"{state.get('step')}; {name} is not written and the last good checkpoint is "
+                    "kept; lower the learning rate, set train.<stage>.grad_clip or run with "
+                    "--detect-anomaly"
+                )
+            save_checkpoint(
+                self.out_dir / name,
+                self.method,
+                self.method.config,
+                optimizer=optimizer,
+                seed=self.seed,
+                history=self.history,
+                data=self.data,
+                **state,
+            )
 
     def check_resume(self) -> dict[str, Any] | None:
         """Load and check `out_dir/last.safetensors` for `fit(resume=True)` before anything is written.
@@ -201,14 +240,18 @@ class Trainer:
         ckpt = load_checkpoint(path, method=self.method.name)
         meta = ckpt.meta
         if meta.get("seed") is not None and meta.get("seed") != self.seed:
-            raise ConfigError(f"{path} was trained with seed {meta.get('seed')}, not {self.seed}; resume it with "
-                              f"--seed {meta.get('seed')} (the batch order depends on it)")
+            raise ConfigError(
+                f"{path} was trained with seed {meta.get('seed')}, not {self.seed}; resume it with "
+                f"--seed {meta.get('seed')} (the batch order depends on it)"
+            )
         stages = len(self.method.stages)
         for key, low, high in (("stage_index", 0, stages), ("step", 0, None)):
             value = meta.get(key)
             if type(value) is not int or value < low or (high is not None and value > high):
-                raise TrainingError(f"{path}: training state '{key}' is {value!r}, not an integer in "
-                                    f"{low}..{high if high is not None else 'inf'}; the checkpoint is damaged")
+                raise TrainingError(
+                    f"{path}: training state '{key}' is {value!r}, not an integer in "
+                    f"{low}..{high if high is not None else 'inf'}; the checkpoint is damaged"
+                )
         if not isinstance(meta.get("history", []), list) or not isinstance(meta.get("best", {}), dict):
             raise TrainingError(f"{path}: training state 'history'/'best' is malformed; the checkpoint is damaged")
         load_weights(self.method, ckpt, source=str(path))
@@ -223,8 +266,10 @@ class Trainer:
             restore_rng(ckpt.rng, meta.get("rng", {}))
             torch.set_rng_state(rng)
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
-            raise TrainingError(f"{path}: training state is damaged ({type(exc).__name__}: {exc}); "
-                                "the weights load but the run cannot continue exactly; train again") from None
+            raise TrainingError(
+                f"{path}: training state is damaged ({type(exc).__name__}: {exc}); "
+                "the weights load but the run cannot continue exactly; train again"
+            ) from None
         self._checked = {**meta, "optimizer_state": opt_state, "_ckpt": ckpt}
         return self._checked
 
@@ -261,8 +306,12 @@ class Trainer:
             samples = self.method.sample(batch["image"], int(cfg.get("val_samples") or 8), generator=gen)
             masks = batch["masks"]
             value = float(ged(samples, masks).mean())
-            return {"score": value, "val_ged": value, "val_hm_iou": float(hm_iou(samples, masks).mean()),
-                    "val_diversity": float(sample_diversity(samples, masks).mean())}
+            return {
+                "score": value,
+                "val_ged": value,
+                "val_hm_iou": float(hm_iou(samples, masks).mean()),
+                "val_diversity": float(sample_diversity(samples, masks).mean()),
+            }
 
     # ---- main loop ------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> TrainResult:
@@ -296,14 +345,24 @@ class Trainer:
                 steps_done[stage] = self._fit_stage(stage, index, resumed, best, bar, elapsed, start)
                 state = None
                 seconds = elapsed + time.perf_counter() - start
-                self._save("last.safetensors", None, stage_index=index + 1, stage=stage, step=0,
-                           best=best, seconds=seconds)
+                self._save(
+                    "last.safetensors", None, stage_index=index + 1, stage=stage, step=0, best=best, seconds=seconds
+                )
         self.method.eval()
-        return TrainResult(seconds=seconds if steps_done else elapsed, steps=steps_done, best=best,
-                           history=self.history)
+        return TrainResult(
+            seconds=seconds if steps_done else elapsed, steps=steps_done, best=best, history=self.history
+        )
 
-    def _fit_stage(self, stage: str, index: int, resumed: dict[str, Any] | None, best: dict[str, float | None],
-                   bar: Progress | None, elapsed: float, start: float) -> int:
+    def _fit_stage(
+        self,
+        stage: str,
+        index: int,
+        resumed: dict[str, Any] | None,
+        best: dict[str, float | None],
+        bar: Progress | None,
+        elapsed: float,
+        start: float,
+    ) -> int:
         cfg = self.method.train_config[stage]
         bs, per_epoch, total = self._stage_length(stage)
         params = self.method.begin_stage(stage)
@@ -323,8 +382,11 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             loss_fn = DistributedDataParallel(loss_fn, device_ids=ids, find_unused_parameters=True)
-        task = bar.add_task(f"{self.method.name}:{stage}", total=total, completed=step, loss=float("nan"),
-                            rate="") if bar else None
+        task = (
+            bar.add_task(f"{self.method.name}:{stage}", total=total, completed=step, loss=float("nan"), rate="")
+            if bar
+            else None
+        )
         t0, s0 = time.perf_counter(), step
         while step < total:
             epoch, offset = divmod(step, per_epoch)
@@ -341,8 +403,16 @@ class Trainer:
                 if end_of_epoch:
                     self._end_epoch(stage, epoch, step, loss, best, lr=optimizer.param_groups[0]["lr"])
                 if end_of_epoch or step % self.save_every == 0:
-                    self._save("last.safetensors", optimizer, stage_index=index, stage=stage, step=step,
-                               epoch=step // per_epoch, best=best, seconds=elapsed + time.perf_counter() - start)
+                    self._save(
+                        "last.safetensors",
+                        optimizer,
+                        stage_index=index,
+                        stage=stage,
+                        step=step,
+                        epoch=step // per_epoch,
+                        best=best,
+                        seconds=elapsed + time.perf_counter() - start,
+                    )
                 if step >= total:
                     break
         dist.barrier()  # rank 0 has written best.safetensors
@@ -352,16 +422,30 @@ class Trainer:
                 load_weights(self.method, ckpt, source="best checkpoint")
         return step
 
-    def _step(self, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
-              mine: list[int], accumulate: int, clip: Any, stage: str, epoch: int, step: int) -> float:
+    def _step(
+        self,
+        loss_fn: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        params: list[torch.nn.Parameter],
+        mine: list[int],
+        accumulate: int,
+        clip: Any,
+        stage: str,
+        epoch: int,
+        step: int,
+    ) -> float:
         """One optimiser step on this rank's share `mine` of the global batch; returns the global mean loss."""
         optimizer.zero_grad(set_to_none=True)
         size = max(1, math.ceil(len(mine) / accumulate))
-        micro = [mine[i:i + size] for i in range(0, len(mine), size)]
+        micro = [mine[i : i + size] for i in range(0, len(mine), size)]
         total = torch.zeros((), device=self.device)
         for j, part in enumerate(micro):
             batch = to_device(collate([self.train_set[i] for i in part]), self.device)
-            sync = contextlib.nullcontext() if j == len(micro) - 1 or not hasattr(loss_fn, "no_sync") else loss_fn.no_sync()
+            sync = (
+                contextlib.nullcontext()
+                if j == len(micro) - 1 or not hasattr(loss_fn, "no_sync")
+                else loss_fn.no_sync()
+            )
             with sync:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                     loss = loss_fn(batch)["loss"] * (len(part) / len(mine))
@@ -371,35 +455,47 @@ class Trainer:
             torch.distributed.all_reduce(total)
             total /= dist.world_size()
         if not torch.isfinite(total):
-            raise TrainingError(f"non-finite loss ({total.item()}) in stage '{stage}', epoch {epoch}, step {step}; "
-                                "the last good checkpoint is kept; lower the learning rate or run with --detect-anomaly")
+            raise TrainingError(
+                f"non-finite loss ({total.item()}) in stage '{stage}', epoch {epoch}, step {step}; "
+                "the last good checkpoint is kept; lower the learning rate or run with --detect-anomaly"
+            )
         if clip:
             torch.nn.utils.clip_grad_norm_(params, float(clip))
         optimizer.step()
         return total.item()
 
-    def _end_epoch(self, stage: str, epoch: int, step: int, loss: float, best: dict[str, float | None], *,
-                   lr: float) -> None:
+    def _end_epoch(
+        self, stage: str, epoch: int, step: int, loss: float, best: dict[str, float | None], *, lr: float
+    ) -> None:
         scores = self._validate(stage)
         score = None if scores is None else scores.pop("score")
-        self.history.append({"stage": stage, "epoch": epoch, "step": step, "loss": loss, "lr": lr, "val": score,
-                             **(scores or {})})
+        self.history.append(
+            {"stage": stage, "epoch": epoch, "step": step, "loss": loss, "lr": lr, "val": score, **(scores or {})}
+        )
         self._write_log()
         if score is None:
             return
         previous = best.get(stage)
         if previous is None or score < previous:
             best[stage] = score
-            self._save("best.safetensors", None, stage_index=self.method.stages.index(stage), stage=stage,
-                       step=step, best=best, rng=False)
+            self._save(
+                "best.safetensors",
+                None,
+                stage_index=self.method.stages.index(stage),
+                stage=stage,
+                step=step,
+                best=best,
+                rng=False,
+            )
 
     def _write_log(self) -> None:
         """The history so far as CSV (one row per validation), rewritten atomically."""
         if self.log is None or not dist.is_main():
             return
         keys = list(dict.fromkeys(k for row in self.history for k in row))
-        lines = [",".join(keys)] + [",".join("" if row.get(k) is None else str(row.get(k)) for k in keys)
-                                     for row in self.history]
+        lines = [",".join(keys)] + [
+            ",".join("" if row.get(k) is None else str(row.get(k)) for k in keys) for row in self.history
+        ]
         write_text(self.log, "\n".join(lines) + "\n")
 
     @contextlib.contextmanager
@@ -407,8 +503,15 @@ class Trainer:
         if not self.progress or not dist.is_main():
             yield None
             return
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]}"),
-                       TimeRemainingColumn(), console=self.console, transient=False)
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
         with bar:
             yield bar

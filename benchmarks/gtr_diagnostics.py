@@ -10,6 +10,7 @@ samples that are empty or cover > 90% of the image. docs/training.md shows what 
     python benchmarks/gtr_diagnostics.py --root ../shared/data/lidc-idri-slices.zip \
         --steps 300 --every 50 --set prior.centre_factor=true --out centred.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,11 +37,13 @@ def gaussian_stats(method, images: torch.Tensor, masks: torch.Tensor) -> dict[st
             "ged16": metrics.ged(samples, masks).mean().item(),
             "hm16": metrics.hm_iou(samples, masks).mean().item(),
             "div16": metrics.sample_diversity(samples, masks).mean().item(),
-            "mu_mean": state.mean.mean().item(), "mu_max": state.mean.max().item(),
+            "mu_mean": state.mean.mean().item(),
+            "mu_max": state.mean.max().item(),
             "sd_diag": state.cov_diag.sqrt().mean().item(),
             "factor_pix": factor.norm(dim=-1).mean().item(),
             "factor_global": factor.mean(1).norm(dim=-1).mean().item(),
-            "frac_full": (foreground > 0.9).float().mean().item(), "frac_empty": (foreground == 0).float().mean().item(),
+            "frac_full": (foreground > 0.9).float().mean().item(),
+            "frac_empty": (foreground == 0).float().mean().item(),
         }
 
 
@@ -51,12 +54,15 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--val", type=int, default=48, help="validation slices")
-    parser.add_argument("--set", dest="sets", action="append", default=[], help="method override, e.g. prior.norm=group")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], help="method override, e.g. prior.norm=group"
+    )
     parser.add_argument("--out", required=True, help="JSON file of the rows")
     args = parser.parse_args()
 
     spec = DataSpec(name="lidc", root=args.root, preset="cpu").with_settings(
-        {"data.val.limit": args.val, "data.crop": args.crop})
+        {"data.val.limit": args.val, "data.crop": args.crop}
+    )
     sets = spec.build_splits(("train", "val"))
     seed_everything(0)
     method = build_for_data("act-gtr", sets["train"], preset="cpu", overrides=parse_sets(tuple(args.sets)))
@@ -69,8 +75,12 @@ def main() -> None:
 
     def record(loss: float) -> None:
         method.eval()
-        row = {"step": step, "loss": loss, **gaussian_stats(method, val["image"], val["masks"]),
-               "seconds": time.time() - start}
+        row = {
+            "step": step,
+            "loss": loss,
+            **gaussian_stats(method, val["image"], val["masks"]),
+            "seconds": time.time() - start,
+        }
         method.prior.train()
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
@@ -81,7 +91,7 @@ def main() -> None:
         perm = torch.randperm(size, generator=order).tolist()
         for i in range(0, size - batch_size + 1, batch_size):
             optimizer.zero_grad()
-            loss = method.loss(collate([sets["train"][j] for j in perm[i:i + batch_size]]), "prior")["loss"]
+            loss = method.loss(collate([sets["train"][j] for j in perm[i : i + batch_size]]), "prior")["loss"]
             loss.backward()
             optimizer.step()
             step += 1

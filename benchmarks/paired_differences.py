@@ -5,6 +5,7 @@ images, `ambiseg.results.bootstrap_ci`): an interval below zero means the method
 
     python benchmarks/paired_differences.py benchmarks/results/lidc-cpu-v2 --metric GED100
 """
+
 from __future__ import annotations
 
 import argparse

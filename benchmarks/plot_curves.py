@@ -3,6 +3,7 @@
     python benchmarks/plot_curves.py --out docs/figures/gtr-lidc-curves.png \
         "centred + mean fit + GroupNorm=benchmarks/results/lidc-training/act-gtr-A.csv" ...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,11 @@ from matplotlib.figure import Figure
 
 from ambiseg.data import save_figure
 
-PANELS = (("val_ged", "validation GED16 (lower is better)"), ("val_hm_iou", "validation HM-IoU16 (higher is better)"),
-          ("val_diversity", "sample diversity (raters: dashed)"))
+PANELS = (
+    ("val_ged", "validation GED16 (lower is better)"),
+    ("val_hm_iou", "validation HM-IoU16 (higher is better)"),
+    ("val_diversity", "sample diversity (raters: dashed)"),
+)
 
 
 def read_curve(path: str) -> dict[str, list[float]]:
@@ -33,9 +37,9 @@ def main() -> None:
     for item in args.curves:
         label, _, path = item.rpartition("=")
         curve = read_curve(path)
-        for ax, (key, _) in zip(axes, PANELS):
+        for ax, (key, _) in zip(axes, PANELS, strict=True):
             ax.plot(curve["step"], curve[key], marker="o", markersize=3, label=label or path)
-    for ax, (key, title) in zip(axes, PANELS):
+    for ax, (key, title) in zip(axes, PANELS, strict=True):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("optimiser step")
         ax.grid(alpha=0.3)

@@ -11,6 +11,7 @@ Every row is scored like a method (ambiseg.metrics.evaluate, S samples per image
     python benchmarks/reference_rows.py --root ../shared/data/lidc-idri-slices.zip --preset cpu \
         --out benchmarks/results/lidc-cpu-v2/reference.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,12 @@ def rows_for(masks: torch.Tensor, total: int, generator: torch.Generator) -> dic
     """Each reference row's samples [1, total, H, W] for one image's rater masks [A, H, W]."""
     votes = masks.float().sum(0)
     a = masks.shape[0]
-    fixed = {"majority": votes > a / 2, "majority-tie": votes >= a / 2, "union": votes > 0,
-             "empty": torch.zeros_like(votes, dtype=torch.bool)}
+    fixed = {
+        "majority": votes > a / 2,
+        "majority-tie": votes >= a / 2,
+        "union": votes > 0,
+        "empty": torch.zeros_like(votes, dtype=torch.bool),
+    }
     out = {name: mask.expand(total, *mask.shape)[None] for name, mask in fixed.items()}
     pick = torch.randint(a, (total,), generator=generator)
     out["raters"] = masks[pick].bool()[None]
@@ -56,10 +61,15 @@ def main() -> None:
             scores = metrics.evaluate(samples, masks[None], counts=COUNTS)
             for key, value in scores.items():
                 per_image.setdefault(name, {}).setdefault(key, []).append(value.item())
-    result = {"data": spec.to_dict(), "split": args.split, "images": len(data),
-              "rows": {name: summarise(values) for name, values in per_image.items()},
-              "per_image": {name: {k: per_image[name][k] for k in ("GED16", "GED32", "GED100", "HM-IoU32")}
-                            for name in per_image}}
+    result = {
+        "data": spec.to_dict(),
+        "split": args.split,
+        "images": len(data),
+        "rows": {name: summarise(values) for name, values in per_image.items()},
+        "per_image": {
+            name: {k: per_image[name][k] for k in ("GED16", "GED32", "GED100", "HM-IoU32")} for name in per_image
+        },
+    }
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1)
     for name, summary in result["rows"].items():

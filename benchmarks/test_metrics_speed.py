@@ -4,6 +4,7 @@ Run: `python -m pytest benchmarks/test_metrics_speed.py -s -p no:cacheprovider`.
 in one benchmark group; the naive one prints the ratio of medians and stores it as
 `extra_info["speedup"]`. The naive reference lives in tests/metrics_reference.py.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -64,5 +65,7 @@ def test_evaluate_naive_loop(benchmark, masks, capsys):
         ratio = median / _MEDIANS["vectorised"]
         benchmark.extra_info["speedup"] = round(ratio, 1)
         with capsys.disabled():
-            print(f"\nevaluate B={B} S={S} A={A} {SIZE}x{SIZE} on CPU ({torch.get_num_threads()} threads): "
-                  f"vectorised {_MEDIANS['vectorised'] * 1e3:.1f} ms, naive {median:.2f} s -> {ratio:.0f}x faster")
+            print(
+                f"\nevaluate B={B} S={S} A={A} {SIZE}x{SIZE} on CPU ({torch.get_num_threads()} threads): "
+                f"vectorised {_MEDIANS['vectorised'] * 1e3:.1f} ms, naive {median:.2f} s -> {ratio:.0f}x faster"
+            )

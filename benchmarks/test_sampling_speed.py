@@ -7,6 +7,7 @@ The flow/diffusion nets share one width so the comparison is about the number of
 evaluations and the per-image work, not about model size. The CIMD test prints its time over
 ATFM's (`extra_info["vs_atfm"]`); docs/leaderboard.md lists the measured ratios.
 """
+
 from __future__ import annotations
 
 import pytest

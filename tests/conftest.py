@@ -1,4 +1,5 @@
 """Test-wide settings."""
+
 from __future__ import annotations
 
 import pytest

@@ -4,6 +4,7 @@ One image at a time, one mask pair at a time, numpy only: the slow, obviously-co
 counterpart of `ambiseg.metrics` for tests (tests/test_metrics_reference.py) and for the
 speed benchmark (benchmarks/test_metrics_speed.py). Masks are bool arrays `[N, H, W]`.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,11 @@ def combined_sensitivity(samples, annotations) -> float:
 
 
 def _variances(masks) -> list[float]:
-    values = [np.var(masks[i].astype(float) - masks[j].astype(float))
-              for i in range(len(masks)) for j in range(i + 1, len(masks))]
+    values = [
+        np.var(masks[i].astype(float) - masks[j].astype(float))
+        for i in range(len(masks))
+        for j in range(i + 1, len(masks))
+    ]
     return values or [0.0]
 
 
@@ -76,8 +80,11 @@ def diversity_agreement(samples, annotations) -> float:
 
 
 def ci_score(samples, annotations, combine="harmonic") -> float:
-    parts = (combined_sensitivity(samples, annotations), mdm(samples, annotations),
-             diversity_agreement(samples, annotations))
+    parts = (
+        combined_sensitivity(samples, annotations),
+        mdm(samples, annotations),
+        diversity_agreement(samples, annotations),
+    )
     if combine == "harmonic":
         return 0.0 if min(parts) == 0 else 3 / sum(1 / p for p in parts)
     return 0.0 if sum(parts) == 0 else 3 * np.prod(parts) / sum(parts)
@@ -113,8 +120,10 @@ def ncc(samples, annotations) -> float:
 def consensus(samples, annotations) -> tuple[float, float]:
     """(Dice, IoU) of the majority mask (vote share >= 0.5), averaged over annotators."""
     majority = np.mean(np.asarray(samples, dtype=float), axis=0) >= 0.5
-    return (float(np.mean([dice(majority, y) for y in annotations])),
-            float(np.mean([iou(majority, y) for y in annotations])))
+    return (
+        float(np.mean([dice(majority, y) for y in annotations])),
+        float(np.mean([iou(majority, y) for y in annotations])),
+    )
 
 
 def mode_mass(samples, modes, probs) -> np.ndarray:

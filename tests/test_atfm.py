@@ -1,4 +1,5 @@
 """ATFM recipes: every composition builds and samples, stages train what they should, presets."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,8 +11,13 @@ from ambiseg.methods.atfm import PRESET_NAMES
 from ambiseg.registry import methods
 
 RECIPES = ("atfm", "atfm-nosf", "act-gtr", "sfm", "sfm-nosf")
-STAGES = {"atfm": ("prior", "transport"), "atfm-nosf": ("prior", "transport"), "act-gtr": ("prior",),
-          "sfm": ("transport",), "sfm-nosf": ("transport",)}
+STAGES = {
+    "atfm": ("prior", "transport"),
+    "atfm-nosf": ("prior", "transport"),
+    "act-gtr": ("prior",),
+    "sfm": ("transport",),
+    "sfm-nosf": ("transport",),
+}
 
 
 def _disks(n=4, size=16, seed=0):
@@ -68,8 +74,10 @@ def test_same_seed_same_samples_and_new_seed_new_samples():
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
-@pytest.mark.parametrize("sampler,cls", [({"name": "heun", "steps": 4}, "Heun"), ("dopri5", "Dopri5"),
-                                         ({"name": "midpoint", "steps": 3}, "Midpoint")])
+@pytest.mark.parametrize(
+    "sampler,cls",
+    [({"name": "heun", "steps": 4}, "Heun"), ("dopri5", "Dopri5"), ({"name": "midpoint", "steps": 3}, "Midpoint")],
+)
 def test_sampler_overridable_by_name(sampler, cls):
     method = ambiseg.build("atfm", preset="smoke", sampler=sampler)
     assert type(method.sampler).__name__ == cls
@@ -120,8 +128,10 @@ def test_config_round_trip_rebuilds_the_same_sampler():
     clone = ambiseg.Method.from_config(method.config)
     clone.load_state_dict(method.state_dict())
     images = torch.rand(1, 1, 16, 16)
-    assert torch.equal(method.sample(images, 2, generator=torch.Generator().manual_seed(0)),
-                      clone.sample(images, 2, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(
+        method.sample(images, 2, generator=torch.Generator().manual_seed(0)),
+        clone.sample(images, 2, generator=torch.Generator().manual_seed(0)),
+    )
 
 
 def test_paper_presets_hold_the_paper_hyperparameters():
@@ -131,8 +141,13 @@ def test_paper_presets_hold_the_paper_hyperparameters():
     assert lidc["prior"]["widths"] == (32, 64, 128, 192)
     assert (lidc["transport"]["width"], lidc["transport"]["alpha"], lidc["sampler"]["steps"]) == (128, 1e-3, 25)
     assert (isic["transport"]["width"], isic["transport"]["alpha"], isic["sampler"]["steps"]) == (256, 1e-4, 50)
-    assert lidc["train"]["prior"] == {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "epochs": 1000,
-                                      "batch_size": 6}
+    assert lidc["train"]["prior"] == {
+        "optimizer": "adamw",
+        "lr": 1e-4,
+        "weight_decay": 1e-4,
+        "epochs": 1000,
+        "batch_size": 6,
+    }
     assert (lidc["train"]["transport"]["epochs"], lidc["train"]["transport"]["batch_size"]) == (200, 6)
     assert (isic["train"]["prior"]["epochs"], isic["train"]["transport"]["epochs"]) == (400, 120)
     assert (isic["train"]["prior"]["batch_size"], isic["train"]["transport"]["batch_size"]) == (6, 1)

@@ -1,4 +1,5 @@
 """Backbones from spec strings: shapes for unet and smp (incl. timm encoders), clear errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,14 +9,17 @@ from ambiseg import backbones
 from ambiseg.errors import ConfigError, UnknownNameError
 
 
-@pytest.mark.parametrize("spec, opts, cin, cout, size", [
-    ("unet", {"widths": (8, 16, 32)}, 1, 32, 32),
-    ("unet", {"widths": (8, 16)}, 3, 8, 16),       # out == widths[0]: features, no projection
-    ("unet", {}, 1, 32, 32),                        # the papers' 32/64/128/192 U-Net
-    ("smp:Unet:resnet18", {}, 1, 4, 64),
-    ("smp:FPN:resnet18", {}, 3, 2, 64),
-    ("smp:Unet:tu-resnet18", {}, 1, 3, 64),
-])
+@pytest.mark.parametrize(
+    "spec, opts, cin, cout, size",
+    [
+        ("unet", {"widths": (8, 16, 32)}, 1, 32, 32),
+        ("unet", {"widths": (8, 16)}, 3, 8, 16),  # out == widths[0]: features, no projection
+        ("unet", {}, 1, 32, 32),  # the papers' 32/64/128/192 U-Net
+        ("smp:Unet:resnet18", {}, 1, 4, 64),
+        ("smp:FPN:resnet18", {}, 3, 2, 64),
+        ("smp:Unet:tu-resnet18", {}, 1, 3, 64),
+    ],
+)
 def test_output_shapes(spec, opts, cin, cout, size):
     net = backbones.create(spec, cin, cout, **opts)
     out = net(torch.randn(2, cin, size, size))
@@ -47,7 +51,9 @@ def test_bad_specs():
 def test_unet_norm_option_adds_a_norm_after_every_conv(norm):
     net = backbones.create("unet", 1, 4, widths=(8, 12), convs=2, norm=norm)
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
-    norms = [m for m in net.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.InstanceNorm2d))]
+    norms = [
+        m for m in net.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.InstanceNorm2d))
+    ]
     assert len(norms) == len(convs) == 6  # 2 levels x 2 convs down, 1 block x 2 convs up
     assert net(torch.rand(2, 1, 16, 16)).shape == (2, 4, 16, 16)
 

@@ -1,4 +1,5 @@
 """Bench harness and leaderboard: records, merging, outputs, loading a finished run."""
+
 from __future__ import annotations
 
 import csv
@@ -48,7 +49,7 @@ def test_finished_run_is_loaded_not_retrained(bench_dir, tmp_path):
     out, records = bench_dir
     again = run_bench(spec(out))[0]
     assert again["timing"]["train_s"] == records[0]["timing"]["train_s"]  # read from the checkpoint
-    assert again["metrics"]["GED8"] == records[0]["metrics"]["GED8"]      # same seed, same numbers
+    assert again["metrics"]["GED8"] == records[0]["metrics"]["GED8"]  # same seed, same numbers
     rows = build_rows(read_records([out]))
     assert len(rows) == 1 and rows[0].seeds == [0]  # newest record per seed counts, the old file stays
     assert len(list((out / "results").glob("*.json"))) == 2

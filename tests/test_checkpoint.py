@@ -1,4 +1,5 @@
 """Checkpoints: round trip without pickle, atomic writes, refusal of foreign or mismatched files."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ def test_round_trip_weights_optimizer_and_rng(tmp_path, method):
     ckpt = load_checkpoint(tmp_path / "c.safetensors", method="det-unet")
     assert ckpt.meta["step"] == 7 and ckpt.config == method.config
     rebuilt, _ = load_method(tmp_path / "c.safetensors")
-    for (k, a), (_, b) in zip(method.state_dict().items(), rebuilt.state_dict().items()):
+    for (k, a), (_, b) in zip(method.state_dict().items(), rebuilt.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     state = optimizer_state(ckpt)
     opt2 = torch.optim.Adam(rebuilt.parameters(), lr=1e-3)

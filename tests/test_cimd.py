@@ -1,4 +1,5 @@
 """CIMD-style diffusion transport: loss terms, the trained ambiguity latent, sampling."""
+
 from __future__ import annotations
 
 import torch
@@ -7,10 +8,17 @@ import ambiseg
 from ambiseg import data
 from ambiseg.diffusion import DDIM
 from ambiseg.methods.cimd import CIMDTransport
-from ambiseg.train import Trainer, collate
+from ambiseg.train import collate
 
-TINY = {"steps": 25, "width": 8, "mults": (1, 2), "blocks": 1, "attention": False, "encoder_widths": (4, 8),
-        "encoder_convs": 1}
+TINY = {
+    "steps": 25,
+    "width": 8,
+    "mults": (1, 2),
+    "blocks": 1,
+    "attention": False,
+    "encoder_widths": (4, 8),
+    "encoder_convs": 1,
+}
 
 
 def toy_batch(n: int = 4, size: int = 16) -> dict[str, torch.Tensor]:

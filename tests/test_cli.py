@@ -1,4 +1,5 @@
 """CLI skeleton: version, list, one-line errors with exit code 2."""
+
 from __future__ import annotations
 
 import subprocess
@@ -43,12 +44,40 @@ def test_show_and_sample_draw_a_checkpoint_samples(tmp_path, capsys):
     ckpt = tmp_path / "m.safetensors"
     save_checkpoint(ckpt, method, method.config, stage_index=1)
     with pytest.raises(SystemExit) as info:
-        main(["show", "--split", "test", "--index", "1", "--set", "size=32", "--checkpoint", str(ckpt),
-              "--samples", "3", "--out", str(tmp_path / "fig.png")])
+        main(
+            [
+                "show",
+                "--split",
+                "test",
+                "--index",
+                "1",
+                "--set",
+                "size=32",
+                "--checkpoint",
+                str(ckpt),
+                "--samples",
+                "3",
+                "--out",
+                str(tmp_path / "fig.png"),
+            ]
+        )
     assert info.value.code == 0
     assert Image.open(tmp_path / "fig.png").size[0] > 100
     with pytest.raises(SystemExit) as info:
-        main(["sample", str(ckpt), "--preset", "smoke", "--indices", "0,2", "--samples", "5", "--out", str(tmp_path / "s")])
+        main(
+            [
+                "sample",
+                str(ckpt),
+                "--preset",
+                "smoke",
+                "--indices",
+                "0,2",
+                "--samples",
+                "5",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
     assert info.value.code == 0
     saved = np.load(tmp_path / "s" / "samples.npz")
     assert saved["samples"].shape == (2, 5, 32, 32) and set(np.unique(saved["samples"])) <= {0, 1}

@@ -1,4 +1,5 @@
 """Table-driven bad inputs: each exits 2 with one readable line, no traceback, outputs intact."""
+
 from __future__ import annotations
 
 import io
@@ -39,10 +40,19 @@ def lidc_folder(root, *, mask_size=16, mask_value=255):
 
 def record(**changes):
     """A minimal valid bench record, with `changes` applied (a value of ... deletes the key)."""
-    rec = {"kind": "ambiseg-bench-record", "schema": 1, "created": "2025-01-01T00:00:00+00:00", "method": "det-unet",
-           "dataset": "synthetic", "preset": "smoke", "seed": 0, "per_image": {"GED16": [0.5, 0.25]},
-           "timing": {"train_s": 1.0, "sample_s_per_image": 0.1, "samples_per_image": 16}, "params": 10,
-           "env": {"device": "cpu", "device_name": "CPU"}}
+    rec = {
+        "kind": "ambiseg-bench-record",
+        "schema": 1,
+        "created": "2025-01-01T00:00:00+00:00",
+        "method": "det-unet",
+        "dataset": "synthetic",
+        "preset": "smoke",
+        "seed": 0,
+        "per_image": {"GED16": [0.5, 0.25]},
+        "timing": {"train_s": 1.0, "sample_s_per_image": 0.1, "samples_per_image": 16},
+        "params": 10,
+        "env": {"device": "cpu", "device_name": "CPU"},
+    }
     for key, value in changes.items():
         if value is ...:
             del rec[key]
@@ -152,12 +162,17 @@ def files(tmp_path_factory):
     f["empty_image"] = pickle_dir(tmp / "empty-image", np.zeros((0, 0), np.float32))
     big = tmp / "bytearray"
     big.mkdir()
-    (big / "data.pickle").write_bytes(b"\x80\x02c__builtin__\nbytearray\n\x8a\x08" + (2**62).to_bytes(8, "little")
-                                      + b"\x85R.")
+    (big / "data.pickle").write_bytes(
+        b"\x80\x02c__builtin__\nbytearray\n\x8a\x08" + (2**62).to_bytes(8, "little") + b"\x85R."
+    )
     f["bytearray"] = big
-    for name, rec in {"no_per_image": record(per_image=...), "seed_text": record(seed="abc"),
-                      "created_int": record(created=5), "schema_99": record(schema=99),
-                      "per_image_text": record(per_image={"GED16": ["x"]})}.items():
+    for name, rec in {
+        "no_per_image": record(per_image=...),
+        "seed_text": record(seed="abc"),
+        "created_int": record(created=5),
+        "schema_99": record(schema=99),
+        "per_image_text": record(per_image={"GED16": ["x"]}),
+    }.items():
         (tmp / f"rec-{name}.json").write_text(json.dumps(rec))
         f[f"rec_{name}"] = tmp / f"rec-{name}.json"
     return f
@@ -170,38 +185,98 @@ CASES = [
     ("unknown dataset", "bench --methods det-unet --data lidcc --preset smoke --out {out}", "unknown dataset 'lidcc'"),
     ("unknown preset", "bench --methods det-unet --preset fast --out {out}", "unknown preset 'fast'"),
     ("malformed --set", "train det-unet --preset smoke --set prior.rank --out {out}", "--set expects key=value"),
-    ("unknown config key", "train det-unet --preset smoke --set prio.rank=3 --out {out}", "unknown config key 'prio.rank'"),
+    (
+        "unknown config key",
+        "train det-unet --preset smoke --set prio.rank=3 --out {out}",
+        "unknown config key 'prio.rank'",
+    ),
     ("unknown option", "train det-unet --preset smoke --set transport.widht=3 --out {out}", "no option 'widht'"),
     ("bad option type", "train det-unet --preset smoke --set transport.widths=abc --out {out}", "cannot read"),
-    ("bad optional value", "train cimd --preset smoke --set transport.truncation=abc --out {out}",
-     "option 'truncation': cannot read 'abc' as int | None"),
-    ("bad training value", "train det-unet --preset smoke --set train.transport.lr=fast --out {out}",
-     "train.transport.lr: cannot read 'fast' as float"),
-    ("unknown training option", "train det-unet --preset smoke --set train.transport.lrr=1 --out {out}",
-     "train.transport has no option 'lrr'"),
-    ("bad top-level size", "train det-unet --preset smoke --set image_size=big --out {out}", "image_size: cannot read 'big'"),
-    ("size contradicting the data", "train det-unet --preset smoke --set image_size=48 --out {out}",
-     "image_size=48 contradicts the data"),
+    (
+        "bad optional value",
+        "train cimd --preset smoke --set transport.truncation=abc --out {out}",
+        "option 'truncation': cannot read 'abc' as int | None",
+    ),
+    (
+        "bad training value",
+        "train det-unet --preset smoke --set train.transport.lr=fast --out {out}",
+        "train.transport.lr: cannot read 'fast' as float",
+    ),
+    (
+        "unknown training option",
+        "train det-unet --preset smoke --set train.transport.lrr=1 --out {out}",
+        "train.transport has no option 'lrr'",
+    ),
+    (
+        "bad top-level size",
+        "train det-unet --preset smoke --set image_size=big --out {out}",
+        "image_size: cannot read 'big'",
+    ),
+    (
+        "size contradicting the data",
+        "train det-unet --preset smoke --set image_size=48 --out {out}",
+        "image_size=48 contradicts the data",
+    ),
     ("component size", "train atfm --preset smoke --set prior.in_channels=3 --out {out}", "use 'in_channels'"),
-    ("bad data value", "train det-unet --preset smoke --set data.limit=abc --out {out}", "data.limit: cannot read 'abc'"),
-    ("unknown data option", "bench --methods det-unet --preset smoke --set data.limt=3 --out {out}", "no option 'limt'"),
+    (
+        "bad data value",
+        "train det-unet --preset smoke --set data.limit=abc --out {out}",
+        "data.limit: cannot read 'abc'",
+    ),
+    (
+        "unknown data option",
+        "bench --methods det-unet --preset smoke --set data.limt=3 --out {out}",
+        "no option 'limt'",
+    ),
     ("option the delta prior lacks", "eval {ckpt} --set prior.rank=3", "prior 'delta' has no option 'rank'"),
-    ("eval setting that changes weights", "eval {ckpt} --set transport.widths=[4,8,16]", "would change the trained network"),
+    (
+        "eval setting that changes weights",
+        "eval {ckpt} --set transport.widths=[4,8,16]",
+        "would change the trained network",
+    ),
     ("training setting in eval", "eval {ckpt} --set train.transport.lr=1", "cannot change"),
     ("zero samples", "bench --methods det-unet --preset smoke --samples 0 --out {out}", "--samples must be positive"),
-    ("negative samples", "bench --methods det-unet --preset smoke --samples 16,-4 --out {out}", "--samples must be positive"),
-    ("non-integer samples", "bench --methods det-unet --preset smoke --samples a,b --out {out}", "comma-separated integers"),
-    ("steps < 1", "bench --methods det-unet --preset smoke --set sampler=euler --set sampler.steps=0 --out {out}", None),
+    (
+        "negative samples",
+        "bench --methods det-unet --preset smoke --samples 16,-4 --out {out}",
+        "--samples must be positive",
+    ),
+    (
+        "non-integer samples",
+        "bench --methods det-unet --preset smoke --samples a,b --out {out}",
+        "comma-separated integers",
+    ),
+    (
+        "steps < 1",
+        "bench --methods det-unet --preset smoke --set sampler=euler --set sampler.steps=0 --out {out}",
+        None,
+    ),
     ("max-batch 0", "bench --methods det-unet --preset smoke --max-batch 0 --out {out}", "--max-batch must be >= 1"),
     ("bad seeds", "bench --methods det-unet --preset smoke --seeds x --out {out}", "--seeds expects"),
     ("bad device", "bench --methods det-unet --preset smoke --device tpu9 --out {out}", "device"),
     ("truncated checkpoint", "eval {truncated} --preset smoke", "not a readable safetensors file"),
     ("missing checkpoint", "eval {tmp}/nope.safetensors --preset smoke", "does not exist"),
-    ("checkpoint of another method", "train probunet --preset smoke --resume --out {other_run}", "of method 'det-unet', not 'probunet'"),
-    ("root does not exist", "bench --methods det-unet --data lidc --root {tmp}/nowhere --preset smoke --out {out}", "nowhere"),
+    (
+        "checkpoint of another method",
+        "train probunet --preset smoke --resume --out {other_run}",
+        "of method 'det-unet', not 'probunet'",
+    ),
+    (
+        "root does not exist",
+        "bench --methods det-unet --data lidc --root {tmp}/nowhere --preset smoke --out {out}",
+        "nowhere",
+    ),
     ("empty root", "bench --methods det-unet --data lidc --root {empty} --preset smoke --out {out}", "empty"),
-    ("masks of mismatched size", "bench --methods det-unet --data lidc --root {mismatch} --preset smoke --out {out}", "mask"),
-    ("non-binary masks", "bench --methods det-unet --data lidc --root {nonbinary} --preset smoke --out {out}", "binary"),
+    (
+        "masks of mismatched size",
+        "bench --methods det-unet --data lidc --root {mismatch} --preset smoke --out {out}",
+        "mask",
+    ),
+    (
+        "non-binary masks",
+        "bench --methods det-unet --data lidc --root {nonbinary} --preset smoke --out {out}",
+        "binary",
+    ),
     ("NaN image", "bench --methods det-unet --data lidc --root {nan} --preset smoke --out {out}", "NaN"),
     ("crafted pickle", "bench --methods det-unet --data lidc --root {evil} --preset smoke --out {out}", "refus"),
     ("out is a file", "bench --methods det-unet --preset smoke --out {blocker}", "is a file"),
@@ -212,13 +287,22 @@ CASES = [
     ("absurd sampler steps", "eval {flow_ckpt} --samples 2 --set sampler.steps=1e9", "steps must be at most 10000"),
     ("absurd sample count", "eval {ckpt} --samples 1000000000", "at most 10000"),
     ("absurd sample count in sample", "sample {ckpt} --samples 1000000000 --out {out}", "between 1 and 10000"),
-    ("absurd diffusion steps", "train cimd --preset smoke --set transport.steps=1000000000 --out {out}",
-     "at most 100000"),
-    ("seed beyond 64 bits", "train det-unet --preset smoke --seed 100000000000000000000000 --out {out}",
-     "--seed must be between 0 and"),
+    (
+        "absurd diffusion steps",
+        "train cimd --preset smoke --set transport.steps=1000000000 --out {out}",
+        "at most 100000",
+    ),
+    (
+        "seed beyond 64 bits",
+        "train det-unet --preset smoke --seed 100000000000000000000000 --out {out}",
+        "--seed must be between 0 and",
+    ),
     ("negative seed in eval", "eval {ckpt} --samples 2 --seed -1", "--seed must be between 0 and"),
-    ("seeds beyond 64 bits", "bench --methods det-unet --preset smoke --seeds 100000000000000000000 --out {out}",
-     "--seeds must be between"),
+    (
+        "seeds beyond 64 bits",
+        "bench --methods det-unet --preset smoke --seeds 100000000000000000000 --out {out}",
+        "--seeds must be between",
+    ),
     ("meta device", "train det-unet --preset smoke --device meta --out {out}", "not supported"),
     ("mps device", "eval {ckpt} --samples 2 --device mps", "not supported"),
     ("NaN weights", "eval {nan_ckpt} --samples 2", "NaN or inf"),
@@ -230,19 +314,37 @@ CASES = [
     ("resume and overwrite", "train det-unet --preset smoke --resume --overwrite --out {other_run}", "choose one"),
     ("eval --out a FIFO", "eval {ckpt} --samples 2 --out {fifo}", "not a regular file"),
     ("eval --out a folder", "eval {ckpt} --samples 2 --out {tmp}", "is a directory"),
-    ("zip entry with a bad CRC", "bench --methods det-unet --data lidc --root {badcrc} --preset smoke --out {out}",
-     "the zip is damaged"),
-    ("PNG header of 40000 x 40000", "bench --methods det-unet --data lidc --root {bomb} --preset smoke --out {out}",
-     "too large to decode safely"),
-    ("PNG header of 10000 x 10000", "bench --methods det-unet --data lidc --root {big_png} --preset smoke --out {out}",
-     "too large to decode safely"),
-    ("ragged pickle image", "bench --methods det-unet --data lidc --root {ragged} --preset smoke --out {out}",
-     "not an array"),
+    (
+        "zip entry with a bad CRC",
+        "bench --methods det-unet --data lidc --root {badcrc} --preset smoke --out {out}",
+        "the zip is damaged",
+    ),
+    (
+        "PNG header of 40000 x 40000",
+        "bench --methods det-unet --data lidc --root {bomb} --preset smoke --out {out}",
+        "too large to decode safely",
+    ),
+    (
+        "PNG header of 10000 x 10000",
+        "bench --methods det-unet --data lidc --root {big_png} --preset smoke --out {out}",
+        "too large to decode safely",
+    ),
+    (
+        "ragged pickle image",
+        "bench --methods det-unet --data lidc --root {ragged} --preset smoke --out {out}",
+        "not an array",
+    ),
     ("65-dim pickle image", "bench --methods det-unet --data lidc --root {dims65} --preset smoke --out {out}", None),
-    ("0x0 pickle image", "bench --methods det-unet --data lidc --root {empty_image} --preset smoke --out {out}",
-     "non-empty 2-D"),
-    ("bytearray(2**62) pickle", "bench --methods det-unet --data lidc --root {bytearray} --preset smoke --out {out}",
-     "bytearray from a int"),
+    (
+        "0x0 pickle image",
+        "bench --methods det-unet --data lidc --root {empty_image} --preset smoke --out {out}",
+        "non-empty 2-D",
+    ),
+    (
+        "bytearray(2**62) pickle",
+        "bench --methods det-unet --data lidc --root {bytearray} --preset smoke --out {out}",
+        "bytearray from a int",
+    ),
     ("record without per_image", "leaderboard {rec_no_per_image} --out {out}", "field 'per_image' is missing"),
     ("record seed not an int", "leaderboard {rec_seed_text} --out {out}", "field 'seed' is \"abc\", not int"),
     ("record created not a date", "leaderboard {rec_created_int} --out {out}", "field 'created' is 5, not str"),

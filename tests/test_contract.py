@@ -1,6 +1,7 @@
 """Contract tests for every registered method (smoke preset, 16 px): samples are probabilities
 and seeded, every stage's loss is finite and reaches the stage's parameters, a checkpoint
 rebuilds the same method, and the cVAE/diffusion baselines learn a few toy images."""
+
 from __future__ import annotations
 
 import pytest
@@ -77,8 +78,11 @@ def test_loss_decreases_on_toy_images(name):
     stage, steps, lr, window = LEARNS[name]
     torch.manual_seed(0)
     method = ambiseg.build(name, preset="smoke", train={stage: {"steps": steps, "batch_size": 4, "lr": lr}})
-    history = Trainer(method, data.build("synthetic", size=16, num_annotators=2, sizes=(4, 1, 1)),
-                      progress=False, seed=0).fit().history
+    history = (
+        Trainer(method, data.build("synthetic", size=16, num_annotators=2, sizes=(4, 1, 1)), progress=False, seed=0)
+        .fit()
+        .history
+    )
     losses = [h["loss"] for h in history]
     assert len(losses) == steps
     assert sum(losses[-window:]) / window < 0.7 * sum(losses[:window]) / window

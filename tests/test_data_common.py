@@ -1,4 +1,5 @@
 """Shared data pieces: splits, mask/image checks, joint augmentation, figures and `ambiseg show`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,8 @@ from ambiseg.data.validate import binary_mask, unit_image
 from ambiseg.errors import ConfigError, DataError
 from ambiseg.registry import datasets
 
-
 # ---- splits ---------------------------------------------------------------------------------
+
 
 def test_group_assignment_is_seeded_and_sized():
     groups = [f"p{i}" for i in range(10)]
@@ -45,6 +46,7 @@ def test_split_indices_keep_patients_together():
 
 # ---- checks ---------------------------------------------------------------------------------
 
+
 def test_binary_mask_accepts_0_1_and_0_255_only():
     assert binary_mask(np.array([[0, 255], [255, 0]], np.uint8), where="m").tolist() == [[0, 1], [1, 0]]
     assert binary_mask(np.array([[0.0, 1.0]]), where="m").tolist() == [[0, 1]]
@@ -66,6 +68,7 @@ def test_unit_image_scales_and_refuses_bad_values():
 
 
 # ---- augmentation ---------------------------------------------------------------------------
+
 
 def test_flips_move_image_and_masks_together_exactly():
     masks = torch.zeros(2, 8, 8, dtype=torch.uint8)
@@ -96,10 +99,18 @@ def test_rotation_keeps_masks_binary_and_aligned():
 
 # ---- figures and the CLI --------------------------------------------------------------------
 
+
 def test_item_figure_shows_annotations_modes_and_samples(tmp_path: Path):
     item = build("synthetic", size=32, sizes=(2, 1, 1))[0]
-    fig = item_figure(item["image"], item["masks"], modes=item["modes"], mode_probs=item["mode_probs"],
-                      mode_names=("a", "b", "c", "d"), samples=torch.rand(7, 32, 32), columns=5)
+    fig = item_figure(
+        item["image"],
+        item["masks"],
+        modes=item["modes"],
+        mode_probs=item["mode_probs"],
+        mode_names=("a", "b", "c", "d"),
+        samples=torch.rand(7, 32, 32),
+        columns=5,
+    )
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[0] == "image" and sum(t.startswith("annotator") for t in titles) == 4
     assert f"c p={float(item['mode_probs'][2]):.2f}" in titles and sum(t.startswith("sample") for t in titles) == 7
@@ -125,8 +136,9 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def test_show_writes_a_png(tmp_path: Path, capsys):
     out = tmp_path / "fig.png"
-    code, stdout, _ = _run(["show", "--data", "synthetic", "--split", "val", "--index", "2", "--out", str(out),
-                            "--set", "size=32"], capsys)
+    code, stdout, _ = _run(
+        ["show", "--data", "synthetic", "--split", "val", "--index", "2", "--out", str(out), "--set", "size=32"], capsys
+    )
     assert code == 0 and "fig.png" in stdout
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size[0] > 100
@@ -147,8 +159,9 @@ def test_show_reports_bad_input_in_one_line(tmp_path: Path, capsys):
 
 def test_every_dataset_is_registered_with_its_options():
     assert {"synthetic", "lidc", "isic3"} <= set(datasets.names())
-    fields = {name: {f.name for f in dataclasses.fields(datasets.get(name).config)}
-              for name in ("synthetic", "lidc", "isic3")}
+    fields = {
+        name: {f.name for f in dataclasses.fields(datasets.get(name).config)} for name in ("synthetic", "lidc", "isic3")
+    }
     assert {"split", "seed", "size", "num_annotators", "sizes", "limit"} == fields["synthetic"]
     assert {"root", "split", "seed", "fractions", "num_annotators", "limit"} <= fields["lidc"]
     assert {"root", "split", "seed", "fractions", "size", "augment", "limit"} <= fields["isic3"]

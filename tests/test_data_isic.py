@@ -1,4 +1,5 @@
 """ISIC3 folder layout: mask name pattern, exactly-3 filter, resizing, augmentation, errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,9 @@ def _save(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array.astype(np.uint8)).save(path)
 
 
-def make_isic(root: Path, masks_per_image: dict[str, list[str]], *, shape: tuple[int, int] = (16, 16),
-              rows: int = 1) -> Path:
+def make_isic(
+    root: Path, masks_per_image: dict[str, list[str]], *, shape: tuple[int, int] = (16, 16), rows: int = 1
+) -> Path:
     """Images/<id>.png (colour encodes the image number) and Segmentations/<mask names>;
     mask j of an image covers the first rows * (j + 1) rows."""
     for n, (ident, names) in enumerate(masks_per_image.items()):

@@ -1,4 +1,5 @@
 """LIDC: slices layout (zip and folder), pickle format, restricted unpickling, patient splits, real data."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,9 @@ from ambiseg.data import build, safe_load
 from ambiseg.errors import ConfigError, DataError
 
 # the repository sits at <work>/main, the shared data at <work>/shared/data
-REAL_ZIP = Path(os.environ.get("AMBISEG_LIDC",
-                               Path(__file__).resolve().parents[2] / "shared" / "data" / "lidc-idri-slices.zip"))
+REAL_ZIP = Path(
+    os.environ.get("AMBISEG_LIDC", Path(__file__).resolve().parents[2] / "shared" / "data" / "lidc-idri-slices.zip")
+)
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -173,14 +175,19 @@ def test_bad_pixels_are_caught_when_read(tmp_path: Path):
 
 # ---- pickle format -------------------------------------------------------------------------
 
+
 def _entries(patients: int = 5, per: int = 2, annotators: int = 4, size: int = 8) -> dict:
     rng = np.random.default_rng(0)
     out = {}
     for p in range(patients):
         for s in range(per):
             masks = [(rng.random((size, size)) > 0.5).astype(np.float32) for _ in range(annotators)]
-            out[f"p{p}_s{s}"] = {"image": rng.random((size, size)).astype(np.float32), "masks": masks,
-                                 "series_uid": f"1.2.{p}", "pixel_spacing": np.float64(0.7)}
+            out[f"p{p}_s{s}"] = {
+                "image": rng.random((size, size)).astype(np.float32),
+                "masks": masks,
+                "series_uid": f"1.2.{p}",
+                "pixel_spacing": np.float64(0.7),
+            }
     return out
 
 
@@ -209,18 +216,27 @@ def test_pickle_format_groups_by_series_and_keeps_values(tmp_path: Path):
     assert len(single) == 6
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda e: e["p0_s0"].pop("series_uid"), r"\['p0_s0'\]: missing key\(s\) series_uid"),
-    (lambda e: e["p1_s0"].update(image=np.full((8, 8), np.nan, np.float32)),
-     r"\['p1_s0'\]\['image'\]: image contains NaN"),
-    (lambda e: e["p1_s1"].update(image=np.full((8, 8), 3.0, np.float32)), r"values in \[3, 3\]; expected \[0, 1\]"),
-    (lambda e: e["p2_s0"]["masks"].__setitem__(2, np.zeros((8, 9))),
-     r"\['p2_s0'\]\['masks'\]\[2\]: mask has shape \(8, 9\)"),
-    (lambda e: e["p2_s1"]["masks"].__setitem__(0, np.full((8, 8), 0.5)), r"\['masks'\]\[0\]: mask is not binary"),
-    (lambda e: e["p3_s0"].update(image=np.zeros((10, 10), np.float32), masks=[np.zeros((10, 10))] * 4),
-     r"\['p3_s0'\]: image has shape \(10, 10\) but \(8, 8\)"),
-    (lambda e: e.update(p4_s0=[1, 2]), r"\['p4_s0'\]: entry is a list"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda e: e["p0_s0"].pop("series_uid"), r"\['p0_s0'\]: missing key\(s\) series_uid"),
+        (
+            lambda e: e["p1_s0"].update(image=np.full((8, 8), np.nan, np.float32)),
+            r"\['p1_s0'\]\['image'\]: image contains NaN",
+        ),
+        (lambda e: e["p1_s1"].update(image=np.full((8, 8), 3.0, np.float32)), r"values in \[3, 3\]; expected \[0, 1\]"),
+        (
+            lambda e: e["p2_s0"]["masks"].__setitem__(2, np.zeros((8, 9))),
+            r"\['p2_s0'\]\['masks'\]\[2\]: mask has shape \(8, 9\)",
+        ),
+        (lambda e: e["p2_s1"]["masks"].__setitem__(0, np.full((8, 8), 0.5)), r"\['masks'\]\[0\]: mask is not binary"),
+        (
+            lambda e: e["p3_s0"].update(image=np.zeros((10, 10), np.float32), masks=[np.zeros((10, 10))] * 4),
+            r"\['p3_s0'\]: image has shape \(10, 10\) but \(8, 8\)",
+        ),
+        (lambda e: e.update(p4_s0=[1, 2]), r"\['p4_s0'\]: entry is a list"),
+    ],
+)
 def test_pickle_content_errors(tmp_path: Path, change, match):
     entries = _entries()
     change(entries)
@@ -263,8 +279,9 @@ class _Opener:
         return open, (str(self.target), "w")
 
 
-@pytest.mark.parametrize("payload, global_name",
-                         [(_Shell, f"{os.system.__module__}.system"), (_Opener, f"{open.__module__}.open")])
+@pytest.mark.parametrize(
+    "payload, global_name", [(_Shell, f"{os.system.__module__}.system"), (_Opener, f"{open.__module__}.open")]
+)
 def test_unsafe_pickles_are_refused_and_run_nothing(tmp_path: Path, payload, global_name):
     target = tmp_path / "pwned"
     entries = _entries(patients=1, per=1)
@@ -279,8 +296,15 @@ def test_unsafe_pickles_are_refused_and_run_nothing(tmp_path: Path, payload, glo
 
 
 def test_safe_load_reads_numpy_and_containers_at_every_protocol(tmp_path: Path):
-    value = {"a": np.arange(6, dtype=np.int16).reshape(2, 3), "b": [np.float32(1.5), (1, "x")], "c": {1, 2},
-             "d": frozenset({3}), "e": np.array([True, False]), "f": bytearray(b"ab"), "g": np.array(["u", "v"])}
+    value = {
+        "a": np.arange(6, dtype=np.int16).reshape(2, 3),
+        "b": [np.float32(1.5), (1, "x")],
+        "c": {1, 2},
+        "d": frozenset({3}),
+        "e": np.array([True, False]),
+        "f": bytearray(b"ab"),
+        "g": np.array(["u", "v"]),
+    }
     for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
         loaded = safe_load(_dump(value, tmp_path / f"p{protocol}.pickle", protocol=protocol))
         assert loaded.keys() == value.keys() and loaded["c"] == {1, 2} and loaded["f"] == b"ab"
@@ -290,6 +314,7 @@ def test_safe_load_reads_numpy_and_containers_at_every_protocol(tmp_path: Path):
 
 
 # ---- the real data set, when present ---------------------------------------------------------
+
 
 @pytest.mark.skipif(not REAL_ZIP.is_file(), reason=f"real LIDC zip not found at {REAL_ZIP} (set AMBISEG_LIDC)")
 def test_real_lidc_zip():

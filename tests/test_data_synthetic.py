@@ -1,4 +1,5 @@
 """The built-in synthetic dataset: determinism, item layout, mode structure, learnable probabilities."""
+
 from __future__ import annotations
 
 import numpy as np

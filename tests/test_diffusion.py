@@ -1,4 +1,5 @@
 """Diffusion schedule and the ddpm/ddim samplers: exact answers with oracle denoisers."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,7 @@ from ambiseg.diffusion import DDIM, DDPM, DiffusionSchedule, DiffusionTransport,
 from ambiseg.errors import CompatibilityError, ConfigError
 from ambiseg.methods import gtr, sfm  # noqa: F401  (register the prior/transport used below)
 
-TINY_CIMD = {"name": "cimd", "steps": 25, "width": 8, "mults": (1, 2), "blocks": 1, "attention": False,
-             "latent_dim": 0}
+TINY_CIMD = {"name": "cimd", "steps": 25, "width": 8, "mults": (1, 2), "blocks": 1, "attention": False, "latent_dim": 0}
 
 
 class Oracle(DiffusionTransport):
@@ -55,13 +55,13 @@ def test_schedule_tables_by_hand():
     assert torch.allclose(s.alpha_bar, expected, atol=1e-12)
     assert s.posterior_variance(2) == pytest.approx((7 / 30) * (1 - 0.9) / (1 - 0.69))
     x0, x = torch.tensor([[0.5]], dtype=torch.float64), torch.tensor([[2.0]], dtype=torch.float64)
-    c0 = (7 / 30) * 0.9 ** 0.5 / (1 - 0.69)
+    c0 = (7 / 30) * 0.9**0.5 / (1 - 0.69)
     ck = (1 - 0.9) * (1 - 7 / 30) ** 0.5 / (1 - 0.69)
     assert s.posterior_mean(x0, x, 2).item() == pytest.approx(c0 * 0.5 + ck * 2.0)
     assert torch.allclose(s.posterior_mean(x0, x, 1), x0, atol=1e-15)  # the last step lands on the x0 estimate
     noise = torch.tensor([[-1.0]], dtype=torch.float64)
     xk = s.q_sample(x0, 3, noise)
-    assert xk.item() == pytest.approx(0.437 ** 0.5 * 0.5 - (1 - 0.437) ** 0.5)
+    assert xk.item() == pytest.approx(0.437**0.5 * 0.5 - (1 - 0.437) ** 0.5)
     assert torch.allclose(s.predict_x0(xk, 3, noise), x0) and torch.allclose(s.predict_eps(xk, 3, x0), noise)
 
 
@@ -114,7 +114,7 @@ def test_ddpm_step_by_hand_with_both_variances():
         out = DDPM(variance=variance, clip=False)(field, x2, None, generator=torch.Generator().manual_seed(5))
         noise = torch.randn(x2.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
         var = s.posterior_variance(2) if variance == "small" else 0.3
-        x1 = s.posterior_mean(x2 / s.alpha_bar[2].sqrt(), x2, 2) + var ** 0.5 * noise
+        x1 = s.posterior_mean(x2 / s.alpha_bar[2].sqrt(), x2, 2) + var**0.5 * noise
         assert torch.allclose(out, x1 / s.alpha_bar[1].sqrt())
 
 
@@ -139,8 +139,9 @@ def test_clip_keeps_the_x0_estimate_in_range():
 
 def test_sampler_compatibility_errors():
     with pytest.raises(CompatibilityError, match="diffusion"):
-        ambiseg.compose(prior="noise", transport={"name": "sfm", "width": 8, "mults": (1, 2), "blocks": 1},
-                        sampler="ddpm")
+        ambiseg.compose(
+            prior="noise", transport={"name": "sfm", "width": 8, "mults": (1, 2), "blocks": 1}, sampler="ddpm"
+        )
     with pytest.raises(CompatibilityError, match="flow"):
         ambiseg.compose(prior="noise", transport=TINY_CIMD, sampler="euler")
     with pytest.raises(CompatibilityError, match="truncation"):

@@ -1,5 +1,6 @@
 """Two CPU processes with gloo through torchrun: same weights on both ranks, distributed
 evaluation identical to a one-process evaluation, rank-0-only writes."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ from ambiseg import data
 from ambiseg.bench import evaluate_method
 from ambiseg.checkpoint import load_method
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
     from safetensors.torch import save_file
@@ -28,7 +29,8 @@ SCRIPT = textwrap.dedent('''
     out = sys.argv[1]
     with dist.distributed_run(torch.device("cpu")) as dev:
         seed_everything(0)
-        method = ambiseg.build("det-unet", preset="smoke", train={"transport": {"steps": 4, "batch_size": 4, "accumulate": 2}})
+        train_options = {"transport": {"steps": 4, "batch_size": 4, "accumulate": 2}}
+        method = ambiseg.build("det-unet", preset="smoke", train=train_options)
         train = data.build("synthetic", split="train", size=32, sizes=(8, 2, 5))
         test = data.build("synthetic", split="test", size=32, sizes=(8, 2, 5))
         Trainer(method, train, None, seed=0, progress=False).fit()
@@ -36,7 +38,7 @@ SCRIPT = textwrap.dedent('''
         result = evaluate_method(method, test, counts=(4, 8), seed=0, device=dev, warmup=False)
         if dist.is_main():
             json.dump({"world": dist.world_size(), "per_image": result["per_image"]}, open(f"{out}/metrics.json", "w"))
-''')
+""")
 
 
 def torchrun(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -66,8 +68,21 @@ def test_two_gloo_ranks_agree_and_match_one_process(tmp_path):
 
 def test_torchrun_bench_writes_once_and_evaluates_like_one_process(tmp_path):
     out = tmp_path / "bench"
-    torchrun("-m", "ambiseg", "bench", "--methods", "det-unet", "--preset", "smoke", "--no-baseline",
-             "--samples", "4,8", "--no-progress", "--out", str(out))
+    torchrun(
+        "-m",
+        "ambiseg",
+        "bench",
+        "--methods",
+        "det-unet",
+        "--preset",
+        "smoke",
+        "--no-baseline",
+        "--samples",
+        "4,8",
+        "--no-progress",
+        "--out",
+        str(out),
+    )
     records = list((out / "results").glob("*.json"))
     assert len(records) == 1  # rank 0 only
     record = json.loads(records[0].read_text())
@@ -78,7 +93,7 @@ def test_torchrun_bench_writes_once_and_evaluates_like_one_process(tmp_path):
     assert (out / "leaderboard.md").exists()
 
 
-STOPPING = textwrap.dedent('''
+STOPPING = textwrap.dedent("""
     import os, sys
     import torch
     import ambiseg
@@ -99,7 +114,7 @@ STOPPING = textwrap.dedent('''
         method.loss = stopping
         train = data.build("synthetic", split="train", size=32, sizes=(8, 2, 5))
         Trainer(method, train, None, out_dir=sys.argv[1], seed=0, progress=False, save_every=1).fit()
-''')
+""")
 
 
 def test_a_two_rank_run_resumes_in_one_process(tmp_path):
@@ -109,7 +124,16 @@ def test_a_two_rank_run_resumes_in_one_process(tmp_path):
     script = tmp_path / "stopping.py"
     script.write_text(STOPPING)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(script),
+        str(tmp_path),
+    ]
     assert subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env).returncode != 0
     assert load_checkpoint(tmp_path / "last.safetensors").meta["step"] == 3
 

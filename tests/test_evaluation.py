@@ -1,5 +1,6 @@
 """Streaming evaluation: each test image is scored as soon as its samples exist, only numbers
 are kept and gathered, and the result is the one of sampling everything and scoring at once."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,8 +23,9 @@ class CountingMethod(nn.Module):
         super().__init__()
         self.log, self.seed = log, seed
 
-    def sample(self, images: torch.Tensor, n: int, generator: torch.Generator | None = None,
-               max_batch: int | None = None) -> torch.Tensor:
+    def sample(
+        self, images: torch.Tensor, n: int, generator: torch.Generator | None = None, max_batch: int | None = None
+    ) -> torch.Tensor:
         index = generator.initial_seed() - self.seed * 100_003
         self.log.append(("sample", index) if index >= 0 else ("warmup", index))
         return torch.rand(images.shape[0], n, *images.shape[-2:], generator=generator)
@@ -34,10 +36,16 @@ def marked_images(n: int, size: int = 8) -> list[dict[str, Any]]:
     items = []
     for i in range(n):
         masks = torch.zeros(2, size, size, dtype=torch.uint8)
-        masks[0].view(-1)[:i + 1] = 1
-        masks[1, :size // 2] = 1
-        items.append({"image": torch.rand(1, size, size), "masks": masks, "modes": masks.clone(),
-                      "mode_probs": torch.tensor([0.75, 0.25])})
+        masks[0].view(-1)[: i + 1] = 1
+        masks[1, : size // 2] = 1
+        items.append(
+            {
+                "image": torch.rand(1, size, size),
+                "masks": masks,
+                "modes": masks.clone(),
+                "mode_probs": torch.tensor([0.75, 0.25]),
+            }
+        )
     return items
 
 
@@ -65,13 +73,19 @@ def test_matches_sampling_everything_then_scoring_the_batch():
             gen = torch.Generator(CPU).manual_seed(seed * 100_003 + i)
             samples.append(method.sample(image, total, generator=gen) >= 0.5)
     batch, s = collate([test[i] for i in range(len(test))]), torch.cat(samples)
-    expected = {k: v.tolist() for k, v in metrics.evaluate(s, batch["masks"], counts=counts, modes=batch["modes"],
-                                                           probs=batch["mode_probs"]).items()}
+    expected = {
+        k: v.tolist()
+        for k, v in metrics.evaluate(
+            s, batch["masks"], counts=counts, modes=batch["modes"], probs=batch["mode_probs"]
+        ).items()
+    }
     assert any(d > 0 for d in expected["Diversity4"])  # the samples do vary, so seeding matters
     assert result["per_image"] == expected
     assert list(result["per_image"]) == list(expected)  # same key order as well
-    assert result["truth"] == {"mode_mass4": metrics.mode_mass(s, batch["modes"], batch["mode_probs"]).tolist(),
-                               "mode_probs": batch["mode_probs"].tolist()}
+    assert result["truth"] == {
+        "mode_mass4": metrics.mode_mass(s, batch["modes"], batch["mode_probs"]).tolist(),
+        "mode_probs": batch["mode_probs"].tolist(),
+    }
     assert result["samples_per_image"] == total and len(result["sample_seconds"]) == len(test)
     assert all(t > 0 for t in result["sample_seconds"])
     assert result["memory_kind"] in ("process-peak-rss", None)
@@ -88,8 +102,9 @@ def test_scores_each_image_before_sampling_the_next(monkeypatch):
 
     monkeypatch.setattr(evaluation.metrics, "evaluate", counting_evaluate)
     n, seed = 4, 1
-    result = evaluation.evaluate_method(CountingMethod(log, seed), marked_images(n), counts=(2, 3), seed=seed,
-                                        device=CPU)
+    result = evaluation.evaluate_method(
+        CountingMethod(log, seed), marked_images(n), counts=(2, 3), seed=seed, device=CPU
+    )
     assert log[0][0] == "warmup"
     assert log[1:] == [(step, i) for i in range(n) for step in ("sample", "score")]
     assert all(len(values) == n for values in result["per_image"].values())

@@ -1,4 +1,5 @@
 """GTR prior: the Gaussian, its sampling, its loss, and one backbone pass per image group."""
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,10 @@ TINY = {"widths": (8, 16), "features": 8, "rank": 2, "mc_samples": 4}
 
 def _batch(b=2, a=3, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.rand(b, 1, size, size, generator=g),
-            "masks": (torch.rand(b, a, size, size, generator=g) > 0.5).to(torch.uint8)}
+    return {
+        "image": torch.rand(b, 1, size, size, generator=g),
+        "masks": (torch.rand(b, a, size, size, generator=g) > 0.5).to(torch.uint8),
+    }
 
 
 def test_condition_gives_the_gaussian_of_each_image():
@@ -49,7 +52,9 @@ def _state(rank: int) -> GTRState:
 
 def test_draws_have_the_distributions_mean_and_covariance():
     state = _state(rank=1)
-    cov = torch.tensor([[1.0, 0.5, -1.0], [0.5, 0.25, -0.5], [-1.0, -0.5, 1.0]]) + torch.diag(torch.tensor([0.2, 0.3, 0.1]))
+    cov = torch.tensor([[1.0, 0.5, -1.0], [0.5, 0.25, -0.5], [-1.0, -0.5, 1.0]]) + torch.diag(
+        torch.tensor([0.2, 0.3, 0.1])
+    )
     assert torch.allclose(state.distribution.covariance_matrix[0], cov)
     x = state.draw(200_000, generator=torch.Generator().manual_seed(0))[0]
     assert torch.allclose(x.mean(0), state.mean[0], atol=0.01)
@@ -164,7 +169,9 @@ def test_mean_weight_adds_the_fit_of_the_mean_to_the_annotator_frequency():
     torch.manual_seed(3)
     weighted = prior.loss(batch)
     soft = batch["masks"].float().mean(1).flatten(1)
-    fit = F.binary_cross_entropy_with_logits(prior.condition(batch["image"]).mean, soft, reduction="none").sum(-1).mean()
+    fit = (
+        F.binary_cross_entropy_with_logits(prior.condition(batch["image"]).mean, soft, reduction="none").sum(-1).mean()
+    )
     assert torch.allclose(base["mean_fit"], fit) and torch.allclose(weighted["loss"], base["loss"] + 0.5 * fit)
     with pytest.raises(ConfigError, match="mean_weight"):
         GTRPrior(**TINY, mean_weight=-1)

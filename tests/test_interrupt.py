@@ -1,4 +1,5 @@
 """SIGKILL a real training process mid-stage; `--resume` ends with the uninterrupted weights."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,21 @@ import torch
 
 from ambiseg.checkpoint import load_checkpoint
 
-ARGS = ["train", "det-unet", "--preset", "smoke", "--seed", "5", "--no-progress", "--save-every", "1",
-        "--set", "train.transport.steps=30", "--set", "train.transport.batch_size=2"]
+ARGS = [
+    "train",
+    "det-unet",
+    "--preset",
+    "smoke",
+    "--seed",
+    "5",
+    "--no-progress",
+    "--save-every",
+    "1",
+    "--set",
+    "train.transport.steps=30",
+    "--set",
+    "train.transport.batch_size=2",
+]
 
 
 def train(out, *extra, wait=True):

@@ -1,5 +1,6 @@
 """Sampling memory is bounded by chunking: the paper-width ST-Net at 128 x 128 never sees
 more than `max_batch` states at once, whatever the number of samples."""
+
 from __future__ import annotations
 
 import torch

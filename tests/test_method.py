@@ -1,4 +1,5 @@
 """Method composition: compatibility, stages and freezing, configs, chunked sampling."""
+
 from __future__ import annotations
 
 import pytest
@@ -64,9 +65,16 @@ class ToyDiffusion(ToyFlow):
 def toy_registered():
     priors.register("toy-prior")(ToyPrior)
     transports.register("toy-flow")(ToyFlow)
-    register_recipe(Recipe(name="toy", prior={"name": "toy-prior"}, transport={"name": "toy-flow"},
-                           sampler={"name": "euler", "steps": 4}, aliases=("toy-alias",),
-                           presets={"fast": {"sampler": {"steps": 2}, "train": {"prior": {"lr": 0.5}}}}))
+    register_recipe(
+        Recipe(
+            name="toy",
+            prior={"name": "toy-prior"},
+            transport={"name": "toy-flow"},
+            sampler={"name": "euler", "steps": 4},
+            aliases=("toy-alias",),
+            presets={"fast": {"sampler": {"steps": 2}, "train": {"prior": {"lr": 0.5}}}},
+        )
+    )
     yield
     priors._entries.pop("toy-prior")
     transports._entries.pop("toy-flow")
@@ -76,8 +84,10 @@ def toy_registered():
 
 def batch(b=2, a=3, size=8):
     g = torch.Generator().manual_seed(0)
-    return {"image": torch.rand(b, 1, size, size, generator=g),
-            "masks": (torch.rand(b, a, size, size, generator=g) > 0.5).to(torch.uint8)}
+    return {
+        "image": torch.rand(b, 1, size, size, generator=g),
+        "masks": (torch.rand(b, a, size, size, generator=g) > 0.5).to(torch.uint8),
+    }
 
 
 def test_incompatible_sampler_is_one_clear_line():
@@ -173,8 +183,9 @@ def test_apply_overrides_dotted_keys(toy_registered):
 
 
 def test_compose_by_names_injects_data_keys(toy_registered):
-    method = ambiseg.compose(prior="toy-prior", transport="toy-flow", sampler={"name": "midpoint", "steps": 2},
-                             in_channels=3)
+    method = ambiseg.compose(
+        prior="toy-prior", transport="toy-flow", sampler={"name": "midpoint", "steps": 2}, in_channels=3
+    )
     assert method.prior.in_channels == 3 and method.config["prior"]["in_channels"] == 3
     out = method.sample(torch.rand(2, 3, 8, 8), 2)
     assert out.shape == (2, 2, 8, 8)

@@ -1,4 +1,5 @@
 """Metrics: values computed by hand on 4x4 masks, properties, edge cases, validation, registry."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,25 @@ import torch
 
 from ambiseg.errors import ConfigError, DataError
 from ambiseg.metrics import (
-    better, ci_score, combined_sensitivity, dice, diversity_agreement, evaluate, ged, ged_terms, ged_true,
-    ged_true_terms, hm_iou, iou, mdm, mode_mass, mode_tv, ncc, pairwise_dice, pairwise_iou, sample_diversity,
+    better,
+    ci_score,
+    combined_sensitivity,
+    dice,
+    diversity_agreement,
+    evaluate,
+    ged,
+    ged_terms,
+    ged_true,
+    ged_true_terms,
+    hm_iou,
+    iou,
+    mdm,
+    mode_mass,
+    mode_tv,
+    ncc,
+    pairwise_dice,
+    pairwise_iou,
+    sample_diversity,
 )
 from ambiseg.registry import metrics
 
@@ -152,8 +170,19 @@ def test_evaluate_keys_counts_and_first_k_samples():
     g = torch.Generator().manual_seed(2)
     s, y = torch.rand(2, 40, 8, 8, generator=g) > 0.5, torch.rand(2, 4, 8, 8, generator=g) > 0.5
     out = evaluate(s, y)  # counts (16, 32, 100): 100 > S = 40 is skipped
-    assert list(out) == ["GED16", "GED32", "Diversity16", "Diversity32", "HM-IoU16", "HM-IoU32",
-                         "MDM32", "CI32", "NCC32", "Dice", "IoU"]
+    assert list(out) == [
+        "GED16",
+        "GED32",
+        "Diversity16",
+        "Diversity32",
+        "HM-IoU16",
+        "HM-IoU32",
+        "MDM32",
+        "CI32",
+        "NCC32",
+        "Dice",
+        "IoU",
+    ]
     assert all(v.shape == (2,) and v.dtype == torch.float32 for v in out.values())
     assert torch.allclose(out["GED16"], ged(s[:, :16], y), atol=1e-6)
     assert torch.allclose(out["HM-IoU32"], hm_iou(s[:, :32], y)) and torch.allclose(out["MDM32"], mdm(s[:, :32], y))
@@ -203,8 +232,18 @@ def test_validation_errors_name_shapes():
 
 
 def test_registry_holds_every_per_image_metric():
-    names = {"ged", "sample_diversity", "hm_iou", "mdm", "combined_sensitivity", "diversity_agreement",
-             "ci_score", "ncc", "dice", "iou"}
+    names = {
+        "ged",
+        "sample_diversity",
+        "hm_iou",
+        "mdm",
+        "combined_sensitivity",
+        "diversity_agreement",
+        "ci_score",
+        "ncc",
+        "dice",
+        "iou",
+    }
     assert names <= set(metrics.names())
     s, y = sets(A, B), sets(D, C)
     assert torch.equal(metrics.create("ci", s, y, combine="cimd"), ci_score(s, y, combine="cimd"))

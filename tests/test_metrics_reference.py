@@ -3,8 +3,10 @@
 Hypothesis draws small mask sets with every edge case in reach: empty masks, all-empty
 sets, a single sample or annotator, S not a multiple of A, 1-pixel images.
 """
+
 from __future__ import annotations
 
+import metrics_reference as ref
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import metrics_reference as ref
 from ambiseg import metrics as M
 
 EXAMPLES = settings(max_examples=40, deadline=None)
@@ -106,8 +107,7 @@ def test_truth_metrics(pair, data):
     weights = data.draw(arrays(np.int64, (b, k), elements=st.integers(0, 3)))
     weights[:, 0] += weights.sum(axis=1) == 0  # every row needs some mass
     probs = torch.from_numpy(weights / weights.sum(axis=1, keepdims=True)).float()
-    naive_terms = np.array([ref.ged_terms(s[i].numpy(), modes[i].numpy(), probs[i].double().numpy())
-                            for i in range(b)])
+    naive_terms = np.array([ref.ged_terms(s[i].numpy(), modes[i].numpy(), probs[i].double().numpy()) for i in range(b)])
     assert agree(M.ged_true(s, modes, probs), naive_terms[:, 3])
     naive_mass = np.stack([ref.mode_mass(s[i].numpy(), modes[i].numpy(), probs[i].numpy()) for i in range(b)])
     assert agree(M.mode_mass(s, modes, probs), naive_mass)

@@ -1,4 +1,5 @@
 """PHiSeg: level rule, hierarchical latents, the residual CE + 4^l KL loss, sampling."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,15 +11,26 @@ from ambiseg import data
 from ambiseg.errors import CompatibilityError, ConfigError
 from ambiseg.losses import pick_annotator
 from ambiseg.methods.phiseg import PHiSegLatent, PHiSegLikelihood, phiseg_levels
-from ambiseg.train import Trainer, collate
+from ambiseg.train import collate
 
 
 def toy_batch(n: int = 4, size: int = 16) -> dict[str, torch.Tensor]:
     return collate([data.build("synthetic", size=size, num_annotators=2, sizes=(n, 1, 1))[i] for i in range(n)])
 
 
-@pytest.mark.parametrize(("size", "levels"), [(None, (7, 5)), (128, (7, 5)), (256, (8, 5)), (64, (6, 4)),
-                                              (32, (5, 3)), (16, (4, 2)), (96, (6, 4)), (12, (3, 1))])
+@pytest.mark.parametrize(
+    ("size", "levels"),
+    [
+        (None, (7, 5)),
+        (128, (7, 5)),
+        (256, (8, 5)),
+        (64, (6, 4)),
+        (32, (5, 3)),
+        (16, (4, 2)),
+        (96, (6, 4)),
+        (12, (3, 1)),
+    ],
+)
 def test_level_rule(size, levels):
     assert phiseg_levels(size) == levels
 
@@ -47,7 +59,7 @@ def test_prior_conditions_each_level_on_the_given_coarser_sample():
     moved = prior.prior_given(images, [zs[0], zs[1] + 1.0, zs[2]])
     assert torch.equal(base[1].mu, moved[1].mu) and torch.equal(base[2].mu, moved[2].mu)
     assert not torch.allclose(base[0].mu, moved[0].mu)  # only the level above the changed sample moves
-    assert all((q.kl(p) >= 0).all() for q, p in zip(posts, base))
+    assert all((q.kl(p) >= 0).all() for q, p in zip(posts, base, strict=True))
 
 
 def test_loss_is_residual_ce_plus_4_pow_l_weighted_kl():
@@ -61,8 +73,8 @@ def test_loss_is_residual_ce_plus_4_pow_l_weighted_kl():
     zs, posts = method.prior.posterior(batch["image"], target)
     priors = method.prior.prior_given(batch["image"], zs)
     logits = method.transport.decode(zs, (16, 16))  # finest first
-    ce = [F.binary_cross_entropy_with_logits(sum(logits[l:]), target, reduction="sum") / 4 for l in range(2)]
-    kl = [q.kl(p).mean() for q, p in zip(posts, priors)]
+    ce = [F.binary_cross_entropy_with_logits(sum(logits[lvl:]), target, reduction="sum") / 4 for lvl in range(2)]
+    kl = [q.kl(p).mean() for q, p in zip(posts, priors, strict=True)]
     assert torch.allclose(terms["loss"], ce[0] + ce[1] + kl[0] + 4 * kl[1], rtol=1e-5)
     assert torch.allclose(terms["ce"], ce[0], rtol=1e-5)
 
@@ -78,11 +90,15 @@ def test_features_once_per_image_and_sampling_shapes():
 
 def test_prior_and_likelihood_must_agree():
     with pytest.raises(CompatibilityError, match="same image_size"):
-        ambiseg.compose(prior={"name": "phiseg-latent", "base_width": 4, "image_size": 16},
-                        transport={"name": "phiseg-likelihood", "base_width": 8, "image_size": 16}, sampler="direct")
+        ambiseg.compose(
+            prior={"name": "phiseg-latent", "base_width": 4, "image_size": 16},
+            transport={"name": "phiseg-likelihood", "base_width": 8, "image_size": 16},
+            sampler="direct",
+        )
     with pytest.raises(CompatibilityError, match="phiseg-latent"):
-        ambiseg.compose(prior="noise", transport={"name": "phiseg-likelihood", "base_width": 4, "image_size": 16},
-                        sampler="direct")
+        ambiseg.compose(
+            prior="noise", transport={"name": "phiseg-likelihood", "base_width": 4, "image_size": 16}, sampler="direct"
+        )
     method = ambiseg.build("phiseg", image_size=32, prior={"base_width": 2}, transport={"base_width": 2})
     with pytest.raises(ConfigError, match="divisible by 16"):
         method.sample(torch.rand(1, 1, 24, 24), 1)

@@ -1,4 +1,5 @@
 """Prob. U-Net: latent prior/posterior nets, fcomb on cached features, loss and sampling."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,7 @@ from ambiseg.errors import CompatibilityError
 from ambiseg.losses import pick_annotator
 from ambiseg.methods.latent import DiagonalGaussian
 from ambiseg.methods.probunet import FComb, ProbUNetLatent
-from ambiseg.train import Trainer, collate
+from ambiseg.train import collate
 
 
 def toy_batch(n: int = 4, size: int = 16) -> dict[str, torch.Tensor]:
@@ -75,8 +76,14 @@ def test_features_once_per_image_and_only_fcomb_per_sample():
 
 def test_fcomb_needs_a_matching_probunet_prior():
     with pytest.raises(CompatibilityError, match="probunet-latent"):
-        ambiseg.compose(prior="noise", sampler="direct",
-                        transport={"name": "fcomb", "backbone_options": {"widths": (4, 8)}, "features": 4})
+        ambiseg.compose(
+            prior="noise",
+            sampler="direct",
+            transport={"name": "fcomb", "backbone_options": {"widths": (4, 8)}, "features": 4},
+        )
     with pytest.raises(CompatibilityError, match="latent_dim"):
-        ambiseg.compose(prior=ProbUNetLatent(widths=(4, 8), latent_dim=3),
-                        transport=FComb(backbone_options={"widths": (4, 8)}, features=4), sampler="direct")
+        ambiseg.compose(
+            prior=ProbUNetLatent(widths=(4, 8), latent_dim=3),
+            transport=FComb(backbone_options={"widths": (4, 8)}, features=4),
+            sampler="direct",
+        )

@@ -1,4 +1,5 @@
 """Registry: typed configs, errors with suggestions, aliases, plug-ins via entry points."""
+
 from __future__ import annotations
 
 import importlib
@@ -17,7 +18,9 @@ def make_registry() -> Registry:
 
     @reg.register("box", aliases=("crate",))
     class Box:
-        def __init__(self, size: int = 3, ratio: float = 0.5, flat: bool = False, dims: tuple[int, ...] = (1, 2)) -> None:
+        def __init__(
+            self, size: int = 3, ratio: float = 0.5, flat: bool = False, dims: tuple[int, ...] = (1, 2)
+        ) -> None:
             self.size, self.ratio, self.flat, self.dims = size, ratio, flat, dims
 
     @reg.register("ball")
@@ -81,7 +84,8 @@ def test_list_components_covers_every_registry():
 
 def test_plugin_from_an_installed_distribution(tmp_path, monkeypatch):
     """A real distribution on sys.path (dist-info + entry_points.txt) registers a prior."""
-    (tmp_path / "ambiseg_demo_plugin.py").write_text(textwrap.dedent('''
+    (tmp_path / "ambiseg_demo_plugin.py").write_text(
+        textwrap.dedent("""
         import torch
         from ambiseg import Prior
         from ambiseg.registry import priors
@@ -94,7 +98,8 @@ def test_plugin_from_an_installed_distribution(tmp_path, monkeypatch):
             def sample(self, state, num_samples, *, generator=None):
                 b, _, h, w = state.shape
                 return torch.full((b, num_samples, 1, h, w), self.value)
-    '''))
+    """)
+    )
     dist = tmp_path / "ambiseg_demo_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ambiseg-demo-plugin\nVersion: 0.1\n")
@@ -106,6 +111,7 @@ def test_plugin_from_an_installed_distribution(tmp_path, monkeypatch):
         assert "demo-zeros" in ambiseg.list_components()["priors"]
         method = ambiseg.compose(prior={"name": "demo-zeros", "value": 0.25}, transport=Identity(), sampler="direct")
         import torch
+
         out = method.sample(torch.zeros(2, 1, 8, 8), 3)
         assert out.shape == (2, 3, 8, 8) and torch.allclose(out, torch.full_like(out, 0.25))
     finally:

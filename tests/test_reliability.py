@@ -1,6 +1,7 @@
 """Fault tests of issue 16: run-directory lock, no silent overwrite, validate-then-write resume,
 non-finite weights and samples, non-regular outputs, hostile pickles and PNGs, stale temporary
 files, and leaderboard sets that a failed write leaves whole."""
+
 from __future__ import annotations
 
 import errno
@@ -62,8 +63,10 @@ def copy_run(run: Path, dest: Path) -> Path:
 
 
 # ---- 1. the run directory is locked ----------------------------------------------------------
-HOLD = ("import sys, time; from ambiseg.lock import run_lock\n"
-        "with run_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(120)")
+HOLD = (
+    "import sys, time; from ambiseg.lock import run_lock\n"
+    "with run_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(120)"
+)
 
 
 def test_a_second_writer_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path, capsys):
@@ -89,8 +92,9 @@ def test_a_second_writer_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_pa
 def test_the_lock_is_reentrant_in_a_process_and_exclusive_across_processes(tmp_path):
     with run_lock(tmp_path), run_lock(tmp_path):
         assert (tmp_path / LOCK_NAME).read_text().strip() == str(os.getpid())
-        other = subprocess.run([sys.executable, "-c", HOLD, str(tmp_path)], capture_output=True, text=True, env=ENV,
-                               timeout=60)
+        other = subprocess.run(
+            [sys.executable, "-c", HOLD, str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=60
+        )
         assert other.returncode != 0 and RunLockedError.__name__ in other.stderr
     assert not (tmp_path / LOCK_NAME).exists()
 
@@ -124,17 +128,31 @@ def damage(path: Path, **meta_changes) -> None:
     save_file(tensors, str(path), metadata={"ambiseg": json.dumps(meta)})
 
 
-@pytest.mark.parametrize("argv, change, expected", [
-    (["train", "probunet"], {}, "of method 'det-unet', not 'probunet'"),
-    (["train", "det-unet", "--set", "transport.widths=[4,8]"], {}, "does not fit"),
-    (["train", "det-unet", "--seed", "3"], {}, "trained with seed 0, not 3"),
-    (["train", "det-unet"], {"step": "abc"}, "training state 'step' is 'abc'"),
-    (["train", "det-unet"], {"stage_index": 7}, "training state 'stage_index' is 7"),
-    (["train", "det-unet"], {"rng": True}, "training state is damaged"),
-    (["train", "det-unet"], {"stage_index": 0, "step": 1, "optimizer": {"param_groups": [], "scalars": {}}},
-     "training state is damaged"),
-], ids=["other method", "other shape", "other seed", "step abc", "stage out of range", "truncated rng",
-        "wrong optimizer groups"])
+@pytest.mark.parametrize(
+    "argv, change, expected",
+    [
+        (["train", "probunet"], {}, "of method 'det-unet', not 'probunet'"),
+        (["train", "det-unet", "--set", "transport.widths=[4,8]"], {}, "does not fit"),
+        (["train", "det-unet", "--seed", "3"], {}, "trained with seed 0, not 3"),
+        (["train", "det-unet"], {"step": "abc"}, "training state 'step' is 'abc'"),
+        (["train", "det-unet"], {"stage_index": 7}, "training state 'stage_index' is 7"),
+        (["train", "det-unet"], {"rng": True}, "training state is damaged"),
+        (
+            ["train", "det-unet"],
+            {"stage_index": 0, "step": 1, "optimizer": {"param_groups": [], "scalars": {}}},
+            "training state is damaged",
+        ),
+    ],
+    ids=[
+        "other method",
+        "other shape",
+        "other seed",
+        "step abc",
+        "stage out of range",
+        "truncated rng",
+        "wrong optimizer groups",
+    ],
+)
 def test_a_refused_resume_keeps_config_json(run, tmp_path, capsys, argv, change, expected):
     out = copy_run(run, tmp_path / "run")
     if change:
@@ -202,9 +220,28 @@ def test_a_200k_deep_pickle_is_refused_in_one_line_not_a_crash(tmp_path):
     root.mkdir()
     # {((((...)),): {}}: hashing the 200,000-deep key overflowed the C stack (exit 139)
     (root / "data.pickle").write_bytes(b"\x80\x02}" + b")" + b"\x85" * 200_000 + b"}s.")
-    proc = subprocess.run([sys.executable, "-m", "ambiseg", "bench", "--methods", "det-unet", "--data", "lidc",
-                           "--root", str(root), "--preset", "smoke", "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ambiseg",
+            "bench",
+            "--methods",
+            "det-unet",
+            "--data",
+            "lidc",
+            "--root",
+            str(root),
+            "--preset",
+            "smoke",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     err = proc.stderr.strip()
     assert proc.returncode == 2 and err.count("\n") == 0 and "nests objects more than" in err, (proc.returncode, err)
 

@@ -5,6 +5,7 @@ values, top-level sizes reaching every component, one build from the final confi
 `**kwargs` subclasses keeping their parent's options, the Trainer refusing a method it could not
 checkpoint, and the paper preset's ISIC3 size.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,21 @@ def test_eval_on_data_of_another_size_is_one_line(smoke_run, capsys):
 
 def test_eval_on_other_explicit_data_and_whole_dataset(smoke_run, capsys):
     out = smoke_run / "all.json"
-    code, err = run_cli(["eval", str(smoke_run / "last.safetensors"), "--split", "all", "--samples", "2",
-                         "--set", "data.sizes=3,2,1", "--out", str(out)], capsys)
+    code, err = run_cli(
+        [
+            "eval",
+            str(smoke_run / "last.safetensors"),
+            "--split",
+            "all",
+            "--samples",
+            "2",
+            "--set",
+            "data.sizes=3,2,1",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     result = json.loads(out.read_text())
     assert result["split"] == "all" and result["metrics"]["GED2"]["n"] == 6
@@ -86,24 +100,42 @@ def test_eval_applies_sampling_settings_to_the_trained_weights(tmp_path, capsys)
     for key, value in trained.state_dict().items():
         assert torch.equal(value, method.state_dict()[key]), key
     out = tmp_path / "eval.json"
-    code, err = run_cli(["eval", str(path), "--preset", "smoke", "--samples", "2", "--set", "data.test.limit=2",
-                         "--set", "sampler.steps=3", "--out", str(out)], capsys)
+    code, err = run_cli(
+        [
+            "eval",
+            str(path),
+            "--preset",
+            "smoke",
+            "--samples",
+            "2",
+            "--set",
+            "data.test.limit=2",
+            "--set",
+            "sampler.steps=3",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     record = json.loads(out.read_text())
     assert record["overrides"] == {"sampler.steps": 3} and record["config"]["sampler"]["steps"] == 3
 
 
 # ---- --set values are typed -----------------------------------------------------------------------
-@pytest.mark.parametrize("key, value, expected", [
-    ("transport.truncation", "abc", "cannot read 'abc' as int | None"),
-    ("transport.steps", "[1, 2]", "cannot read [1, 2] as int"),
-    ("train.transport.lr", "fast", "train.transport.lr: cannot read 'fast' as float"),
-    ("train.transport.lrr", "1", "train.transport has no option 'lrr' (did you mean 'lr'?)"),
-    ("train.transprt.lr", "1", "has no stage 'transprt' (did you mean 'transport'?)"),
-    ("image_size", "big", "image_size: cannot read 'big' as int | None"),
-    ("max_batch", "0", "max_batch: expected a positive integer"),
-    ("prior.in_channels", "3", "use 'in_channels'"),
-])
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("transport.truncation", "abc", "cannot read 'abc' as int | None"),
+        ("transport.steps", "[1, 2]", "cannot read [1, 2] as int"),
+        ("train.transport.lr", "fast", "train.transport.lr: cannot read 'fast' as float"),
+        ("train.transport.lrr", "1", "train.transport has no option 'lrr' (did you mean 'lr'?)"),
+        ("train.transprt.lr", "1", "has no stage 'transprt' (did you mean 'transport'?)"),
+        ("image_size", "big", "image_size: cannot read 'big' as int | None"),
+        ("max_batch", "0", "max_batch: expected a positive integer"),
+        ("prior.in_channels", "3", "use 'in_channels'"),
+    ],
+)
 def test_bad_override_values_name_key_value_and_type(key, value, expected):
     with pytest.raises(ConfigError, match=None) as info:
         Method.from_config(method_config("cimd", preset="smoke", overrides={key: json_or_str(value)}))

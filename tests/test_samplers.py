@@ -1,4 +1,5 @@
 """Flow samplers against ODEs with known solutions, and their order of accuracy."""
+
 from __future__ import annotations
 
 import math

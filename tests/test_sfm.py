@@ -1,4 +1,5 @@
 """SFM transport and identity transport: velocity field, batched loss, semantic-consistency gradient."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,11 @@ TINY = {"width": 8, "mults": (1, 2), "blocks": 1, "groups": 4, "heads": 1, "head
 
 def _batch(b=2, a=3, size=16, channels=1, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.rand(b, channels, size, size, generator=g),
-            "masks": (torch.rand(b, a, size, size, generator=g) > 0.5).to(torch.uint8), "id": ["x"] * b}
+    return {
+        "image": torch.rand(b, channels, size, size, generator=g),
+        "masks": (torch.rand(b, a, size, size, generator=g) > 0.5).to(torch.uint8),
+        "id": ["x"] * b,
+    }
 
 
 def _perturb_head(sfm: SFMTransport) -> None:
@@ -83,7 +87,7 @@ def test_batched_loss_equals_a_loop_over_annotators():
     t = torch.rand(2)
     fm, sf = [], []
     for j in range(3):
-        x1 = batch["masks"][:, j:j + 1].float()
+        x1 = batch["masks"][:, j : j + 1].float()
         tt = t.view(2, 1, 1, 1)
         xt = tt * x1 + (1 - tt) * x0
         v = sfm(xt, t, batch["image"])

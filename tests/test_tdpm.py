@@ -1,4 +1,5 @@
 """tdpm: GTR prior + the cimd diffusion transport truncated at step k, trained in two stages."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,7 @@ def test_recipe_is_a_composition_of_existing_parts():
     assert isinstance(method.prior, GTRPrior) and isinstance(method.transport, CIMDTransport)
     assert method.stages == ("prior", "transport") and method.transport.latent_dim == 0
     assert method.transport.start_step == 300 and method.transport.schedule.steps == 1000
-    same = ambiseg.compose(prior="gtr", transport={"name": "cimd", "latent_dim": 0, "truncation": 300},
-                           sampler="ddpm")
+    same = ambiseg.compose(prior="gtr", transport={"name": "cimd", "latent_dim": 0, "truncation": 300}, sampler="ddpm")
     assert same.config["transport"] == method.config["transport"] and same.stages == method.stages
 
 
@@ -31,14 +31,24 @@ def test_sampling_runs_k_denoiser_steps_from_a_gtr_estimate():
 
 def test_both_stages_train_and_the_prior_is_frozen_in_the_second():
     torch.manual_seed(0)
-    method = ambiseg.build("tdpm", preset="smoke", train={"prior": {"steps": 25, "batch_size": 4, "lr": 1e-2},
-                                                          "transport": {"steps": 40, "batch_size": 4, "lr": 3e-3}})
+    method = ambiseg.build(
+        "tdpm",
+        preset="smoke",
+        train={
+            "prior": {"steps": 25, "batch_size": 4, "lr": 1e-2},
+            "transport": {"steps": 40, "batch_size": 4, "lr": 3e-3},
+        },
+    )
     frozen = {}
     method.transport.denoiser.register_forward_pre_hook(
-        lambda m, a: None if "prior" in frozen else frozen.update(prior=[p.clone() for p in method.prior.parameters()]))
-    history = Trainer(method, data.build("synthetic", size=16, num_annotators=2, sizes=(4, 1, 1)),
-                      progress=False, seed=0).fit().history
+        lambda m, a: None if "prior" in frozen else frozen.update(prior=[p.clone() for p in method.prior.parameters()])
+    )
+    history = (
+        Trainer(method, data.build("synthetic", size=16, num_annotators=2, sizes=(4, 1, 1)), progress=False, seed=0)
+        .fit()
+        .history
+    )
     for stage in method.stages:
         losses = [h["loss"] for h in history if h["stage"] == stage]
         assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, stage
-    assert all(torch.equal(a, b) for a, b in zip(frozen["prior"], method.prior.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(frozen["prior"], method.prior.parameters(), strict=True))

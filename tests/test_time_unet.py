@@ -1,4 +1,5 @@
 """TimeUNet and its blocks: shapes, exact block outputs, conditioning and clear errors."""
+
 from __future__ import annotations
 
 import math
@@ -107,7 +108,9 @@ def test_weight_standardised_conv_matches_manual_standardisation_and_ignores_sca
     x = torch.randn(2, 3, 5, 5)
     w = conv.weight
     flat = w.flatten(1)
-    w_std = ((flat - flat.mean(1, keepdim=True)) / torch.sqrt(flat.var(1, unbiased=False, keepdim=True) + 1e-5)).view_as(w)
+    w_std = (
+        (flat - flat.mean(1, keepdim=True)) / torch.sqrt(flat.var(1, unbiased=False, keepdim=True) + 1e-5)
+    ).view_as(w)
     assert torch.allclose(conv(x), F.conv2d(x, w_std, conv.bias, padding=1), atol=1e-5)
     before = conv(x)
     with torch.no_grad():

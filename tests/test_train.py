@@ -1,4 +1,5 @@
 """Trainer: stages, validation and best checkpoint, exact resume, non-finite losses."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,9 @@ def sets():
 
 
 def small(steps: int = 6, **train):
-    return ambiseg.build("det-unet", preset="smoke",
-                         train={"transport": {"steps": steps, "batch_size": 3, "lr": 1e-2, **train}})
+    return ambiseg.build(
+        "det-unet", preset="smoke", train={"transport": {"steps": steps, "batch_size": 3, "lr": 1e-2, **train}}
+    )
 
 
 def weights(method):
@@ -109,7 +111,7 @@ def test_val_every_and_csv_learning_curves(tmp_path):
     header = lines[0].split(",")
     for key in ("stage", "step", "loss", "val", "val_ged", "val_hm_iou", "val_diversity"):
         assert key in header
-    rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
     assert [int(r["step"]) for r in rows] == [2, 4]
     assert all(0.0 <= float(r["val_hm_iou"]) <= 1.0 and float(r["val_ged"]) == float(r["val"]) for r in rows)
 

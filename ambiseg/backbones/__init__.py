@@ -3,6 +3,7 @@
 `create("unet", 1, 32)`, `create("unet", 1, 32, widths=(16, 32))`,
 `create("smp:Unet:resnet18", 3, 32)`, `create("smp:FPN:tu-resnet18", 1, 16)`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,7 +22,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     name, *rest = spec.split(":")
     if name == "smp" and rest:
         keys = ("arch", "encoder")
-        return name, dict(zip(keys, rest[: len(keys)]))
+        return name, dict(zip(keys, rest[: len(keys)], strict=False))  # a spec may name fewer parts
     return name, {}
 
 

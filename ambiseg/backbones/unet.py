@@ -4,6 +4,7 @@ Blocks of three 3x3 conv + ReLU, average-pool down, bilinear up with skip concat
 normalisation; widths 32/64/128/192 by default. `norm` adds a normalisation after every conv
 (an ambiseg option, off by default as in the papers; it speeds up short CPU trainings).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,9 @@ NORMS = {
 def conv_block(in_channels: int, out_channels: int, convs: int = 3, norm: str | None = None) -> nn.Sequential:
     """`convs` x (3x3 conv [+ norm] + ReLU); `norm` is None or one of `NORMS`."""
     if norm is not None and norm not in NORMS:
-        raise ConfigError(f"unet norm must be one of {', '.join(NORMS)} or none, got {norm!r}{closest(str(norm), NORMS)}")
+        raise ConfigError(
+            f"unet norm must be one of {', '.join(NORMS)} or none, got {norm!r}{closest(str(norm), NORMS)}"
+        )
     layers: list[nn.Module] = []
     for i in range(convs):
         layers.append(nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1))
@@ -48,8 +51,9 @@ def _check_widths(widths: tuple[int, ...]) -> tuple[int, ...]:
 class UNetEncoder(nn.Module):
     """Encoder half: returns the feature map of every level, finest first."""
 
-    def __init__(self, in_channels: int, widths: tuple[int, ...] = (32, 64, 128, 192), convs: int = 3,
-                 norm: str | None = None) -> None:
+    def __init__(
+        self, in_channels: int, widths: tuple[int, ...] = (32, 64, 128, 192), convs: int = 3, norm: str | None = None
+    ) -> None:
         super().__init__()
         self.widths = _check_widths(widths)
         chans = (in_channels, *self.widths)
@@ -58,8 +62,10 @@ class UNetEncoder(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         factor = 2 ** (len(self.widths) - 1)
         if x.shape[-1] % factor or x.shape[-2] % factor:
-            raise ConfigError(f"unet with {len(self.widths)} levels needs H and W divisible by {factor}, "
-                              f"got {tuple(x.shape[-2:])}; resize the images or use fewer widths")
+            raise ConfigError(
+                f"unet with {len(self.widths)} levels needs H and W divisible by {factor}, "
+                f"got {tuple(x.shape[-2:])}; resize the images or use fewer widths"
+            )
         feats = []
         for i, block in enumerate(self.blocks):
             x = block(x if i == 0 else F.avg_pool2d(x, 2))
@@ -72,19 +78,27 @@ class UNet(nn.Module):
     """U-Net `[B, in, H, W] -> [B, out, H, W]`; with `out_channels == widths[0]` it returns the
     last decoder features directly (no extra 1x1 projection), as the papers' feature nets do."""
 
-    def __init__(self, in_channels: int, out_channels: int, widths: tuple[int, ...] = (32, 64, 128, 192),
-                 convs: int = 3, norm: str | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        widths: tuple[int, ...] = (32, 64, 128, 192),
+        convs: int = 3,
+        norm: str | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = UNetEncoder(in_channels, widths, convs, norm)
         w = self.encoder.widths
-        self.decoder = nn.ModuleList(conv_block(w[i] + w[i + 1], w[i], convs, norm) for i in reversed(range(len(w) - 1)))
+        self.decoder = nn.ModuleList(
+            conv_block(w[i] + w[i + 1], w[i], convs, norm) for i in reversed(range(len(w) - 1))
+        )
         self.head = nn.Identity() if out_channels == w[0] else nn.Conv2d(w[0], out_channels, 1)
         self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> Tensor:
         feats = self.encoder(x)
         y = feats[-1]
-        for block, skip in zip(self.decoder, reversed(feats[:-1])):
+        for block, skip in zip(self.decoder, reversed(feats[:-1]), strict=True):
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             y = block(torch.cat([y, skip], dim=1))
         return self.head(y)

@@ -2,6 +2,7 @@
 
 Every user error ends as one line on stderr and exit code 2; no traceback.
 """
+
 from __future__ import annotations
 
 import sys
@@ -9,9 +10,13 @@ import sys
 import click
 
 from ..errors import AmbisegError
+from . import (  # noqa: F401  (register commands)
+    bench,
+    evaluate,
+    show,  # noqa: F401
+    train,
+)
 from .app import cli
-from . import show  # noqa: F401
-from . import bench, evaluate, train  # noqa: F401  (register commands)
 
 __all__ = ["main", "cli"]
 

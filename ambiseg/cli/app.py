@@ -1,4 +1,5 @@
 """The click group and the `list` command; other commands register on `cli` from their modules."""
+
 from __future__ import annotations
 
 import sys

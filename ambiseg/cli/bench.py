@@ -1,4 +1,5 @@
 """`ambiseg bench` and `ambiseg leaderboard`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,9 +34,21 @@ from .options import (
 @click.option("--no-baseline", is_flag=True, help="leave out the deterministic U-Net reference row")
 @click.option("--retrain", is_flag=True, help="train again even when OUT holds a finished run")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
-def bench_cmd(methods: str, data_name: str, root: str | None, preset: str, sets: tuple[str, ...], device: str | None,
-              seeds: str, samples: str, out: Path, max_batch: int | None, no_baseline: bool, retrain: bool,
-              no_progress: bool) -> None:
+def bench_cmd(
+    methods: str,
+    data_name: str,
+    root: str | None,
+    preset: str,
+    sets: tuple[str, ...],
+    device: str | None,
+    seeds: str,
+    samples: str,
+    out: Path,
+    max_batch: int | None,
+    no_baseline: bool,
+    retrain: bool,
+    no_progress: bool,
+) -> None:
     """Train, sample, evaluate and time METHODS on one dataset; print and write the leaderboard."""
     names = [m.strip() for m in methods.split(",") if m.strip()]
     check_max_batch(max_batch)
@@ -46,17 +59,33 @@ def bench_cmd(methods: str, data_name: str, root: str | None, preset: str, sets:
     names = [registry.canonical(n) for n in names]  # unknown names fail before any work
     overrides, data_settings = split_sets(parse_sets(sets))
     with distributed_run(pick_device(device), console) as dev:
-        spec = BenchSpec(methods=names, data=data_name, root=root, preset=preset, device=str(dev),
-                         seeds=parse_ints(seeds, "--seeds"), counts=parse_counts(samples), out=out,
-                         overrides=overrides, data_settings=data_settings, baseline=not no_baseline, retrain=retrain,
-                         progress=not no_progress, max_batch=max_batch)
+        spec = BenchSpec(
+            methods=names,
+            data=data_name,
+            root=root,
+            preset=preset,
+            device=str(dev),
+            seeds=parse_ints(seeds, "--seeds"),
+            counts=parse_counts(samples),
+            out=out,
+            overrides=overrides,
+            data_settings=data_settings,
+            baseline=not no_baseline,
+            retrain=retrain,
+            progress=not no_progress,
+            max_batch=max_batch,
+        )
         run_bench(spec, console=console)
 
 
 @cli.command("leaderboard")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="where leaderboard.{md,csv,tex,png} go (default: the first input directory)")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where leaderboard.{md,csv,tex,png} go (default: the first input directory)",
+)
 def leaderboard_cmd(inputs: tuple[Path, ...], out: Path | None) -> None:
     """Merge bench records from INPUTS (directories or record files) into one leaderboard."""
     target = out or (inputs[0] if inputs[0].is_dir() else inputs[0].parent)

@@ -1,4 +1,5 @@
 """`ambiseg sample` and `ambiseg eval`: use a trained checkpoint."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,15 +15,24 @@ from torch.utils.data import Dataset
 from ..bench import evaluate_method, pick_device
 from ..checkpoint import Checkpoint, load_method
 from ..data.spec import SPLIT_NAMES, DataSpec
-from ..method import Method
-from ..registry import datasets
 from ..errors import ConfigError, NonFiniteError
 from ..io import atomic_path, check_target, ensure_dir, write_json
+from ..method import Method
+from ..registry import datasets
 from ..results import environment, summarise
 from ..train import collate
 from .app import cli, console
-from .options import (MAX_SAMPLES, check_max_batch, check_seed, data_options, data_set_option, parse_counts,
-                      parse_ints, parse_sets, split_sets)
+from .options import (
+    MAX_SAMPLES,
+    check_max_batch,
+    check_seed,
+    data_options,
+    data_set_option,
+    parse_counts,
+    parse_ints,
+    parse_sets,
+    split_sets,
+)
 
 
 def _load_run(path: Path, sets: tuple[str, ...]) -> tuple[Method, Checkpoint, dict[str, Any]]:
@@ -31,14 +41,17 @@ def _load_run(path: Path, sets: tuple[str, ...]) -> tuple[Method, Checkpoint, di
     settings = split_sets(parse_sets(sets))[0]
     trained = [k for k in settings if k.split(".")[0] in ("train", "stages", "in_channels", "image_size")]
     if trained:
-        raise ConfigError(f"--set {trained[0]}: a trained checkpoint's {trained[0].split('.')[0]} cannot change; "
-                          "here only sampling options (prior.*, transport.*, sampler.*, max_batch) and data.* apply")
+        raise ConfigError(
+            f"--set {trained[0]}: a trained checkpoint's {trained[0].split('.')[0]} cannot change; "
+            "here only sampling options (prior.*, transport.*, sampler.*, max_batch) and data.* apply"
+        )
     method, ckpt = load_method(path, overrides=settings)
     return method, ckpt, settings
 
 
-def _run_data(path: Path, ckpt: Checkpoint, data_name: str | None, root: str | None, preset: str | None,
-              sets: tuple[str, ...]) -> DataSpec:
+def _run_data(
+    path: Path, ckpt: Checkpoint, data_name: str | None, root: str | None, preset: str | None, sets: tuple[str, ...]
+) -> DataSpec:
     """The data to score on: the run's own (recorded in the checkpoint), changed only where the user says.
 
     Another dataset name starts from that dataset's defaults; `--root`, `--preset` and
@@ -65,9 +78,11 @@ def _load_split(spec: DataSpec, split: str, method: Method, path: Path) -> Datas
     want = f"{config['in_channels']}-channel" + (f" {size}x{size}" if size else "")
     have_h, have_w = data.image_shape
     if data.in_channels != config["in_channels"] or (size is not None and (have_h, have_w) != (size, size)):
-        raise ConfigError(f"{path} was trained on {want} images but {spec.describe()} has {data.in_channels}-channel "
-                          f"{have_h}x{have_w} images; drop the data flags to score the run's own data, or choose data "
-                          "of the trained size")
+        raise ConfigError(
+            f"{path} was trained on {want} images but {spec.describe()} has {data.in_channels}-channel "
+            f"{have_h}x{have_w} images; drop the data flags to score the run's own data, or choose data "
+            "of the trained size"
+        )
     return data
 
 
@@ -81,8 +96,19 @@ def _load_split(spec: DataSpec, split: str, method: Method, path: Path) -> Datas
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-def sample_cmd(checkpoint: Path, data_name: str | None, root: str | None, preset: str | None, sets: tuple[str, ...],
-               split: str, indices: str, num: int, seed: int, device: str | None, out: Path) -> None:
+def sample_cmd(
+    checkpoint: Path,
+    data_name: str | None,
+    root: str | None,
+    preset: str | None,
+    sets: tuple[str, ...],
+    split: str,
+    indices: str,
+    num: int,
+    seed: int,
+    device: str | None,
+    out: Path,
+) -> None:
     """Draw samples for chosen images: OUT/samples.npz and one PNG per image."""
     from ..data import figure_for_item, save_figure
 
@@ -97,18 +123,27 @@ def sample_cmd(checkpoint: Path, data_name: str | None, root: str | None, preset
     idx = parse_ints(indices, "--indices")
     bad = [i for i in idx if not 0 <= i < len(data)]
     if bad:
-        raise ConfigError(f"--indices {bad[0]} is out of range: the {split} split has {len(data)} items (0..{len(data) - 1})")
+        raise ConfigError(
+            f"--indices {bad[0]} is out of range: the {split} split has {len(data)} items (0..{len(data) - 1})"
+        )
     ensure_dir(out)
     items = collate([data[i] for i in idx])
     gen = torch.Generator(dev).manual_seed(seed)
     probs = method.to(dev).sample(items["image"].to(dev), num, generator=gen).cpu()
     if not torch.isfinite(probs).all():
-        raise NonFiniteError(f"{checkpoint} gives non-finite samples for the {split} items {list(idx)}; nothing "
-                             "is written (are the weights damaged?)")
+        raise NonFiniteError(
+            f"{checkpoint} gives non-finite samples for the {split} items {list(idx)}; nothing "
+            "is written (are the weights damaged?)"
+        )
     with atomic_path(out / "samples.npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, samples=(probs >= 0.5).numpy().astype(np.uint8), probs=probs.numpy().astype(np.float16),
-                                ids=np.array(items["id"]), indices=np.array(idx))
+            np.savez_compressed(
+                fh,
+                samples=(probs >= 0.5).numpy().astype(np.uint8),
+                probs=probs.numpy().astype(np.float16),
+                ids=np.array(items["id"]),
+                indices=np.array(idx),
+            )
     for j, i in enumerate(idx):
         fig = figure_for_item(data[i], samples=probs[j], title=f"{method.name}: {spec.name} {split} #{i}")
         save_figure(fig, out / f"sample-{split}-{i}.png")
@@ -124,9 +159,22 @@ def sample_cmd(checkpoint: Path, data_name: str | None, root: str | None, preset
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--max-batch", type=int, default=None)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here")
-def eval_cmd(checkpoint: Path, data_name: str | None, root: str | None, preset: str | None, sets: tuple[str, ...],
-             split: str, samples: str, seed: int, device: str | None, max_batch: int | None, out: Path | None) -> None:
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here"
+)
+def eval_cmd(
+    checkpoint: Path,
+    data_name: str | None,
+    root: str | None,
+    preset: str | None,
+    sets: tuple[str, ...],
+    split: str,
+    samples: str,
+    seed: int,
+    device: str | None,
+    max_batch: int | None,
+    out: Path | None,
+) -> None:
     """Evaluate CHECKPOINT on a split with every metric (mean and 95% bootstrap interval).
 
     With no data flags the run's own data (recorded in the checkpoint) is used.
@@ -147,7 +195,19 @@ def eval_cmd(checkpoint: Path, data_name: str | None, root: str | None, preset: 
         console.print(f"{key:>14}: {m['mean']:.4f}  [{m['lo']:.4f}, {m['hi']:.4f}]  (n={m['n']})")
     console.print(f"sampling: {np.mean(result['sample_seconds']):.3f} s per image for {max(counts)} samples")
     if out is not None:
-        write_json(out, {"checkpoint": str(checkpoint), "method": method.name, "data": spec.to_dict(), "split": split,
-                         "created": dt.datetime.now(dt.timezone.utc).isoformat(), "metrics": summary,
-                         "per_image": result["per_image"], "sample_s": result["sample_seconds"],
-                         "env": environment(dev), "config": method.config, "overrides": overrides})
+        write_json(
+            out,
+            {
+                "checkpoint": str(checkpoint),
+                "method": method.name,
+                "data": spec.to_dict(),
+                "split": split,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "metrics": summary,
+                "per_image": result["per_image"],
+                "sample_s": result["sample_seconds"],
+                "env": environment(dev),
+                "config": method.config,
+                "overrides": overrides,
+            },
+        )

@@ -1,4 +1,5 @@
 """Options and helpers shared by several commands."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,19 @@ import click
 
 from ..errors import ConfigError
 
-__all__ = ["parse_sets", "split_sets", "parse_counts", "parse_ints", "check_seed", "check_max_batch",
-           "data_options", "common_set_option", "data_set_option", "MAX_SAMPLES", "MAX_SEED"]
+__all__ = [
+    "parse_sets",
+    "split_sets",
+    "parse_counts",
+    "parse_ints",
+    "check_seed",
+    "check_max_batch",
+    "data_options",
+    "common_set_option",
+    "data_set_option",
+    "MAX_SAMPLES",
+    "MAX_SEED",
+]
 
 MAX_SAMPLES = 10_000  # samples per image; more would take days and fill the memory with masks
 MAX_SEED = 2**32 - 1  # seeds derive per-image generator seeds (seed * 100_003 + i) that must fit 64 bits
@@ -75,29 +87,52 @@ def parse_counts(text: str) -> tuple[int, ...]:
 
 def data_options(func: Callable[..., Any] | None = None, *, recorded: bool = False) -> Any:
     """--data, --root, --preset; with `recorded`, each defaults to the run's own (from the checkpoint)."""
+
     def deco(f: Callable[..., Any]) -> Callable[..., Any]:
         own = " (default: the run's own, from the checkpoint)"
-        f = click.option("--preset", default=None if recorded else "cpu", show_default=not recorded,
-                         help="bench preset: smoke | cpu | paper (sets data sizes and the method preset)"
-                         + (own if recorded else ""))(f)
-        f = click.option("--root", default=None, help="dataset root (zip, folder or pickle dir); none for synthetic"
-                         + (own if recorded else ""))(f)
-        f = click.option("--data", "data_name", default=None if recorded else "synthetic", show_default=not recorded,
-                         help="dataset name" + (own if recorded else ""))(f)
+        f = click.option(
+            "--preset",
+            default=None if recorded else "cpu",
+            show_default=not recorded,
+            help="bench preset: smoke | cpu | paper (sets data sizes and the method preset)"
+            + (own if recorded else ""),
+        )(f)
+        f = click.option(
+            "--root",
+            default=None,
+            help="dataset root (zip, folder or pickle dir); none for synthetic" + (own if recorded else ""),
+        )(f)
+        f = click.option(
+            "--data",
+            "data_name",
+            default=None if recorded else "synthetic",
+            show_default=not recorded,
+            help="dataset name" + (own if recorded else ""),
+        )(f)
         return f
 
     return deco(func) if func is not None else deco
 
 
 def common_set_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                        help="override a config value, e.g. prior.rank=5, sampler=heun, train.prior.steps=100; "
-                             "data.KEY=VALUE / data.SPLIT.KEY=VALUE set dataset options (data.size=32, "
-                             "data.test.limit=500, data.seed=1)")(func)
+    return click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. prior.rank=5, sampler=heun, train.prior.steps=100; "
+        "data.KEY=VALUE / data.SPLIT.KEY=VALUE set dataset options (data.size=32, "
+        "data.test.limit=500, data.seed=1)",
+    )(func)
 
 
 def data_set_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                        help="dataset options: data.KEY=VALUE for every split, data.SPLIT.KEY=VALUE for one "
-                             "(e.g. data.test.limit=500); sampling options of the trained method: "
-                             "sampler.steps=10, sampler=heun, prior.temperature=0.8")(func)
+    return click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="dataset options: data.KEY=VALUE for every split, data.SPLIT.KEY=VALUE for one "
+        "(e.g. data.test.limit=500); sampling options of the trained method: "
+        "sampler.steps=10, sampler=heun, prior.temperature=0.8",
+    )(func)

@@ -1,4 +1,5 @@
 """`ambiseg show`: a figure of one dataset item (image, annotations, true modes when known)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,21 +15,47 @@ __all__ = ["show_cmd"]
 
 @cli.command("show")
 @click.option("--data", "data", default="synthetic", show_default=True, help="dataset name (see `ambiseg list`)")
-@click.option("--root", type=click.Path(path_type=Path), default=None,
-              help="dataset files (lidc: zip, folder or pickles)")
+@click.option(
+    "--root", type=click.Path(path_type=Path), default=None, help="dataset files (lidc: zip, folder or pickles)"
+)
 @click.option("--split", default="train", show_default=True, help="train, val, test or all")
 @click.option("--index", type=int, required=True, help="item index within the split")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="figure file (.png, .pdf, .svg)")
-@click.option("--set", "options", multiple=True, metavar="KEY=VALUE",
-              help="dataset option, e.g. --set data.seed=1 (the data. prefix is optional; repeatable)")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="also draw samples of the method trained in this checkpoint")
-@click.option("--samples", "num", type=click.IntRange(min=1), default=8, show_default=True,
-              help="number of samples drawn with --checkpoint")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="figure file (.png, .pdf, .svg)"
+)
+@click.option(
+    "--set",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="dataset option, e.g. --set data.seed=1 (the data. prefix is optional; repeatable)",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="also draw samples of the method trained in this checkpoint",
+)
+@click.option(
+    "--samples",
+    "num",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="number of samples drawn with --checkpoint",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the sample generator")
-def show_cmd(data: str, root: Path | None, split: str, index: int, out: Path, options: tuple[str, ...],
-             checkpoint: Path | None, num: int, seed: int) -> None:
+def show_cmd(
+    data: str,
+    root: Path | None,
+    split: str,
+    index: int,
+    out: Path,
+    options: tuple[str, ...],
+    checkpoint: Path | None,
+    num: int,
+    seed: int,
+) -> None:
     """Draw item INDEX of a dataset split: the image, every annotator's mask, for synthetic
     data the true modes with their probabilities, and with --checkpoint the method's samples."""
     from ..data import build, figure_for_item, save_figure

@@ -1,4 +1,5 @@
 """`ambiseg train`: train one method into an output directory (resumable)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,10 @@ def check_existing_run(out: Path, *, resume: bool, overwrite: bool) -> None:
     if resume or not held:
         return
     if not overwrite:
-        raise ConfigError(f"{out} already holds a run ({held[0]}); pass --resume to continue it, --overwrite to "
-                          "replace it, or choose another --out")
+        raise ConfigError(
+            f"{out} already holds a run ({held[0]}); pass --resume to continue it, --overwrite to "
+            "replace it, or choose another --out"
+        )
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
 
@@ -40,17 +43,40 @@ def check_existing_run(out: Path, *, resume: bool, overwrite: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
 @click.option("--resume", is_flag=True, help="continue from OUT/last.safetensors")
-@click.option("--overwrite", is_flag=True, help="replace the run in OUT (its checkpoints and history) instead of "
-              "refusing")
+@click.option(
+    "--overwrite", is_flag=True, help="replace the run in OUT (its checkpoints and history) instead of refusing"
+)
 @click.option("--detect-anomaly", is_flag=True, help="torch autograd anomaly detection (slow; for debugging)")
-@click.option("--save-every", type=click.IntRange(min=1), default=50, show_default=True,
-              help="checkpoint every N optimiser steps (and at every epoch end)")
+@click.option(
+    "--save-every",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="checkpoint every N optimiser steps (and at every epoch end)",
+)
 @click.option("--no-progress", is_flag=True, help="no progress bars")
-@click.option("--log", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="learning curves: validation history as CSV (default: OUT/history.csv)")
-def train_cmd(method: str, data_name: str, root: str | None, preset: str, sets: tuple[str, ...], out: Path,
-              seed: int, device: str | None, resume: bool, overwrite: bool, detect_anomaly: bool, save_every: int,
-              no_progress: bool, log: Path | None) -> None:
+@click.option(
+    "--log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="learning curves: validation history as CSV (default: OUT/history.csv)",
+)
+def train_cmd(
+    method: str,
+    data_name: str,
+    root: str | None,
+    preset: str,
+    sets: tuple[str, ...],
+    out: Path,
+    seed: int,
+    device: str | None,
+    resume: bool,
+    overwrite: bool,
+    detect_anomaly: bool,
+    save_every: int,
+    no_progress: bool,
+    log: Path | None,
+) -> None:
     """Train METHOD (a registered recipe) on a dataset; checkpoints go to OUT.
 
     OUT is locked while training; a run already in OUT is continued with --resume, replaced
@@ -70,19 +96,41 @@ def train_cmd(method: str, data_name: str, root: str | None, preset: str, sets: 
         ensure_dir(out)
         sel = spec.build_splits()
         seed_everything(seed)
-        model = build_for_data(method, sel["train"], preset=bench_preset(preset).method_presets_for(data_name),
-                               overrides=overrides)
-        trainer = Trainer(model, sel["train"], sel["val"], out_dir=out, seed=seed, device=dev,
-                          progress=not no_progress, detect_anomaly=detect_anomaly, save_every=save_every,
-                          console=console, data=spec.to_dict(), log=log or out / "history.csv")
+        model = build_for_data(
+            method, sel["train"], preset=bench_preset(preset).method_presets_for(data_name), overrides=overrides
+        )
+        trainer = Trainer(
+            model,
+            sel["train"],
+            sel["val"],
+            out_dir=out,
+            seed=seed,
+            device=dev,
+            progress=not no_progress,
+            detect_anomaly=detect_anomaly,
+            save_every=save_every,
+            console=console,
+            data=spec.to_dict(),
+            log=log or out / "history.csv",
+        )
         with run_lock(out) if is_main() else contextlib.nullcontext():
             if is_main():
                 check_existing_run(out, resume=resume, overwrite=overwrite)
             if resume:
                 trainer.check_resume()  # a refused resume writes nothing
             if is_main():
-                write_json(out / "config.json", {"config": model.config, "data": spec.to_dict(), "seed": seed,
-                                                 "overrides": overrides, "data_settings": data_settings})
+                write_json(
+                    out / "config.json",
+                    {
+                        "config": model.config,
+                        "data": spec.to_dict(),
+                        "seed": seed,
+                        "overrides": overrides,
+                        "data_settings": data_settings,
+                    },
+                )
             result = trainer.fit(resume=resume)
-    console.print(f"trained {model.name} in {result.seconds:.1f} s; steps {result.steps}; best {result.best}; "
-                  f"checkpoint {out / 'last.safetensors'}")
+    console.print(
+        f"trained {model.name} in {result.seconds:.1f} s; steps {result.steps}; best {result.best}; "
+        f"checkpoint {out / 'last.safetensors'}"
+    )

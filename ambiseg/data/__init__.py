@@ -6,6 +6,7 @@ dicts `{"image": [C, H, W] float32 in [0, 1], "masks": [A, H, W] uint8 0/1, "id"
 Each dataset has `in_channels`, `image_size`, `image_shape` and `num_annotators`. Options are
 the registered factory's keyword parameters (see `ambiseg list` and docs/data.md).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,14 +28,28 @@ from .synthetic import MODE_NAMES, SyntheticDataset, make_example
 from .validate import SPLITS
 
 __all__ = [
-    "build", "DataSpec", "AnnotatedDataset", "SyntheticDataset", "LidcDataset", "Isic3Dataset", "MODE_NAMES", "SPLITS",
-    "make_example", "assign_groups", "split_indices", "safe_load", "joint_augment",
-    "item_figure", "figure_for_item", "save_figure",
+    "build",
+    "DataSpec",
+    "AnnotatedDataset",
+    "SyntheticDataset",
+    "LidcDataset",
+    "Isic3Dataset",
+    "MODE_NAMES",
+    "SPLITS",
+    "make_example",
+    "assign_groups",
+    "split_indices",
+    "safe_load",
+    "joint_augment",
+    "item_figure",
+    "figure_for_item",
+    "save_figure",
 ]
 
 
-def build(name: str = "synthetic", root: str | os.PathLike[str] | None = None, split: str = "train",
-          **options: Any) -> AnnotatedDataset:
+def build(
+    name: str = "synthetic", root: str | os.PathLike[str] | None = None, split: str = "train", **options: Any
+) -> AnnotatedDataset:
     """Dataset `name` from the `datasets` registry.
 
     Args:

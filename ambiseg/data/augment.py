@@ -4,6 +4,7 @@ The image is rotated bilinearly, the masks with nearest neighbour so they stay b
 randomness comes from torch's generator (pass one for reproducibility); DataLoader workers
 get distinct torch seeds, so workers do not repeat each other's draws.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,15 @@ from torchvision.transforms.functional import rotate
 __all__ = ["joint_augment"]
 
 
-def joint_augment(image: Tensor, masks: Tensor, *, hflip: bool = True, vflip: bool = True,
-                  max_degrees: float = 15.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def joint_augment(
+    image: Tensor,
+    masks: Tensor,
+    *,
+    hflip: bool = True,
+    vflip: bool = True,
+    max_degrees: float = 15.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """Flip each axis with probability 1/2 and rotate by an angle ~ U(-max_degrees, max_degrees).
 
     Args:

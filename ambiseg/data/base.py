@@ -4,6 +4,7 @@ An item is `{"image": [C, H, W] float32 in [0, 1], "masks": [A, H, W] uint8 in {
 "id": str, "group": str}` (datasets with a known truth add more keys). `in_channels`,
 `image_size` and `num_annotators` let a trainer size its models before reading any item.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -68,5 +69,7 @@ class AnnotatedDataset(Dataset, ABC):
 
     def __repr__(self) -> str:
         h, w = self.image_shape
-        return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, items={len(self)}, "
-                f"channels={self.in_channels}, size={h}x{w}, annotators={self.num_annotators})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, items={len(self)}, "
+            f"channels={self.in_channels}, size={h}x{w}, annotators={self.num_annotators})"
+        )

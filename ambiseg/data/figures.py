@@ -5,6 +5,7 @@ modes with their probabilities (synthetic data); and any predicted samples `[S, 
 (foreground probabilities) a caller passes. `save_figure` writes it atomically. Only the
 Agg canvas is used, never pyplot, so nothing needs a display.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,9 +43,17 @@ def _display_image(image: Any) -> np.ndarray:
     return np.clip(image, 0.0, 1.0)
 
 
-def item_figure(image: Any, masks: Any, *, modes: Any = None, mode_probs: Any = None,
-                mode_names: Sequence[str] | None = None, samples: Any = None, title: str | None = None,
-                columns: int = 6) -> Figure:
+def item_figure(
+    image: Any,
+    masks: Any,
+    *,
+    modes: Any = None,
+    mode_probs: Any = None,
+    mode_names: Sequence[str] | None = None,
+    samples: Any = None,
+    title: str | None = None,
+    columns: int = 6,
+) -> Figure:
     """A figure of one image with its annotations, true modes and predicted samples.
 
     Args:
@@ -76,8 +85,12 @@ def item_figure(image: Any, masks: Any, *, modes: Any = None, mode_probs: Any = 
             row.append((label, mode > 0.5, "overlay"))
         groups.append(row)
     if samples is not None:
-        groups.append([(f"sample {s + 1}", np.asarray(sample, dtype=np.float32), "probability")
-                       for s, sample in enumerate(_numpy(samples))])
+        groups.append(
+            [
+                (f"sample {s + 1}", np.asarray(sample, dtype=np.float32), "probability")
+                for s, sample in enumerate(_numpy(samples))
+            ]
+        )
 
     columns = min(columns, max(len(group) for group in groups))
     rows = sum(math.ceil(len(group) / columns) for group in groups)
@@ -98,8 +111,14 @@ def item_figure(image: Any, masks: Any, *, modes: Any = None, mode_probs: Any = 
                 else:
                     ax.imshow(shown, cmap="gray" if grey else None, vmin=0.0, vmax=1.0, interpolation="nearest")
                     if data is not None:
-                        ax.imshow(np.ma.masked_where(~data, data), cmap=_OVERLAY, alpha=0.5, vmin=0, vmax=1,
-                                  interpolation="nearest")
+                        ax.imshow(
+                            np.ma.masked_where(~data, data),
+                            cmap=_OVERLAY,
+                            alpha=0.5,
+                            vmin=0,
+                            vmax=1,
+                            interpolation="nearest",
+                        )
                 ax.set_title(label, fontsize=8)
             row += 1
     if title:
@@ -108,8 +127,14 @@ def item_figure(image: Any, masks: Any, *, modes: Any = None, mode_probs: Any = 
     return fig
 
 
-def figure_for_item(item: dict[str, Any], *, samples: Any = None, mode_names: Sequence[str] | None = None,
-                    title: str | None = None, columns: int = 6) -> Figure:
+def figure_for_item(
+    item: dict[str, Any],
+    *,
+    samples: Any = None,
+    mode_names: Sequence[str] | None = None,
+    title: str | None = None,
+    columns: int = 6,
+) -> Figure:
     """`item_figure` for a dataset item (uses its "modes"/"mode_probs" keys when present).
 
     `mode_names` defaults to the synthetic dataset's names when the item has that many modes.
@@ -117,8 +142,16 @@ def figure_for_item(item: dict[str, Any], *, samples: Any = None, mode_names: Se
     modes = item.get("modes")
     if mode_names is None and modes is not None and len(modes) == len(MODE_NAMES):
         mode_names = MODE_NAMES
-    return item_figure(item["image"], item["masks"], modes=modes, mode_probs=item.get("mode_probs"),
-                       mode_names=mode_names, samples=samples, title=title or item.get("id"), columns=columns)
+    return item_figure(
+        item["image"],
+        item["masks"],
+        modes=modes,
+        mode_probs=item.get("mode_probs"),
+        mode_names=mode_names,
+        samples=samples,
+        title=title or item.get("id"),
+        columns=columns,
+    )
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:

@@ -13,6 +13,7 @@ Images and masks are resized to `size` x `size` (image bilinear, masks nearest n
 non-square images are squashed). Training items are jointly flipped and rotated when
 `augment` is on. Group = image id (the layout carries no patient id).
 """
+
 from __future__ import annotations
 
 import os
@@ -43,10 +44,11 @@ _MASK_TAIL = re.compile(r"^(?:.*_)?(?P<letter>[A-Za-z])\.png$")
 def index_folder(root: Path) -> tuple[dict[str, Path], dict[str, list[tuple[str, Path]]], list[str]]:
     """Images by id, their (letter, mask path) lists sorted by letter then name, and unmatched mask names."""
     folders = {name: root / name for name in ("Images", "Segmentations")}
-    for name, folder in folders.items():
+    for folder in folders.values():
         if not folder.is_dir():
-            raise DataError(f"isic3: '{folder}' is missing; root must hold Images/ and Segmentations/ "
-                            "(see docs/data.md)")
+            raise DataError(
+                f"isic3: '{folder}' is missing; root must hold Images/ and Segmentations/ (see docs/data.md)"
+            )
     images: dict[str, Path] = {}
     for path in sorted(folders["Images"].iterdir()):
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
@@ -59,7 +61,7 @@ def index_folder(root: Path) -> tuple[dict[str, Path], dict[str, list[tuple[str,
     unmatched = []
     for path in sorted(folders["Segmentations"].glob("*.png")):
         owner = _owner(path.name, images)
-        tail = _MASK_TAIL.match(path.name[len(owner) + 1:]) if owner else None
+        tail = _MASK_TAIL.match(path.name[len(owner) + 1 :]) if owner else None
         if tail is None:
             unmatched.append(path.name)
             continue
@@ -78,14 +80,24 @@ def _owner(mask_name: str, images: dict[str, Path]) -> str | None:
     return None
 
 
-@datasets.register("isic3", aliases=("isic",),
-                   description="ISIC skin lesions with 3 annotators (Images/, Segmentations/)")
+@datasets.register(
+    "isic3", aliases=("isic",), description="ISIC skin lesions with 3 annotators (Images/, Segmentations/)"
+)
 class Isic3Dataset(AnnotatedDataset):
     """RGB dermoscopy images with `num_annotators` masks each; see the module docstring."""
 
-    def __init__(self, *, root: str | None = None, split: str = "train", seed: int = 0,
-                 fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, size: int = 128,
-                 num_annotators: int = 3, augment: bool = True, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        root: str | None = None,
+        split: str = "train",
+        seed: int = 0,
+        fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+        size: int = 128,
+        num_annotators: int = 3,
+        augment: bool = True,
+        limit: int | None = None,
+    ) -> None:
         """
         Args:
             root: folder holding Images/ and Segmentations/; default: the AMBISEG_ISIC3 variable.
@@ -99,14 +111,17 @@ class Isic3Dataset(AnnotatedDataset):
         """
         root = root or os.environ.get(ENV_VAR)
         if not root:
-            raise DataError(f"isic3 needs root= (or the {ENV_VAR} environment variable): a folder with Images/ "
-                            "and Segmentations/; see docs/data.md")
+            raise DataError(
+                f"isic3 needs root= (or the {ENV_VAR} environment variable): a folder with Images/ "
+                "and Segmentations/; see docs/data.md"
+            )
         if size < 8 or num_annotators < 1:
             raise ConfigError(f"isic3: size must be >= 8 and num_annotators >= 1, got {size} and {num_annotators}")
         self.name, self.split, self.root = "isic3", check_split(split), Path(root).expanduser()
         if not self.root.is_dir():
-            raise DataError(f"isic3 root '{self.root}' is not a folder; pass the folder holding Images/ "
-                            "and Segmentations/")
+            raise DataError(
+                f"isic3 root '{self.root}' is not a folder; pass the folder holding Images/ and Segmentations/"
+            )
         images, masks, self.unmatched = index_folder(self.root)
         self.skipped = {i: len(masks.get(i, [])) for i in images if len(masks.get(i, [])) != num_annotators}
         ids = [i for i in images if i not in self.skipped]
@@ -116,8 +131,9 @@ class Isic3Dataset(AnnotatedDataset):
                 f"isic3 at {self.root}: no image has exactly {num_annotators} masks (mask counts found: {counts}); "
                 f"masks must be named Segmentations/<id>_<letter>.png or <id>_<anything>_<letter>.png"
             )
-        keep = subset(split_indices(ids, split, seed=seed, fractions=fractions, where=f"isic3 at {self.root}"),
-                      limit, seed=seed)
+        keep = subset(
+            split_indices(ids, split, seed=seed, fractions=fractions, where=f"isic3 at {self.root}"), limit, seed=seed
+        )
         self.ids = [ids[i] for i in keep]
         self.groups = list(self.ids)
         self.image_paths = [images[i] for i in self.ids]

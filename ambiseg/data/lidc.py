@@ -15,6 +15,7 @@ Two formats, found from `root`:
   restricted unpickler of `safe_pickle` and checked eagerly. Group = series_uid (the format
   has no patient id, so a CT series stands for its patient).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,17 @@ from .safe_pickle import safe_load
 from .splits import DEFAULT_FRACTIONS, split_indices, subset
 from .validate import binary_mask, check_nonempty, check_shape, check_split, decode_png, unit_image
 
-__all__ = ["ENV_VAR", "PICKLE_SUFFIXES", "SliceRecord", "ZipStore", "FolderStore", "SlicesSource",
-           "PickleSource", "open_source", "LidcDataset"]
+__all__ = [
+    "ENV_VAR",
+    "PICKLE_SUFFIXES",
+    "SliceRecord",
+    "ZipStore",
+    "FolderStore",
+    "SlicesSource",
+    "PickleSource",
+    "open_source",
+    "LidcDataset",
+]
 
 ENV_VAR = "AMBISEG_LIDC"
 PICKLE_SUFFIXES = (".pickle", ".pkl")
@@ -50,8 +60,10 @@ _SLICE_NAME = re.compile(
 
 def _natural(text: str) -> tuple[Any, ...]:
     """Sort key putting "slice-2" before "slice-10" (ASCII digits only: "slice-1²" sorts as text)."""
-    return tuple((0, int(part), "") if part.isdigit() and part.isascii() else (1, 0, part)
-                 for part in re.split(r"([0-9]+)", text))
+    return tuple(
+        (0, int(part), "") if part.isdigit() and part.isascii() else (1, 0, part)
+        for part in re.split(r"([0-9]+)", text)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +82,9 @@ class ZipStore:
 
     def __init__(self, path: Path) -> None:
         if not zipfile.is_zipfile(path):
-            raise DataError(f"{path}: not a zip file; pass the lidc-idri-slices.zip, an extracted folder, "
-                            "or *.pickle files")
+            raise DataError(
+                f"{path}: not a zip file; pass the lidc-idri-slices.zip, an extracted folder, or *.pickle files"
+            )
         self.path, self.label = path, str(path)
         self._zip: zipfile.ZipFile | None = None
         self._pid: int | None = None
@@ -89,11 +102,13 @@ class ZipStore:
         try:
             return self._archive().read(name)
         except KeyError:
-            raise DataError(f"{self.path}: entry '{name}' is gone; was the zip replaced after the dataset "
-                            "was built?") from None
+            raise DataError(
+                f"{self.path}: entry '{name}' is gone; was the zip replaced after the dataset was built?"
+            ) from None
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-            raise DataError(f"{self.path}: entry '{name}' cannot be read ({exc}); the zip is damaged, "
-                            "download it again") from None
+            raise DataError(
+                f"{self.path}: entry '{name}' cannot be read ({exc}); the zip is damaged, download it again"
+            ) from None
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers reopen the zip themselves
         return {**self.__dict__, "_zip": None, "_pid": None}
@@ -112,8 +127,9 @@ class FolderStore:
         try:
             return (self.path / name).read_bytes()
         except FileNotFoundError:
-            raise DataError(f"{self.path / name}: file is missing; was the folder changed after the dataset "
-                            "was built?") from None
+            raise DataError(
+                f"{self.path / name}: file is missing; was the folder changed after the dataset was built?"
+            ) from None
 
 
 class SlicesSource:
@@ -144,16 +160,18 @@ class SlicesSource:
             raise DataError(f"{self.store.label}: holds no LIDC slices; expected {LAYOUT}")
         for key in masks.keys() - images.keys():
             some = next(iter(masks[key].values()))
-            raise DataError(f"{self.store.label}: mask {some} has no image {key[0]}/images/{key[1]}.png; "
-                            "add it or delete the mask")
+            raise DataError(
+                f"{self.store.label}: mask {some} has no image {key[0]}/images/{key[1]}.png; add it or delete the mask"
+            )
         records = []
         ids: dict[str, str] = {}
         for key in sorted(images, key=lambda k: (_natural(k[0]), _natural(k[1]))):
             nodule_dir, slice_name = key
             need = sorted(raters[nodule_dir])
             if not need:
-                raise DataError(f"{self.store.label}: {nodule_dir} has images but no mask-<k> folders; "
-                                f"expected {LAYOUT}")
+                raise DataError(
+                    f"{self.store.label}: {nodule_dir} has images but no mask-<k> folders; expected {LAYOUT}"
+                )
             missing = [k for k in need if k not in masks[key]]
             if missing:
                 raise DataError(
@@ -164,12 +182,20 @@ class SlicesSource:
             patient, nodule = owner[nodule_dir]
             slice_id = f"{patient}/{nodule}/{slice_name}"
             if slice_id in ids:
-                raise DataError(f"{self.store.label}: slice {slice_id} is there twice ({ids[slice_id]} and "
-                                f"{images[key]}); keep one copy of the tree, or it would be counted twice")
+                raise DataError(
+                    f"{self.store.label}: slice {slice_id} is there twice ({ids[slice_id]} and "
+                    f"{images[key]}); keep one copy of the tree, or it would be counted twice"
+                )
             ids[slice_id] = images[key]
-            records.append(SliceRecord(id=slice_id, group=patient, image=images[key],
-                                       masks=tuple(masks[key][k] for k in need),
-                                       where=f"{self.store.label}:{images[key]}"))
+            records.append(
+                SliceRecord(
+                    id=slice_id,
+                    group=patient,
+                    image=images[key],
+                    masks=tuple(masks[key][k] for k in need),
+                    where=f"{self.store.label}:{images[key]}",
+                )
+            )
         return records
 
     def read(self, record: SliceRecord, *, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -203,8 +229,10 @@ class PickleSource:
         for path in self.files:
             content = safe_load(path)
             if not isinstance(content, dict):
-                raise DataError(f"{path}: holds a {type(content).__name__}; expected a dict slice-name -> "
-                                "{'image': array, 'masks': [arrays], 'series_uid': str}")
+                raise DataError(
+                    f"{path}: holds a {type(content).__name__}; expected a dict slice-name -> "
+                    "{'image': array, 'masks': [arrays], 'series_uid': str}"
+                )
             for key in sorted(content, key=lambda k: _natural(str(k))):
                 where = f"{path}[{key!r}]"
                 if str(key) in seen:
@@ -214,19 +242,25 @@ class PickleSource:
                 shape = shape or record.image.shape
                 check_shape(record.image.shape, shape, where=where, what="image")
                 records.append(record)
-        check_nonempty(len(records), where=", ".join(map(str, self.files)),
-                       how="the pickle dict is empty; it must map slice names to {image, masks, series_uid}")
+        check_nonempty(
+            len(records),
+            where=", ".join(map(str, self.files)),
+            how="the pickle dict is empty; it must map slice names to {image, masks, series_uid}",
+        )
         return records
 
     @staticmethod
     def _record(key: str, entry: Any, where: str) -> SliceRecord:
         if not isinstance(entry, dict):
-            raise DataError(f"{where}: entry is a {type(entry).__name__}; expected a dict with image, masks, "
-                            "series_uid")
+            raise DataError(
+                f"{where}: entry is a {type(entry).__name__}; expected a dict with image, masks, series_uid"
+            )
         absent = [k for k in ("image", "masks", "series_uid") if k not in entry]
         if absent:
-            raise DataError(f"{where}: missing key(s) {', '.join(absent)}; each entry needs 'image' (array), "
-                            "'masks' (list of binary arrays) and 'series_uid' (str, used as the patient group)")
+            raise DataError(
+                f"{where}: missing key(s) {', '.join(absent)}; each entry needs 'image' (array), "
+                "'masks' (list of binary arrays) and 'series_uid' (str, used as the patient group)"
+            )
         image = _array(entry["image"], f"{where}['image']")
         if image.ndim == 3 and image.shape[0] == 1:
             image = image[0]
@@ -267,8 +301,10 @@ def open_source(root: str | os.PathLike[str]) -> SlicesSource | PickleSource:
     """Find the format under `root`: a zip, a pickle, a folder of pickles, the slices folder or its parent."""
     path = Path(root).expanduser()
     if not path.exists():
-        raise DataError(f"lidc root '{path}' does not exist; pass root= the lidc-idri-slices.zip, the "
-                        "LIDC-IDRI-slices folder (or its parent), or a folder of *.pickle files")
+        raise DataError(
+            f"lidc root '{path}' does not exist; pass root= the lidc-idri-slices.zip, the "
+            "LIDC-IDRI-slices folder (or its parent), or a folder of *.pickle files"
+        )
     if path.is_file():
         return PickleSource([path]) if path.suffix.lower() in PICKLE_SUFFIXES else SlicesSource(ZipStore(path))
     pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
@@ -287,9 +323,17 @@ def open_source(root: str | os.PathLike[str]) -> SlicesSource | PickleSource:
 class LidcDataset(AnnotatedDataset):
     """LIDC-IDRI crops with every rater's mask; see the module docstring for the formats."""
 
-    def __init__(self, *, root: str | None = None, split: str = "train", seed: int = 0,
-                 fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, num_annotators: int | None = None,
-                 limit: int | None = None, crop: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        root: str | None = None,
+        split: str = "train",
+        seed: int = 0,
+        fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+        num_annotators: int | None = None,
+        limit: int | None = None,
+        crop: int | None = None,
+    ) -> None:
         """
         Args:
             root: the zip, the LIDC-IDRI-slices folder or its parent, a pickle or a folder of
@@ -306,13 +350,18 @@ class LidcDataset(AnnotatedDataset):
         """
         root = root or os.environ.get(ENV_VAR)
         if not root:
-            raise DataError(f"lidc needs root= (or the {ENV_VAR} environment variable): the path of "
-                            "lidc-idri-slices.zip, the LIDC-IDRI-slices folder, or *.pickle files; see docs/data.md")
+            raise DataError(
+                f"lidc needs root= (or the {ENV_VAR} environment variable): the path of "
+                "lidc-idri-slices.zip, the LIDC-IDRI-slices folder, or *.pickle files; see docs/data.md"
+            )
         self.name, self.split = "lidc", check_split(split)
         self.source = open_source(root)
         records = self._pick_annotators(self.source.records(), num_annotators, where=str(root))
-        keep = subset(split_indices([r.group for r in records], split, seed=seed, fractions=fractions,
-                                    where=f"lidc at {root}"), limit, seed=seed)
+        keep = subset(
+            split_indices([r.group for r in records], split, seed=seed, fractions=fractions, where=f"lidc at {root}"),
+            limit,
+            seed=seed,
+        )
         self.records = [records[i] for i in keep]
         self.ids = [r.id for r in self.records]
         self.groups = [r.group for r in self.records]
@@ -321,8 +370,10 @@ class LidcDataset(AnnotatedDataset):
         first, _ = self.source.read(self.records[0])
         self.stored_shape = (int(first.shape[0]), int(first.shape[1]))
         if crop is not None and not 1 <= crop <= min(self.stored_shape):
-            raise ConfigError(f"lidc: crop must be between 1 and {min(self.stored_shape)} (the slices are "
-                              f"{self.stored_shape[0]}x{self.stored_shape[1]}), got {crop}")
+            raise ConfigError(
+                f"lidc: crop must be between 1 and {min(self.stored_shape)} (the slices are "
+                f"{self.stored_shape[0]}x{self.stored_shape[1]}), got {crop}"
+            )
         self.crop = crop
         self.image_shape = (crop, crop) if crop is not None else self.stored_shape
 
@@ -340,8 +391,9 @@ class LidcDataset(AnnotatedDataset):
         if wanted < 1:
             raise ConfigError(f"lidc: num_annotators must be >= 1, got {wanted}")
         kept = [dataclasses.replace(r, masks=r.masks[:wanted]) for r in records if len(r.masks) >= wanted]
-        check_nonempty(len(kept), where=where,
-                       how=f"no slice has {wanted} masks (counts: {dict(sorted(counts.items()))})")
+        check_nonempty(
+            len(kept), where=where, how=f"no slice has {wanted} masks (counts: {dict(sorted(counts.items()))})"
+        )
         return kept
 
     def _load(self, index: int) -> dict[str, Any]:
@@ -350,8 +402,8 @@ class LidcDataset(AnnotatedDataset):
         masks = np.stack(masks)
         if self.crop is not None:
             top, left = (self.stored_shape[0] - self.crop) // 2, (self.stored_shape[1] - self.crop) // 2
-            image = image[top:top + self.crop, left:left + self.crop]
-            masks = masks[:, top:top + self.crop, left:left + self.crop]
+            image = image[top : top + self.crop, left : left + self.crop]
+            masks = masks[:, top : top + self.crop, left : left + self.crop]
         return {
             "image": torch.from_numpy(np.array(image, dtype=np.float32))[None],  # a copy: records stay intact
             "masks": torch.from_numpy(np.ascontiguousarray(masks)),

@@ -9,6 +9,7 @@ Loaded content is bounded too: containers nested deeper than `MAX_DEPTH` (a 200 
 can nest 200,000 tuples, which crashes the interpreter when anything walks it), containers
 that hold themselves, and `bytearray(n)` of a size instead of bytes are refused.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -30,15 +31,21 @@ _MUTATORS = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
 # (module, name) as written in the pickle -> (module to import, attribute). numpy 2 writes
 # `numpy._core.*`, numpy 1 wrote `numpy.core.*`; both resolve to whichever the installed numpy has.
 ALLOWED_GLOBALS: dict[tuple[str, str], tuple[str, str]] = {
-    **{(f"numpy.{core}.multiarray", fn): ("multiarray", fn)
-       for core in ("core", "_core") for fn in ("_reconstruct", "scalar")},
+    **{
+        (f"numpy.{core}.multiarray", fn): ("multiarray", fn)
+        for core in ("core", "_core")
+        for fn in ("_reconstruct", "scalar")
+    },
     **{(f"numpy.{core}.numeric", "_frombuffer"): ("numeric", "_frombuffer") for core in ("core", "_core")},
     ("numpy", "ndarray"): ("numpy", "ndarray"),
     ("numpy", "dtype"): ("numpy", "dtype"),
     ("_codecs", "encode"): ("_codecs", "encode"),  # bytes inside protocol 0-2 pickles
     # protocol 0-2 pickles (and Python 2 ones) spell builtins "__builtin__"
-    **{(module, fn): ("builtins", fn)
-       for module in ("builtins", "__builtin__") for fn in ("set", "frozenset", "bytearray")},
+    **{
+        (module, fn): ("builtins", fn)
+        for module in ("builtins", "__builtin__")
+        for fn in ("set", "frozenset", "bytearray")
+    },
 }
 
 
@@ -73,8 +80,10 @@ class SafeUnpickler(pickle.Unpickler):
     def _bytearray(self, *args: Any) -> bytearray:
         """`bytearray` of bytes (as pickles write it), never of a size: `bytearray(2**62)` is refused."""
         if args and not isinstance(args[0], (bytes, bytearray, str)):
-            raise DataError(f"{self.source}: pickle builds a bytearray from a {type(args[0]).__name__}, which is "
-                            "refused (only bytes are loaded); re-export the file")
+            raise DataError(
+                f"{self.source}: pickle builds a bytearray from a {type(args[0]).__name__}, which is "
+                "refused (only bytes are loaded); re-export the file"
+            )
         return bytearray(*args)
 
     def persistent_load(self, pid: Any) -> Any:
@@ -110,11 +119,15 @@ def check_depth(obj: Any, *, source: str, limit: int = MAX_DEPTH) -> None:
         if not _children(child) and not isinstance(child, (dict, list, tuple, set, frozenset)):
             continue
         if id(child) in on_path:
-            raise DataError(f"{source}: pickle holds a container that contains itself, which is refused; "
-                            "re-export the file as plain dicts/lists of numpy arrays")
+            raise DataError(
+                f"{source}: pickle holds a container that contains itself, which is refused; "
+                "re-export the file as plain dicts/lists of numpy arrays"
+            )
         if len(path) + height.get(id(child), 0) > limit:
-            raise DataError(f"{source}: pickle nests containers more than {limit} deep, which is refused; "
-                            "re-export the file as plain dicts/lists of numpy arrays")
+            raise DataError(
+                f"{source}: pickle nests containers more than {limit} deep, which is refused; "
+                "re-export the file as plain dicts/lists of numpy arrays"
+            )
         if id(child) not in height:
             path.append((child, iter(_children(child))))
             on_path.add(id(child))
@@ -172,11 +185,15 @@ def scan_nesting(handle: Any, *, source: str, limit: int = 2 * MAX_DEPTH) -> Non
                 depth = inner if popped else 0
                 stack += [[depth] for _ in after]
             if depth > limit:
-                raise DataError(f"{source}: pickle nests objects more than {limit} deep, which is refused; "
-                                "re-export the file as plain dicts/lists of numpy arrays")
+                raise DataError(
+                    f"{source}: pickle nests objects more than {limit} deep, which is refused; "
+                    "re-export the file as plain dicts/lists of numpy arrays"
+                )
     except (IndexError, KeyError):
-        raise DataError(f"{source}: not a readable pickle (its opcodes use a stack entry or memo slot that does "
-                        "not exist); re-export the file") from None
+        raise DataError(
+            f"{source}: not a readable pickle (its opcodes use a stack entry or memo slot that does "
+            "not exist); re-export the file"
+        ) from None
     except ValueError as exc:  # pickletools: unknown opcode, truncated argument
         raise DataError(f"{source}: not a readable pickle ({exc}); re-export the file") from None
 
@@ -194,10 +211,10 @@ def safe_load(path: str | Path) -> Any:
     except FileNotFoundError:
         raise DataError(f"{path}: pickle file not found") from None
     except (MemoryError, OverflowError, RecursionError) as exc:
-        raise DataError(f"{path}: pickle asks for more than can be loaded ({type(exc).__name__}); "
-                        "re-export the file") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError) as exc:
+        raise DataError(
+            f"{path}: pickle asks for more than can be loaded ({type(exc).__name__}); re-export the file"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
         raise DataError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc}); re-export the file") from None
     check_depth(content, source=str(path))
     return content

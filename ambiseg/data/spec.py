@@ -6,6 +6,7 @@ every split, `--set data.test.KEY=VALUE` for one). Checkpoints, `config.json` an
 records store `spec.to_dict()`, so `ambiseg eval RUN/last.safetensors` scores the run's own data
 unless told otherwise.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +54,9 @@ class DataSpec:
         splits = {}
         for split, options in self.splits.items():
             if split not in SPLIT_NAMES:
-                raise ConfigError(f"data.{split}: unknown split{closest(split, SPLIT_NAMES)}; splits: {', '.join(SPLIT_NAMES)}")
+                raise ConfigError(
+                    f"data.{split}: unknown split{closest(split, SPLIT_NAMES)}; splits: {', '.join(SPLIT_NAMES)}"
+                )
             splits[split] = self._checked(options, f"data.{split}")
         object.__setattr__(self, "splits", splits)
 
@@ -67,8 +70,10 @@ class DataSpec:
             if key == "seed":
                 raise ConfigError(f"{where}.seed: the split seed is one for all splits; use data.seed")
             if key not in fields:
-                raise ConfigError(f"{where}.{key}: dataset '{self.name}' has no option '{key}'{closest(key, fields)}; "
-                                  f"options: {', '.join(k for k in fields if k not in (*_RESERVED, 'seed'))}")
+                raise ConfigError(
+                    f"{where}.{key}: dataset '{self.name}' has no option '{key}'{closest(key, fields)}; "
+                    f"options: {', '.join(k for k in fields if k not in (*_RESERVED, 'seed'))}"
+                )
             out[key] = coerce(value, fields[key].type, where=f"{where}.{key}")
         return out
 
@@ -94,7 +99,7 @@ class DataSpec:
         return {split: self.build(split) for split in splits}
 
     # ---- changing and recording ----------------------------------------------------------------
-    def with_settings(self, settings: dict[str, Any]) -> "DataSpec":
+    def with_settings(self, settings: dict[str, Any]) -> DataSpec:
         """Apply `{"data.size": 32, "data.test.limit": 500, "data.seed": 1}` (the `--set data.*` keys)."""
         seed, options = self.seed, dict(self.options)
         splits = {k: dict(v) for k, v in self.splits.items()}
@@ -108,23 +113,28 @@ class DataSpec:
                 options[parts[1]] = value
             elif len(parts) == 3:
                 if parts[1] not in SPLIT_NAMES:
-                    raise ConfigError(f"'{key}': unknown split '{parts[1]}'{closest(parts[1], SPLIT_NAMES)}; "
-                                      f"splits: {', '.join(SPLIT_NAMES)}")
+                    raise ConfigError(
+                        f"'{key}': unknown split '{parts[1]}'{closest(parts[1], SPLIT_NAMES)}; "
+                        f"splits: {', '.join(SPLIT_NAMES)}"
+                    )
                 splits.setdefault(parts[1], {})[parts[2]] = value
             else:
-                raise ConfigError(f"'{key}': expected data.KEY or data.SPLIT.KEY with SPLIT one of {', '.join(SPLIT_NAMES)}")
+                raise ConfigError(
+                    f"'{key}': expected data.KEY or data.SPLIT.KEY with SPLIT one of {', '.join(SPLIT_NAMES)}"
+                )
         return dataclasses.replace(self, seed=seed, options=options, splits=splits)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (tuples become lists; `from_dict` types them back)."""
         out = dataclasses.asdict(self)
         out["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in out["options"].items()}
-        out["splits"] = {s: {k: list(v) if isinstance(v, tuple) else v for k, v in o.items()}
-                         for s, o in out["splits"].items()}
+        out["splits"] = {
+            s: {k: list(v) if isinstance(v, tuple) else v for k, v in o.items()} for s, o in out["splits"].items()
+        }
         return out
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, where: str = "data spec") -> "DataSpec":
+    def from_dict(cls, values: dict[str, Any], *, where: str = "data spec") -> DataSpec:
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: expected a JSON object, got {type(values).__name__}")
         unknown = [k for k in values if k not in {f.name for f in dataclasses.fields(cls)}]

@@ -4,6 +4,7 @@ Slices of one patient are strongly correlated, so a slice-level split leaks the 
 training (the public ATFM code does this). Here whole groups (patients) are shuffled with a
 seeded generator and cut by the split fractions; no group lands in two splits.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,8 +31,9 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def assign_groups(groups: Sequence[str], *, seed: int,
-                  fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict[str, str]:
+def assign_groups(
+    groups: Sequence[str], *, seed: int, fractions: Sequence[float] = DEFAULT_FRACTIONS
+) -> dict[str, str]:
     """Map each distinct group to "train", "val" or "test".
 
     The sorted distinct groups are permuted by `numpy.random.default_rng(seed)`; the first
@@ -47,8 +49,14 @@ def assign_groups(groups: Sequence[str], *, seed: int,
     return {unique[i]: str(names[rank]) for rank, i in enumerate(order)}
 
 
-def split_indices(groups: Sequence[str], split: str, *, seed: int,
-                  fractions: Sequence[float] = DEFAULT_FRACTIONS, where: str = "dataset") -> list[int]:
+def split_indices(
+    groups: Sequence[str],
+    split: str,
+    *,
+    seed: int,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    where: str = "dataset",
+) -> list[int]:
     """Indices (in order) of the items whose group falls in `split`; "all" keeps every item.
 
     Raises DataError when the split is empty (too few groups for the fractions).

@@ -14,6 +14,7 @@ A annotator masks are drawn i.i.d. from the modes, so annotators genuinely disag
 single deterministic prediction cannot match them, while the image carries all the
 information a stochastic model needs. An item depends only on (seed, split, index).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,13 +55,14 @@ def _lesion(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int)
     phases = rng.uniform(0.0, 2 * math.pi, size=3)
     grow = rng.uniform(1.25, 1.45)  # loose boundary = grow x tight boundary
     theta = np.arctan2(yy - cy, xx - cx)
-    radius = r0 * (1 + sum(a * np.cos(k * theta + p) for a, k, p in zip(amps, (2, 3, 4), phases)))
+    radius = r0 * (1 + sum(a * np.cos(k * theta + p) for a, k, p in zip(amps, (2, 3, 4), phases, strict=True)))
     rel = np.hypot(yy - cy, xx - cx) / radius  # 1 on the tight boundary
     return {"center": (cy, cx), "reach": r0 * (1 + amps.sum()) * grow, "rel": rel, "grow": grow}
 
 
-def _satellite(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int,
-               center: tuple[float, float], reach: float) -> np.ndarray:
+def _satellite(
+    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int, center: tuple[float, float], reach: float
+) -> np.ndarray:
     """Small elliptic blob clear of the lesion's loose boundary, fully inside the image."""
     radius = max(1.2, rng.uniform(0.045, 0.065) * size)
     dist = reach + radius + rng.uniform(0.04, 0.10) * size
@@ -112,8 +114,16 @@ class SyntheticDataset(AnnotatedDataset):
     usual keys, so metrics can be taken against the true distribution.
     """
 
-    def __init__(self, *, split: str = "train", seed: int = 0, size: int = 64, num_annotators: int = 4,
-                 sizes: tuple[int, int, int] = DEFAULT_SIZES, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        split: str = "train",
+        seed: int = 0,
+        size: int = 64,
+        num_annotators: int = 4,
+        sizes: tuple[int, int, int] = DEFAULT_SIZES,
+        limit: int | None = None,
+    ) -> None:
         """
         Args:
             split: "train", "val", "test" or "all" (the three, in that order).
@@ -133,8 +143,9 @@ class SyntheticDataset(AnnotatedDataset):
                 raise ConfigError(f"synthetic: limit must be a positive number of items, got {limit}")
             self.keys = self.keys[:limit]
         if not self.keys:
-            raise ConfigError(f"synthetic: split '{split}' has no images (sizes={tuple(sizes)}); "
-                              "give it a positive size")
+            raise ConfigError(
+                f"synthetic: split '{split}' has no images (sizes={tuple(sizes)}); give it a positive size"
+            )
         self.ids = [f"synthetic-{part}-{i:05d}" for part, i in self.keys]
         self.groups = list(self.ids)  # every image is its own "patient"
         self.mode_names = MODE_NAMES
@@ -148,8 +159,9 @@ class SyntheticDataset(AnnotatedDataset):
         if num_annotators < 1:
             raise ConfigError(f"synthetic: num_annotators must be >= 1, got {num_annotators}")
         if len(sizes) != 3 or min(sizes) < 0:
-            raise ConfigError(f"synthetic: sizes must be three non-negative counts (train, val, test), "
-                              f"got {tuple(sizes)}")
+            raise ConfigError(
+                f"synthetic: sizes must be three non-negative counts (train, val, test), got {tuple(sizes)}"
+            )
         return int(seed), int(size)
 
     def _load(self, index: int) -> dict[str, Any]:

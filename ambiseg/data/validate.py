@@ -3,6 +3,7 @@
 Each check raises `DataError` with the file or key it looked at (`where`), what it found and
 how to fix it, so a bad dataset fails with one readable line instead of a NaN loss later.
 """
+
 from __future__ import annotations
 
 import io
@@ -133,8 +134,7 @@ def _by_mode(img: Any, mode: str | None, where: str) -> np.ndarray:
         return grey
     if mode is not None and img.mode != mode:
         if img.mode not in ("1", "L", "LA", "RGB", "RGBA", "CMYK", "YCbCr"):
-            raise DataError(f"{where}: image mode {img.mode!r} cannot be read as {mode}; save it as 8-bit grey "
-                            "or RGB")
+            raise DataError(f"{where}: image mode {img.mode!r} cannot be read as {mode}; save it as 8-bit grey or RGB")
         img = img.convert(mode)
     if img.mode not in ("1", "L", "RGB"):
         raise DataError(f"{where}: unsupported image mode {img.mode!r}; save it as 8-bit grey or RGB")

@@ -1,13 +1,18 @@
 """Method components (one module per prior/transport family) and the registered recipes."""
+
 from __future__ import annotations
 
-from . import noise  # noqa: F401
-from . import gtr, identity, sfm  # noqa: F401
-from . import atfm  # noqa: F401
-from . import deterministic  # noqa: F401
-from . import probunet  # noqa: F401
-from . import phiseg  # noqa: F401
-from . import cimd  # noqa: F401
-from . import tdpm  # noqa: F401
+from . import (  # noqa: F401
+    atfm,  # noqa: F401
+    cimd,  # noqa: F401
+    deterministic,  # noqa: F401
+    gtr,
+    identity,
+    noise,  # noqa: F401
+    phiseg,  # noqa: F401
+    probunet,  # noqa: F401
+    sfm,
+    tdpm,  # noqa: F401
+)
 
 __all__: list[str] = []

@@ -13,6 +13,7 @@ timed on 2 CPU cores, see docs/methods/atfm.md), "paper-lidc" and "paper-isic3" 
 hyperparameters; values the paper leaves open, such as the GTR batch size and the ST-Net's stem
 kernel and GroupNorm groups, are the public code's).
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,16 @@ _GTR: dict[str, dict[str, Any]] = {
     "cpu": {"widths": (16, 32, 64), "features": 16, "rank": 10, "mc_samples": 20},
     # LIDC on 2 CPU cores: centred factor, mean fit and GroupNorm, each chosen on validation
     # learning curves; sampling temperature 0.6 chosen on the validation slices (docs/training.md)
-    "cpu-lidc": {"widths": (16, 32, 64), "features": 16, "rank": 10, "mc_samples": 20, "norm": "group",
-                 "centre_factor": True, "mean_weight": 1.0, "temperature": 0.6},
+    "cpu-lidc": {
+        "widths": (16, 32, 64),
+        "features": 16,
+        "rank": 10,
+        "mc_samples": 20,
+        "norm": "group",
+        "centre_factor": True,
+        "mean_weight": 1.0,
+        "temperature": 0.6,
+    },
     "paper-lidc": {"widths": (32, 64, 128, 192), "features": 32, "rank": 10, "mc_samples": 20, "antithetic": True},
     "paper-isic3": {"widths": (32, 64, 128, 192), "features": 32, "rank": 10, "mc_samples": 20, "antithetic": True},
 }
@@ -39,33 +48,83 @@ _SFM: dict[str, dict[str, Any]] = {
     "cpu": {"width": 8, "mults": (1, 2, 4), "blocks": 1, "groups": 4, "attention": False, "heads": 2, "head_dim": 8},
     # width 8 and 5 Euler steps: 0.6 GFLOP per sample at 64 px, so 100 samples of 500 test slices
     # fit a CPU bench (width 16 and 10 steps cost 4.8 GFLOP per sample)
-    "cpu-lidc": {"width": 8, "mults": (1, 2, 4), "blocks": 1, "groups": 4, "attention": False, "heads": 2,
-                 "head_dim": 8},
+    "cpu-lidc": {
+        "width": 8,
+        "mults": (1, 2, 4),
+        "blocks": 1,
+        "groups": 4,
+        "attention": False,
+        "heads": 2,
+        "head_dim": 8,
+    },
     # The paper states no stem kernel or GroupNorm group count: the paper presets take the public
     # ST-Net's 1x1 stem and 1 group (the smoke/cpu presets keep ambiseg's defaults, 7x7 stem).
-    "paper-lidc": {"width": 128, "mults": (1, 2, 4), "blocks": 2, "groups": 1, "stem_kernel": 1, "heads": 4,
-                   "head_dim": 32, "alpha": 1e-3},
-    "paper-isic3": {"width": 256, "mults": (1, 2, 4), "blocks": 2, "groups": 1, "stem_kernel": 1, "heads": 4,
-                    "head_dim": 32, "alpha": 1e-4},
+    "paper-lidc": {
+        "width": 128,
+        "mults": (1, 2, 4),
+        "blocks": 2,
+        "groups": 1,
+        "stem_kernel": 1,
+        "heads": 4,
+        "head_dim": 32,
+        "alpha": 1e-3,
+    },
+    "paper-isic3": {
+        "width": 256,
+        "mults": (1, 2, 4),
+        "blocks": 2,
+        "groups": 1,
+        "stem_kernel": 1,
+        "heads": 4,
+        "head_dim": 32,
+        "alpha": 1e-4,
+    },
 }
 _STEPS = {"smoke": 5, "cpu": 10, "cpu-lidc": 5, "paper-lidc": 25, "paper-isic3": 50}
 _TRAIN: dict[str, dict[str, dict[str, Any]]] = {
-    "smoke": {"prior": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2},
-              "transport": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}},
-    "cpu": {"prior": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "steps": 400, "batch_size": 16},
-            "transport": {"optimizer": "adam", "lr": 1e-3, "steps": 200, "batch_size": 8}},
-    "cpu-lidc": {"prior": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "steps": 1500, "batch_size": 16,
-                           "val_every": 250, "val_images": 48, "val_samples": 16},
-                 "transport": {"optimizer": "adam", "lr": 1e-3, "steps": 1000, "batch_size": 8, "val_every": 250,
-                               "val_images": 48, "val_samples": 16}},
+    "smoke": {
+        "prior": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2},
+        "transport": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2},
+    },
+    "cpu": {
+        "prior": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "steps": 400, "batch_size": 16},
+        "transport": {"optimizer": "adam", "lr": 1e-3, "steps": 200, "batch_size": 8},
+    },
+    "cpu-lidc": {
+        "prior": {
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "weight_decay": 1e-4,
+            "steps": 1500,
+            "batch_size": 16,
+            "val_every": 250,
+            "val_images": 48,
+            "val_samples": 16,
+        },
+        "transport": {
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "steps": 1000,
+            "batch_size": 8,
+            "val_every": 250,
+            "val_images": 48,
+            "val_samples": 16,
+        },
+    },
     # Batch sizes the paper does not state come from the public code: GTR 6 (both data sets), SFM 1 on ISIC3.
-    "paper-lidc": {"prior": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "epochs": 1000, "batch_size": 6},
-                   "transport": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "epochs": 200, "batch_size": 6}},
-    "paper-isic3": {"prior": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "epochs": 400, "batch_size": 6},
-                    "transport": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "epochs": 120, "batch_size": 1}},
+    "paper-lidc": {
+        "prior": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "epochs": 1000, "batch_size": 6},
+        "transport": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "epochs": 200, "batch_size": 6},
+    },
+    "paper-isic3": {
+        "prior": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "epochs": 400, "batch_size": 6},
+        "transport": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "epochs": 120, "batch_size": 1},
+    },
 }
-_DATA: dict[str, dict[str, Any]] = {"paper-lidc": {"in_channels": 1, "image_size": 128},
-                                    "paper-isic3": {"in_channels": 3, "image_size": 256}}
+_DATA: dict[str, dict[str, Any]] = {
+    "paper-lidc": {"in_channels": 1, "image_size": 128},
+    "paper-isic3": {"in_channels": 3, "image_size": 256},
+}
 
 
 def presets(*, prior: bool, transport: bool, flow: bool, alpha: float | None = None) -> dict[str, dict[str, Any]]:
@@ -91,23 +150,59 @@ def presets(*, prior: bool, transport: bool, flow: bool, alpha: float | None = N
 
 _EULER = {"name": "euler", "steps": 25}
 
-register_recipe(Recipe(
-    name="atfm", prior={"name": "gtr"}, transport={"name": "sfm"}, sampler=dict(_EULER),
-    stages=("prior", "transport"), presets=presets(prior=True, transport=True, flow=True),
-    description="ATFM: GTR prior, then SFM flow from sigmoid(GTR sample) to a mask (two stages)"))
-register_recipe(Recipe(
-    name="atfm-nosf", prior={"name": "gtr"}, transport={"name": "sfm", "alpha": 0.0}, sampler=dict(_EULER),
-    stages=("prior", "transport"), presets=presets(prior=True, transport=True, flow=True, alpha=0.0),
-    description="ATFM without the semantic-consistency loss (alpha = 0)"))
-register_recipe(Recipe(
-    name="act-gtr", prior={"name": "gtr"}, transport={"name": "identity"}, sampler={"name": "direct"},
-    stages=("prior",), presets=presets(prior=True, transport=False, flow=False), aliases=("ssn",),
-    description="Act. GTR / SSN: sigmoid of GTR samples, no transport"))
-register_recipe(Recipe(
-    name="sfm", prior={"name": "noise"}, transport={"name": "sfm"}, sampler=dict(_EULER),
-    stages=("transport",), presets=presets(prior=False, transport=True, flow=True),
-    description="SFM alone: flow from N(0, I) noise to a mask"))
-register_recipe(Recipe(
-    name="sfm-nosf", prior={"name": "noise"}, transport={"name": "sfm", "alpha": 0.0}, sampler=dict(_EULER),
-    stages=("transport",), presets=presets(prior=False, transport=True, flow=True, alpha=0.0),
-    description="SFM alone without the semantic-consistency loss (alpha = 0)"))
+register_recipe(
+    Recipe(
+        name="atfm",
+        prior={"name": "gtr"},
+        transport={"name": "sfm"},
+        sampler=dict(_EULER),
+        stages=("prior", "transport"),
+        presets=presets(prior=True, transport=True, flow=True),
+        description="ATFM: GTR prior, then SFM flow from sigmoid(GTR sample) to a mask (two stages)",
+    )
+)
+register_recipe(
+    Recipe(
+        name="atfm-nosf",
+        prior={"name": "gtr"},
+        transport={"name": "sfm", "alpha": 0.0},
+        sampler=dict(_EULER),
+        stages=("prior", "transport"),
+        presets=presets(prior=True, transport=True, flow=True, alpha=0.0),
+        description="ATFM without the semantic-consistency loss (alpha = 0)",
+    )
+)
+register_recipe(
+    Recipe(
+        name="act-gtr",
+        prior={"name": "gtr"},
+        transport={"name": "identity"},
+        sampler={"name": "direct"},
+        stages=("prior",),
+        presets=presets(prior=True, transport=False, flow=False),
+        aliases=("ssn",),
+        description="Act. GTR / SSN: sigmoid of GTR samples, no transport",
+    )
+)
+register_recipe(
+    Recipe(
+        name="sfm",
+        prior={"name": "noise"},
+        transport={"name": "sfm"},
+        sampler=dict(_EULER),
+        stages=("transport",),
+        presets=presets(prior=False, transport=True, flow=True),
+        description="SFM alone: flow from N(0, I) noise to a mask",
+    )
+)
+register_recipe(
+    Recipe(
+        name="sfm-nosf",
+        prior={"name": "noise"},
+        transport={"name": "sfm", "alpha": 0.0},
+        sampler=dict(_EULER),
+        stages=("transport",),
+        presets=presets(prior=False, transport=True, flow=True, alpha=0.0),
+        description="SFM alone without the semantic-consistency loss (alpha = 0)",
+    )
+)

@@ -11,6 +11,7 @@ x_k that the denoiser is asked about: at sampling z is re-evaluated at every ste
 prior net on (image, x_k) with a standard normal eps_z drawn once per sample in `expand`.
 With `latent_dim=0` it is a plain conditional DDPM (used by the `tdpm` composition).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -46,16 +47,38 @@ class CIMDTransport(DiffusionTransport):
 
     default_training = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.0}
 
-    def __init__(self, *, in_channels: int = 1, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                 truncation: int | None = None, width: int = 128, mults: tuple[int, ...] = (1, 2, 4), blocks: int = 2,
-                 attention: bool = True, groups: int = 8, latent_dim: int = 6, kl_weight: float = 1e-3,
-                 encoder_widths: tuple[int, ...] = (32, 64, 128, 192), encoder_convs: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        steps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        truncation: int | None = None,
+        width: int = 128,
+        mults: tuple[int, ...] = (1, 2, 4),
+        blocks: int = 2,
+        attention: bool = True,
+        groups: int = 8,
+        latent_dim: int = 6,
+        kl_weight: float = 1e-3,
+        encoder_widths: tuple[int, ...] = (32, 64, 128, 192),
+        encoder_convs: int = 3,
+    ) -> None:
         super().__init__(steps=steps, beta_start=beta_start, beta_end=beta_end, truncation=truncation)
         if int(latent_dim) < 0:
             raise ConfigError(f"cimd: latent_dim must be >= 0 (0 disables the ambiguity latent), got {latent_dim}")
         self.latent_dim, self.kl_weight = int(latent_dim), float(kl_weight)
-        self.denoiser = TimeUNet(in_channels + 1, 1, width=width, mults=tuple(mults), blocks=blocks,
-                                 attention=attention, groups=groups, cond_dim=self.latent_dim or None)
+        self.denoiser = TimeUNet(
+            in_channels + 1,
+            1,
+            width=width,
+            mults=tuple(mults),
+            blocks=blocks,
+            attention=attention,
+            groups=groups,
+            cond_dim=self.latent_dim or None,
+        )
         if self.latent_dim:
             enc = {"widths": tuple(encoder_widths), "convs": encoder_convs}
             self.prior_net = GaussianEncoder(in_channels + 1, self.latent_dim, **enc)
@@ -70,8 +93,9 @@ class CIMDTransport(DiffusionTransport):
         image = repeat_cond(cond, repeats)
         eps_z = None
         if self.latent_dim:
-            eps_z = torch.randn(image.shape[0], self.latent_dim, generator=generator, device=image.device,
-                                dtype=image.dtype)
+            eps_z = torch.randn(
+                image.shape[0], self.latent_dim, generator=generator, device=image.device, dtype=image.dtype
+            )
         return {"image": image, "eps_z": eps_z}
 
     def forward(self, x: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
@@ -101,38 +125,69 @@ class CIMDTransport(DiffusionTransport):
 
 
 _TRAIN = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "epochs": 200}
-RECIPE = register_recipe(Recipe(
-    name="cimd",
-    prior={"name": "noise"},
-    transport={"name": "cimd"},
-    sampler={"name": "ddpm"},
-    stages=("transport",),
-    train={"transport": dict(_TRAIN)},
-    presets={
-        "smoke": {
-            "transport": {"steps": 25, "width": 8, "mults": (1, 2), "blocks": 1, "attention": False,
-                          "encoder_widths": (4, 8), "encoder_convs": 1},
-            "sampler": {"name": "ddim", "steps": 5},
-            "train": {"transport": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}},
+RECIPE = register_recipe(
+    Recipe(
+        name="cimd",
+        prior={"name": "noise"},
+        transport={"name": "cimd"},
+        sampler={"name": "ddpm"},
+        stages=("transport",),
+        train={"transport": dict(_TRAIN)},
+        presets={
+            "smoke": {
+                "transport": {
+                    "steps": 25,
+                    "width": 8,
+                    "mults": (1, 2),
+                    "blocks": 1,
+                    "attention": False,
+                    "encoder_widths": (4, 8),
+                    "encoder_convs": 1,
+                },
+                "sampler": {"name": "ddim", "steps": 5},
+                "train": {"transport": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}},
+            },
+            "cpu": {
+                "transport": {
+                    "steps": 100,
+                    "width": 16,
+                    "mults": (1, 2, 4),
+                    "blocks": 1,
+                    "attention": False,
+                    "encoder_widths": (16, 32, 64),
+                    "encoder_convs": 2,
+                },
+                "sampler": {"name": "ddim", "steps": 10},
+                "train": {"transport": {"lr": 1e-3, "steps": 1500, "batch_size": 8, "val_images": 4, "val_samples": 4}},
+            },
+            # LIDC on 2 CPU cores (64 px crops): the denoiser at ATFM's cpu-lidc ST-Net width, so a
+            # sampling step costs what ATFM's does; DDIM 10 steps
+            "cpu-lidc": {
+                "transport": {
+                    "steps": 100,
+                    "width": 8,
+                    "mults": (1, 2, 4),
+                    "blocks": 1,
+                    "groups": 4,
+                    "attention": False,
+                    "encoder_widths": (16, 32, 64),
+                    "encoder_convs": 2,
+                },
+                "sampler": {"name": "ddim", "steps": 10},
+                "train": {
+                    "transport": {
+                        "lr": 1e-3,
+                        "steps": 2000,
+                        "batch_size": 8,
+                        "val_every": 250,
+                        "val_images": 48,
+                        "val_samples": 16,
+                    }
+                },
+            },
+            "paper-lidc": {"in_channels": 1, "image_size": 128, "train": {"transport": {"epochs": 200}}},
+            "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"transport": {"epochs": 120}}},
         },
-        "cpu": {
-            "transport": {"steps": 100, "width": 16, "mults": (1, 2, 4), "blocks": 1, "attention": False,
-                          "encoder_widths": (16, 32, 64), "encoder_convs": 2},
-            "sampler": {"name": "ddim", "steps": 10},
-            "train": {"transport": {"lr": 1e-3, "steps": 1500, "batch_size": 8, "val_images": 4,
-                                    "val_samples": 4}},
-        },
-        # LIDC on 2 CPU cores (64 px crops): the denoiser at ATFM's cpu-lidc ST-Net width, so a
-        # sampling step costs what ATFM's does; DDIM 10 steps
-        "cpu-lidc": {
-            "transport": {"steps": 100, "width": 8, "mults": (1, 2, 4), "blocks": 1, "groups": 4, "attention": False,
-                          "encoder_widths": (16, 32, 64), "encoder_convs": 2},
-            "sampler": {"name": "ddim", "steps": 10},
-            "train": {"transport": {"lr": 1e-3, "steps": 2000, "batch_size": 8, "val_every": 250, "val_images": 48,
-                                    "val_samples": 16}},
-        },
-        "paper-lidc": {"in_channels": 1, "image_size": 128, "train": {"transport": {"epochs": 200}}},
-        "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"transport": {"epochs": 120}}},
-    },
-    description="CIMD-style conditional DDPM with a trained ambiguity latent (Rahman et al., CVPR 2023)",
-))
+        description="CIMD-style conditional DDPM with a trained ambiguity latent (Rahman et al., CVPR 2023)",
+    )
+)

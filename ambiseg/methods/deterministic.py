@@ -4,6 +4,7 @@ It is a method like the others — a `delta` prior (no randomness) and a `unet-m
 (a backbone on the image, sigmoid) — so the benchmark trains, samples and scores it the same
 way; all its samples are the same mask, so its sample diversity is 0.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,6 +21,7 @@ from ..method import Recipe, register_recipe
 from ..registry import priors, transports
 
 __all__ = ["DeltaPrior", "UNetMap"]
+
 
 @priors.register("delta")
 class DeltaPrior(Prior):
@@ -48,12 +50,20 @@ class UNetMap(Transport):
     default_training = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5}
     TARGETS = ("mean", "random")
 
-    def __init__(self, backbone: str = "unet", widths: tuple[int, ...] = (32, 64, 128, 192), norm: str | None = None,
-                 in_channels: int = 1, target: str = "mean") -> None:
+    def __init__(
+        self,
+        backbone: str = "unet",
+        widths: tuple[int, ...] = (32, 64, 128, 192),
+        norm: str | None = None,
+        in_channels: int = 1,
+        target: str = "mean",
+    ) -> None:
         super().__init__()
         if target not in self.TARGETS:
-            raise ConfigError(f"unet-map target must be one of {', '.join(self.TARGETS)}, got '{target}'"
-                              f"{closest(target, self.TARGETS)}")
+            raise ConfigError(
+                f"unet-map target must be one of {', '.join(self.TARGETS)}, got '{target}'"
+                f"{closest(target, self.TARGETS)}"
+            )
         self.target = target
         options = {"widths": tuple(widths), "norm": norm} if backbone == "unet" else {}
         self.net = backbones.create(backbone, in_channels, 1, **options)
@@ -75,23 +85,38 @@ class UNetMap(Transport):
         return {"loss": bce, "bce": bce}
 
 
-register_recipe(Recipe(
-    name="det-unet",
-    prior={"name": "delta"},
-    transport={"name": "unet-map"},
-    sampler={"name": "direct"},
-    description="deterministic U-Net (reference row: no diversity)",
-    presets={
-        "smoke": {"transport": {"widths": [8, 16]}, "train": {"transport": {"steps": 2, "batch_size": 4}}},
-        "cpu": {"transport": {"widths": [16, 32, 64]},
-                "train": {"transport": {"steps": 600, "batch_size": 16, "lr": 1e-3}}},
-        # LIDC on 2 CPU cores: the plain U-Net without normalisation barely finds nodules in
-        # minutes; GroupNorm does; a cosine schedule steadies the end (docs/training.md)
-        "cpu-lidc": {"transport": {"widths": [16, 32, 64], "norm": "group"},
-                     "train": {"transport": {"steps": 1500, "batch_size": 16, "lr": 1e-3, "schedule": "cosine",
-                                             "warmup": 100, "val_every": 250, "val_images": 48,
-                                             "val_samples": 1}}},
-        "paper-lidc": {"train": {"transport": {"epochs": 100, "batch_size": 32}}},
-        "paper-isic3": {"train": {"transport": {"epochs": 100, "batch_size": 16}}},
-    },
-))
+register_recipe(
+    Recipe(
+        name="det-unet",
+        prior={"name": "delta"},
+        transport={"name": "unet-map"},
+        sampler={"name": "direct"},
+        description="deterministic U-Net (reference row: no diversity)",
+        presets={
+            "smoke": {"transport": {"widths": [8, 16]}, "train": {"transport": {"steps": 2, "batch_size": 4}}},
+            "cpu": {
+                "transport": {"widths": [16, 32, 64]},
+                "train": {"transport": {"steps": 600, "batch_size": 16, "lr": 1e-3}},
+            },
+            # LIDC on 2 CPU cores: the plain U-Net without normalisation barely finds nodules in
+            # minutes; GroupNorm does; a cosine schedule steadies the end (docs/training.md)
+            "cpu-lidc": {
+                "transport": {"widths": [16, 32, 64], "norm": "group"},
+                "train": {
+                    "transport": {
+                        "steps": 1500,
+                        "batch_size": 16,
+                        "lr": 1e-3,
+                        "schedule": "cosine",
+                        "warmup": 100,
+                        "val_every": 250,
+                        "val_images": 48,
+                        "val_samples": 1,
+                    }
+                },
+            },
+            "paper-lidc": {"train": {"transport": {"epochs": 100, "batch_size": 32}}},
+            "paper-isic3": {"train": {"transport": {"epochs": 100, "batch_size": 16}}},
+        },
+    )
+)

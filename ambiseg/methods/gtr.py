@@ -7,6 +7,7 @@ and a rank-r factor `P` of a Gaussian over the flattened H*W logit map,
 estimate of the mask likelihood, then frozen; its samples (after a sigmoid) are the sources
 of the SFM flow, or the predictions themselves in "Act. GTR" / SSN.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -112,13 +113,31 @@ class GTRPrior(Prior):
     default_training: ClassVar[dict] = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4}
     channels: ClassVar[int] = 1
 
-    def __init__(self, *, backbone: str = "unet", widths: tuple[int, ...] = (32, 64, 128, 192), features: int = 32,
-                 rank: int = 10, mc_samples: int = 20, antithetic: bool = True, loss_form: str = "logsumexp",
-                 norm: str | None = None, centre_factor: bool = False, mean_weight: float = 0.0,
-                 temperature: float = 1.0, in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        backbone: str = "unet",
+        widths: tuple[int, ...] = (32, 64, 128, 192),
+        features: int = 32,
+        rank: int = 10,
+        mc_samples: int = 20,
+        antithetic: bool = True,
+        loss_form: str = "logsumexp",
+        norm: str | None = None,
+        centre_factor: bool = False,
+        mean_weight: float = 0.0,
+        temperature: float = 1.0,
+        in_channels: int = 1,
+    ) -> None:
         super().__init__()
-        _check_options(features=features, rank=rank, mc_samples=mc_samples, antithetic=antithetic,
-                       loss_form=loss_form, in_channels=in_channels)
+        _check_options(
+            features=features,
+            rank=rank,
+            mc_samples=mc_samples,
+            antithetic=antithetic,
+            loss_form=loss_form,
+            in_channels=in_channels,
+        )
         opts = {"widths": tuple(widths), "norm": norm} if backbones.parse_spec(backbone)[0] == "unet" else {}
         self.backbone = backbones.create(backbone, int(in_channels), int(features), **opts)
         self.mean_head = nn.Conv2d(features, 1, 1)
@@ -162,12 +181,12 @@ class GTRPrior(Prior):
         over pixels) and "bce_mean" (per-pixel BCE of the mean logits against the drawn annotator).
         """
         image, masks = unpack_batch(batch)
-        b = image.shape[0]
         target = rearrange(pick_annotator(masks), "b 1 h w -> b (h w)")
         state = self.condition(image)
         logits = state.draw(self.mc_samples, antithetic=self.antithetic)
         log_lik = -F.binary_cross_entropy_with_logits(
-            logits, repeat(target, "b p -> b m p", m=self.mc_samples), reduction="none").sum(-1)  # [B, M]
+            logits, repeat(target, "b p -> b m p", m=self.mc_samples), reduction="none"
+        ).sum(-1)  # [B, M]
         terms = {name: form(log_lik).mean() for name, form in (("nll", _mean_nll_loss), ("nll_mc", _logsumexp_loss))}
         loss = LOSS_FORMS[self.loss_form](log_lik).mean()
         # the mean against the annotators' pixel-wise frequency, summed over pixels like the NLL
@@ -175,23 +194,39 @@ class GTRPrior(Prior):
         mean_fit = F.binary_cross_entropy_with_logits(state.mean, soft, reduction="none").sum(-1).mean()
         if self.mean_weight:
             loss = loss + self.mean_weight * mean_fit
-        return {"loss": loss, **terms, "mean_fit": mean_fit,
-                "bce_mean": F.binary_cross_entropy_with_logits(state.mean, target)}
+        return {
+            "loss": loss,
+            **terms,
+            "mean_fit": mean_fit,
+            "bce_mean": F.binary_cross_entropy_with_logits(state.mean, target),
+        }
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, mc_samples={self.mc_samples}, antithetic={self.antithetic}, loss_form={self.loss_form!r}"
+        return (
+            f"rank={self.rank}, mc_samples={self.mc_samples}, antithetic={self.antithetic}, "
+            f"loss_form={self.loss_form!r}"
+        )
 
 
-def _check_options(*, features: int, rank: int, mc_samples: int, antithetic: bool, loss_form: str,
-                   in_channels: int) -> None:
+def _check_options(
+    *, features: int, rank: int, mc_samples: int, antithetic: bool, loss_form: str, in_channels: int
+) -> None:
     """Raise ConfigError naming the bad GTR option and how to fix it."""
-    for key, value, low in (("features", features, 1), ("rank", rank, 0), ("mc_samples", mc_samples, 1),
-                            ("in_channels", in_channels, 1)):
+    for key, value, low in (
+        ("features", features, 1),
+        ("rank", rank, 0),
+        ("mc_samples", mc_samples, 1),
+        ("in_channels", in_channels, 1),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"prior 'gtr' option '{key}' must be an integer >= {low}, got {value!r}")
     if antithetic and mc_samples % 2:
-        raise ConfigError(f"prior 'gtr': antithetic sampling mirrors pairs, so mc_samples must be even "
-                          f"(got {mc_samples}); use an even number or antithetic=False")
+        raise ConfigError(
+            f"prior 'gtr': antithetic sampling mirrors pairs, so mc_samples must be even "
+            f"(got {mc_samples}); use an even number or antithetic=False"
+        )
     if loss_form not in LOSS_FORMS:
-        raise ConfigError(f"prior 'gtr' option 'loss_form' is {loss_form!r}{closest(str(loss_form), LOSS_FORMS)}; "
-                          f"choose one of: {', '.join(LOSS_FORMS)}")
+        raise ConfigError(
+            f"prior 'gtr' option 'loss_form' is {loss_form!r}{closest(str(loss_form), LOSS_FORMS)}; "
+            f"choose one of: {', '.join(LOSS_FORMS)}"
+        )

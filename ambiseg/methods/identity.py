@@ -1,4 +1,5 @@
 """The identity map: the prior's sample is the prediction ("Act. GTR" / SSN: GTR + sigmoid)."""
+
 from __future__ import annotations
 
 from typing import Any

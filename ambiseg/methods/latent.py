@@ -5,6 +5,7 @@ A `DiagonalGaussian` with a closed-form KL and generator-driven sampling, the gl
 prior/posterior nets (Rahman et al., CVPR 2023), and the per-step annotator draw of these
 methods.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class DiagonalGaussian:
         eps = torch.randn(self.mu.shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype)
         return self.mu + self.sigma * eps
 
-    def kl(self, other: "DiagonalGaussian") -> Tensor:
+    def kl(self, other: DiagonalGaussian) -> Tensor:
         """KL(self || other) [B], summed over every non-batch dim; >= 0, 0 iff equal."""
         ratio = (self.log_sigma - other.log_sigma).mul(2).exp()
         mahal = ((self.mu - other.mu) / other.sigma).square()
@@ -53,8 +54,15 @@ class GaussianEncoder(nn.Module):
     features, and a 1x1 conv to (mu, log sigma): the prior/posterior net of the Prob. U-Net.
     """
 
-    def __init__(self, in_channels: int, latent_dim: int, *, widths: tuple[int, ...] = (32, 64, 128, 192),
-                 convs: int = 3, norm: str | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        latent_dim: int,
+        *,
+        widths: tuple[int, ...] = (32, 64, 128, 192),
+        convs: int = 3,
+        norm: str | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = UNetEncoder(in_channels, tuple(widths), convs, norm)
         self.head = nn.Conv2d(self.encoder.widths[-1], 2 * latent_dim, 1)
@@ -64,4 +72,3 @@ class GaussianEncoder(nn.Module):
         pooled = reduce(self.encoder(x)[-1], "b c h w -> b c 1 1", "mean")
         mu, log_sigma = self.head(pooled).flatten(1).chunk(2, dim=1)
         return DiagonalGaussian(mu, log_sigma)
-

@@ -1,4 +1,5 @@
 """Standard-normal prior over the mask, the source of SFM-alone and of diffusion models."""
+
 from __future__ import annotations
 
 from typing import Any

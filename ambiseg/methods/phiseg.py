@@ -13,6 +13,7 @@ levels (32 ... 2). For another size, R = 1 + the number of halvings that keep th
 integer >= 2 (so the coarsest level is 2 x 2 for powers of two) and L = min(5, R - 2), i.e.
 the finest latent stays at 1/4 of the image: 64 px -> (6, 4), 32 px -> (5, 3), 256 px -> (8, 5).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,9 @@ PAPER_SIZE = 128
 MAX_LATENT_LEVELS = 5
 
 
-def phiseg_levels(image_size: int | None, resolution_levels: int | None = None,
-                  latent_levels: int | None = None) -> tuple[int, int]:
+def phiseg_levels(
+    image_size: int | None, resolution_levels: int | None = None, latent_levels: int | None = None
+) -> tuple[int, int]:
     """(R, L) for square images of side `image_size` (128 when None), unless given explicitly."""
     size = PAPER_SIZE if image_size is None else int(image_size)
     halvings = 0
@@ -43,8 +45,10 @@ def phiseg_levels(image_size: int | None, resolution_levels: int | None = None,
     r = int(resolution_levels) if resolution_levels is not None else halvings + 1
     lat = int(latent_levels) if latent_levels is not None else min(MAX_LATENT_LEVELS, max(r - 2, 1))
     if r < 1 or not 1 <= lat <= r:
-        raise ConfigError(f"phiseg needs 1 <= latent_levels <= resolution_levels, got latent_levels={lat}, "
-                          f"resolution_levels={r} (image_size={image_size}); images need a side divisible by 4")
+        raise ConfigError(
+            f"phiseg needs 1 <= latent_levels <= resolution_levels, got latent_levels={lat}, "
+            f"resolution_levels={r} (image_size={image_size}); images need a side divisible by 4"
+        )
     return r, lat
 
 
@@ -65,8 +69,10 @@ def _up(x: Tensor) -> Tensor:
 def _check_size(h: int, w: int, levels: int) -> None:
     factor = 2 ** (levels - 1)
     if h % factor or w % factor:
-        raise ConfigError(f"phiseg with {levels} resolution levels needs H and W divisible by {factor}, got {(h, w)}; "
-                          "set image_size to the data's size (levels follow it) or resize the images")
+        raise ConfigError(
+            f"phiseg with {levels} resolution levels needs H and W divisible by {factor}, got {(h, w)}; "
+            "set image_size to the data's size (levels follow it) or resize the images"
+        )
 
 
 class HierarchicalEncoder(nn.Module):
@@ -75,15 +81,17 @@ class HierarchicalEncoder(nn.Module):
     Level i (0 finest) has z_i [N, latent_channels, H / 2^(i+R-L), W / 2^(i+R-L)].
     """
 
-    def __init__(self, in_channels: int, *, resolution_levels: int, latent_levels: int, base_width: int,
-                 latent_channels: int) -> None:
+    def __init__(
+        self, in_channels: int, *, resolution_levels: int, latent_levels: int, base_width: int, latent_channels: int
+    ) -> None:
         super().__init__()
         r, lat, zc = resolution_levels, latent_levels, latent_channels
         self.r, self.l, self.zc = r, lat, zc
         widths = _widths(base_width, r)
         chans = [in_channels, *widths]
-        self.pre = nn.ModuleList(nn.Sequential(*(_conv(chans[i] if j == 0 else widths[i], widths[i]) for j in range(3)))
-                                 for i in range(r))
+        self.pre = nn.ModuleList(
+            nn.Sequential(*(_conv(chans[i] if j == 0 else widths[i], widths[i]) for j in range(3))) for i in range(r)
+        )
         top = widths[r - 1]
         self.top_mu = nn.Conv2d(top, zc, 3, padding=1)
         self.top_sigma = nn.Conv2d(top, zc, 1)
@@ -91,7 +99,8 @@ class HierarchicalEncoder(nn.Module):
         self.ups = nn.ModuleList(nn.Sequential(_conv(zc, ups), _conv(ups, ups)) for _ in range(lat - 1))
         self.inputs = nn.ModuleList(
             nn.Sequential(_conv(widths[i + r - lat] + ups, widths[i]), _conv(widths[i], widths[i]))
-            for i in range(lat - 1))
+            for i in range(lat - 1)
+        )
         self.mu = nn.ModuleList(nn.Conv2d(widths[i], zc, 1) for i in range(lat - 1))
         self.sigma = nn.ModuleList(nn.Conv2d(widths[i], zc, 1) for i in range(lat - 1))
 
@@ -102,10 +111,11 @@ class HierarchicalEncoder(nn.Module):
         for i, block in enumerate(self.pre):
             x = block(x if i == 0 else F.avg_pool2d(x, 2))
             feats.append(x)
-        return feats[self.r - self.l:]
+        return feats[self.r - self.l :]
 
-    def latents(self, feats: list[Tensor], *, given: list[Tensor] | None = None,
-                generator: torch.Generator | None = None) -> tuple[list[Tensor], list[DiagonalGaussian]]:
+    def latents(
+        self, feats: list[Tensor], *, given: list[Tensor] | None = None, generator: torch.Generator | None = None
+    ) -> tuple[list[Tensor], list[DiagonalGaussian]]:
         """Samples z_i and their Gaussians, finest first, drawn coarse to fine.
 
         Each level conditions on the level below: on `given[i+1]` when given (training: the
@@ -125,14 +135,23 @@ class HierarchicalEncoder(nn.Module):
         return zs, dists
 
 
-def _net_options(image_size: int | None, resolution_levels: int | None, latent_levels: int | None,
-                 base_width: int, latent_channels: int) -> dict[str, int]:
+def _net_options(
+    image_size: int | None,
+    resolution_levels: int | None,
+    latent_levels: int | None,
+    base_width: int,
+    latent_channels: int,
+) -> dict[str, int]:
     """The level counts and widths a `phiseg-latent` / `phiseg-likelihood` pair must share."""
     r, lat = phiseg_levels(image_size, resolution_levels, latent_levels)
     if int(base_width) < 1 or int(latent_channels) < 1:
         raise ConfigError(f"phiseg: base_width and latent_channels must be >= 1, got {base_width}, {latent_channels}")
-    return {"resolution_levels": r, "latent_levels": lat, "base_width": int(base_width),
-            "latent_channels": int(latent_channels)}
+    return {
+        "resolution_levels": r,
+        "latent_levels": lat,
+        "base_width": int(base_width),
+        "latent_channels": int(latent_channels),
+    }
 
 
 @priors.register("phiseg-latent")
@@ -149,8 +168,16 @@ class PHiSegLatent(Prior):
         latent_channels: channels of every z (2 in the paper).
     """
 
-    def __init__(self, *, in_channels: int = 1, image_size: int | None = None, resolution_levels: int | None = None,
-                 latent_levels: int | None = None, base_width: int = 32, latent_channels: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        image_size: int | None = None,
+        resolution_levels: int | None = None,
+        latent_levels: int | None = None,
+        base_width: int = 32,
+        latent_channels: int = 2,
+    ) -> None:
         super().__init__()
         self.options = _net_options(image_size, resolution_levels, latent_levels, base_width, latent_channels)
         self.prior_net = HierarchicalEncoder(in_channels, **self.options)
@@ -190,31 +217,52 @@ class PHiSegLikelihood(Transport):
     joint = True
     default_training = {"optimizer": "adam", "lr": 1e-3, "batch_size": 12}
 
-    def __init__(self, *, in_channels: int = 1, image_size: int | None = None, resolution_levels: int | None = None,
-                 latent_levels: int | None = None, base_width: int = 32, latent_channels: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        image_size: int | None = None,
+        resolution_levels: int | None = None,
+        latent_levels: int | None = None,
+        base_width: int = 32,
+        latent_channels: int = 2,
+    ) -> None:
         super().__init__()
         self.options = _net_options(image_size, resolution_levels, latent_levels, base_width, latent_channels)
         r, lat, zc = self.options["resolution_levels"], self.options["latent_levels"], self.options["latent_channels"]
         self.r, self.l, self.zc = r, lat, zc
         widths = _widths(int(base_width), r)
         self.post_z = nn.ModuleList(
-            nn.Sequential(_conv(zc, widths[i]), _conv(widths[i], widths[i]),
-                          *(nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                                          _conv(widths[i], widths[i])) for _ in range(r - lat)))
-            for i in range(lat))
+            nn.Sequential(
+                _conv(zc, widths[i]),
+                _conv(widths[i], widths[i]),
+                *(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), _conv(widths[i], widths[i])
+                    )
+                    for _ in range(r - lat)
+                ),
+            )
+            for i in range(lat)
+        )
         out = [widths[i + r - lat] for i in range(lat - 1)] + [widths[lat - 1]]
         self.post_ups = nn.ModuleList(_conv(out[i + 1], widths[i]) for i in range(lat - 1))
-        self.post_c = nn.ModuleList(nn.Sequential(_conv(2 * widths[i], out[i]), _conv(out[i], out[i]))
-                                    for i in range(lat - 1))
+        self.post_c = nn.ModuleList(
+            nn.Sequential(_conv(2 * widths[i], out[i]), _conv(out[i], out[i])) for i in range(lat - 1)
+        )
         self.heads = nn.ModuleList(nn.Conv2d(out[i], 1, 1) for i in range(lat))
 
     def check_prior(self, prior: Prior) -> None:
         if not isinstance(prior, PHiSegLatent):
-            raise CompatibilityError(f"transport phiseg-likelihood decodes hierarchical latents; it needs prior "
-                                     f"'phiseg-latent', got {type(prior).__name__}")
+            raise CompatibilityError(
+                f"transport phiseg-likelihood decodes hierarchical latents; it needs prior "
+                f"'phiseg-latent', got {type(prior).__name__}"
+            )
         if prior.options != self.options:
-            raise CompatibilityError(f"phiseg-latent has {prior.options} but phiseg-likelihood has {self.options}; "
-                                     "give both the same image_size, levels, base_width and latent_channels")
+            raise CompatibilityError(
+                f"phiseg-latent has {prior.options} but phiseg-likelihood has {self.options}; "
+                "give both the same image_size, levels, base_width and latent_channels"
+            )
 
     def condition(self, images: Tensor) -> tuple[int, int]:
         _check_size(images.shape[-2], images.shape[-1], self.r)
@@ -226,19 +274,23 @@ class PHiSegLikelihood(Transport):
         shapes = [(h >> (i + self.r - self.l), w >> (i + self.r - self.l)) for i in range(self.l)]
         sizes = [self.zc * a * b for a, b in shapes]
         if sum(sizes) != x.shape[1]:
-            raise ConfigError(f"phiseg state of size {x.shape[1]} does not fit images of size {size} "
-                              f"(expected {sum(sizes)}); sample with images of the size the latents came from")
+            raise ConfigError(
+                f"phiseg state of size {x.shape[1]} does not fit images of size {size} "
+                f"(expected {sum(sizes)}); sample with images of the size the latents came from"
+            )
         parts = x.split(sizes, dim=1)
-        return [rearrange(p, "n (c a b) -> n c a b", c=self.zc, a=a, b=b) for p, (a, b) in zip(parts, shapes)]
+        return [
+            rearrange(p, "n (c a b) -> n c a b", c=self.zc, a=a, b=b) for p, (a, b) in zip(parts, shapes, strict=True)
+        ]
 
     def decode(self, zs: list[Tensor], size: tuple[int, int]) -> list[Tensor]:
         """Per-level logits [N, 1, H, W] (finest first), each resized to full resolution."""
-        post_z = [block(z) for block, z in zip(self.post_z, zs)]
+        post_z = [block(z) for block, z in zip(self.post_z, zs, strict=True)]
         post_c = [post_z[-1]] * self.l
         for i in reversed(range(self.l - 1)):
             below = self.post_ups[i](_up(post_c[i + 1]))
             post_c[i] = self.post_c[i](torch.cat([post_z[i], below], dim=1))
-        return [F.interpolate(head(c), size=size, mode="nearest") for head, c in zip(self.heads, post_c)]
+        return [F.interpolate(head(c), size=size, mode="nearest") for head, c in zip(self.heads, post_c, strict=True)]
 
     def forward(self, x: Tensor, t: Tensor | None, cond: tuple[int, int]) -> Tensor:
         """Summed logits [N, 1, H, W] of packed latents `x` [N, D]; `cond` is the image size (H, W)."""
@@ -255,10 +307,13 @@ class PHiSegLikelihood(Transport):
         priors_ = prior.prior_given(image, zs)
         logits = self.decode(zs, (image.shape[-2], image.shape[-1]))
         accumulated = torch.stack(logits).flip(0).cumsum(0).flip(0)
-        ce_levels = torch.stack([
-            F.binary_cross_entropy_with_logits(a, target, reduction="none").flatten(1).sum(1).mean()
-            for a in accumulated])
-        kl_levels = torch.stack([q.kl(p).mean() for q, p in zip(posteriors, priors_)])
+        ce_levels = torch.stack(
+            [
+                F.binary_cross_entropy_with_logits(a, target, reduction="none").flatten(1).sum(1).mean()
+                for a in accumulated
+            ]
+        )
+        kl_levels = torch.stack([q.kl(p).mean() for q, p in zip(posteriors, priors_, strict=True)])
         weights = 4.0 ** torch.arange(self.l, device=kl_levels.device, dtype=kl_levels.dtype)
         kl = (weights * kl_levels).sum()
         return {"loss": ce_levels.sum() + kl, "ce": ce_levels[0], "kl": kl, "kl_unweighted": kl_levels.sum()}
@@ -268,24 +323,33 @@ def _both(**options: int) -> dict[str, dict[str, int]]:
     return {"prior": dict(options), "transport": dict(options)}
 
 
-RECIPE = register_recipe(Recipe(
-    name="phiseg",
-    prior={"name": "phiseg-latent"},
-    transport={"name": "phiseg-likelihood"},
-    sampler={"name": "direct"},
-    stages=("joint",),
-    train={"joint": {"optimizer": "adam", "lr": 1e-3, "batch_size": 12, "epochs": 100}},
-    presets={
-        "smoke": {**_both(base_width=4, resolution_levels=3, latent_levels=2),
-                  "train": {"joint": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}}},
-        "cpu": {**_both(base_width=8),
-                "train": {"joint": {"steps": 1000, "batch_size": 12, "val_images": 8, "val_samples": 8}}},
-        # LIDC on 2 CPU cores (64 px crops, 4 latent levels); validation curve in docs/training.md
-        "cpu-lidc": {**_both(base_width=8),
-                     "train": {"joint": {"steps": 2000, "batch_size": 12, "val_every": 250, "val_images": 48,
-                                         "val_samples": 16}}},
-        "paper-lidc": {"in_channels": 1, "image_size": 128, "train": {"joint": {"batch_size": 12, "epochs": 100}}},
-        "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"joint": {"batch_size": 12, "epochs": 400}}},
-    },
-    description="PHiSeg (Baumgartner et al., MICCAI 2019): hierarchical spatial latents, summed per-level logits",
-))
+RECIPE = register_recipe(
+    Recipe(
+        name="phiseg",
+        prior={"name": "phiseg-latent"},
+        transport={"name": "phiseg-likelihood"},
+        sampler={"name": "direct"},
+        stages=("joint",),
+        train={"joint": {"optimizer": "adam", "lr": 1e-3, "batch_size": 12, "epochs": 100}},
+        presets={
+            "smoke": {
+                **_both(base_width=4, resolution_levels=3, latent_levels=2),
+                "train": {"joint": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}},
+            },
+            "cpu": {
+                **_both(base_width=8),
+                "train": {"joint": {"steps": 1000, "batch_size": 12, "val_images": 8, "val_samples": 8}},
+            },
+            # LIDC on 2 CPU cores (64 px crops, 4 latent levels); validation curve in docs/training.md
+            "cpu-lidc": {
+                **_both(base_width=8),
+                "train": {
+                    "joint": {"steps": 2000, "batch_size": 12, "val_every": 250, "val_images": 48, "val_samples": 16}
+                },
+            },
+            "paper-lidc": {"in_channels": 1, "image_size": 128, "train": {"joint": {"batch_size": 12, "epochs": 100}}},
+            "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"joint": {"batch_size": 12, "epochs": 400}}},
+        },
+        description="PHiSeg (Baumgartner et al., MICCAI 2019): hierarchical spatial latents, summed per-level logits",
+    )
+)

@@ -7,6 +7,7 @@ features once per image and decodes each z with fcomb (z tiled over H x W, conca
 the features, 1x1 convs), so extra samples cost only fcomb. Trained jointly on
 CE (summed over pixels) + beta KL(posterior || prior).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,8 +41,15 @@ class ProbUNetLatent(Prior):
         norm: normalisation after every conv (None as the paper; "batch", "group", "instance").
     """
 
-    def __init__(self, *, in_channels: int = 1, latent_dim: int = 6, widths: tuple[int, ...] = (32, 64, 128, 192),
-                 convs: int = 3, norm: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        latent_dim: int = 6,
+        widths: tuple[int, ...] = (32, 64, 128, 192),
+        convs: int = 3,
+        norm: str | None = None,
+    ) -> None:
         super().__init__()
         if int(latent_dim) < 1:
             raise ConfigError(f"probunet-latent: latent_dim must be >= 1, got {latent_dim}")
@@ -86,9 +94,17 @@ class FComb(Transport):
     joint = True
     default_training = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5}
 
-    def __init__(self, *, in_channels: int = 1, latent_dim: int = 6, backbone: str = "unet",
-                 backbone_options: dict[str, Any] | None = None, features: int = 32, layers: int = 3,
-                 beta: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        latent_dim: int = 6,
+        backbone: str = "unet",
+        backbone_options: dict[str, Any] | None = None,
+        features: int = 32,
+        layers: int = 3,
+        beta: float = 1.0,
+    ) -> None:
         super().__init__()
         if backbone_options is not None and not isinstance(backbone_options, dict):
             raise ConfigError(f"fcomb: backbone_options must be a dict of backbone options, got {backbone_options!r}")
@@ -98,18 +114,22 @@ class FComb(Transport):
         self.unet = backbones.create(backbone, in_channels, features, **(backbone_options or {}))
         chans = [features + self.latent_dim] + [features] * int(layers)
         body: list[nn.Module] = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
+        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
             body += [nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True)]
         self.fcomb = nn.Sequential(*body, nn.Conv2d(features, 1, 1))
 
     def check_prior(self, prior: Prior) -> None:
         if not isinstance(prior, ProbUNetLatent):
-            raise CompatibilityError(f"transport fcomb decodes a global latent and trains with a posterior net; "
-                                     f"it needs prior 'probunet-latent', got {type(prior).__name__}")
+            raise CompatibilityError(
+                f"transport fcomb decodes a global latent and trains with a posterior net; "
+                f"it needs prior 'probunet-latent', got {type(prior).__name__}"
+            )
         if prior.latent_dim != self.latent_dim:
-            raise CompatibilityError(f"fcomb latent_dim={self.latent_dim} but its prior has "
-                                     f"latent_dim={prior.latent_dim}; set the same transport.latent_dim and "
-                                     "prior.latent_dim")
+            raise CompatibilityError(
+                f"fcomb latent_dim={self.latent_dim} but its prior has "
+                f"latent_dim={prior.latent_dim}; set the same transport.latent_dim and "
+                "prior.latent_dim"
+            )
 
     def condition(self, images: Tensor) -> Tensor:
         """U-Net features [B, features, H, W], computed once per image."""
@@ -135,36 +155,52 @@ class FComb(Transport):
 
 
 _SMOKE_NET = {"widths": (4, 8), "convs": 1}
-RECIPE = register_recipe(Recipe(
-    name="probunet",
-    prior={"name": "probunet-latent"},
-    transport={"name": "fcomb"},
-    sampler={"name": "direct"},
-    stages=("joint",),
-    train={"joint": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5, "batch_size": 32, "epochs": 100}},
-    presets={
-        "smoke": {
-            "prior": _SMOKE_NET,
-            "transport": {"backbone_options": _SMOKE_NET, "features": 4},
-            "train": {"joint": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}},
+RECIPE = register_recipe(
+    Recipe(
+        name="probunet",
+        prior={"name": "probunet-latent"},
+        transport={"name": "fcomb"},
+        sampler={"name": "direct"},
+        stages=("joint",),
+        train={"joint": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5, "batch_size": 32, "epochs": 100}},
+        presets={
+            "smoke": {
+                "prior": _SMOKE_NET,
+                "transport": {"backbone_options": _SMOKE_NET, "features": 4},
+                "train": {"joint": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}},
+            },
+            "cpu": {
+                "prior": {"widths": (16, 32, 64, 96), "convs": 2},
+                "transport": {"backbone_options": {"widths": (16, 32, 64, 96), "convs": 2}, "features": 16},
+                "train": {"joint": {"lr": 1e-3, "steps": 1200, "batch_size": 12, "val_images": 8, "val_samples": 8}},
+            },
+            # LIDC on 2 CPU cores: GroupNorm in every net (without it the model predicts empty masks
+            # for hundreds of steps; docs/training.md)
+            "cpu-lidc": {
+                "prior": {"widths": (16, 32, 64, 96), "convs": 2, "norm": "group"},
+                "transport": {
+                    "backbone_options": {"widths": (16, 32, 64, 96), "convs": 2, "norm": "group"},
+                    "features": 16,
+                },
+                "train": {
+                    "joint": {
+                        "lr": 1e-3,
+                        "steps": 2000,
+                        "batch_size": 12,
+                        "val_every": 250,
+                        "val_images": 48,
+                        "val_samples": 16,
+                    }
+                },
+            },
+            "paper-lidc": {
+                "in_channels": 1,
+                "image_size": 128,
+                "train": {"joint": {"batch_size": 32, "steps": 240_000}},
+            },
+            "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"joint": {"batch_size": 32, "epochs": 400}}},
         },
-        "cpu": {
-            "prior": {"widths": (16, 32, 64, 96), "convs": 2},
-            "transport": {"backbone_options": {"widths": (16, 32, 64, 96), "convs": 2}, "features": 16},
-            "train": {"joint": {"lr": 1e-3, "steps": 1200, "batch_size": 12, "val_images": 8, "val_samples": 8}},
-        },
-        # LIDC on 2 CPU cores: GroupNorm in every net (without it the model predicts empty masks
-        # for hundreds of steps; docs/training.md)
-        "cpu-lidc": {
-            "prior": {"widths": (16, 32, 64, 96), "convs": 2, "norm": "group"},
-            "transport": {"backbone_options": {"widths": (16, 32, 64, 96), "convs": 2, "norm": "group"},
-                          "features": 16},
-            "train": {"joint": {"lr": 1e-3, "steps": 2000, "batch_size": 12, "val_every": 250, "val_images": 48,
-                                "val_samples": 16}},
-        },
-        "paper-lidc": {"in_channels": 1, "image_size": 128, "train": {"joint": {"batch_size": 32, "steps": 240_000}}},
-        "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"joint": {"batch_size": 32, "epochs": 400}}},
-    },
-    aliases=("prob-unet",),
-    description="Probabilistic U-Net (Kohl et al., NeurIPS 2018): global latent, fcomb decoder",
-))
+        aliases=("prob-unet",),
+        description="Probabilistic U-Net (Kohl et al., NeurIPS 2018): global latent, fcomb decoder",
+    )
+)

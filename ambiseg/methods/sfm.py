@@ -6,6 +6,7 @@ GTR sample, or noise for "SFM alone") to an annotator's mask x1, with the same x
 with every annotator of the image. A semantic-consistency term compares the one-step estimate
 x1_hat = x_t + v (1 - t) to x1 by Dice: L = MSE(v, x1 - x0) + alpha (1 - Dice(x1_hat, x1)).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -53,14 +54,29 @@ class SFMTransport(Transport):
     kind: ClassVar[str] = "flow"
     default_training: ClassVar[dict] = {"optimizer": "adam", "lr": 1e-4}
 
-    def __init__(self, *, width: int = 32, mults: tuple[int, ...] = (1, 2, 4), blocks: int = 2, alpha: float = 1e-3,
-                 sf_loss: str = "soft", grayscale: bool = False, groups: int = 8, attention: bool = True,
-                 heads: int = 4, head_dim: int = 32, time_scale: float = 1000.0, stem_kernel: int = 7,
-                 in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        width: int = 32,
+        mults: tuple[int, ...] = (1, 2, 4),
+        blocks: int = 2,
+        alpha: float = 1e-3,
+        sf_loss: str = "soft",
+        grayscale: bool = False,
+        groups: int = 8,
+        attention: bool = True,
+        heads: int = 4,
+        head_dim: int = 32,
+        time_scale: float = 1000.0,
+        stem_kernel: int = 7,
+        in_channels: int = 1,
+    ) -> None:
         super().__init__()
         if sf_loss not in SF_LOSSES:
-            raise ConfigError(f"transport 'sfm' option 'sf_loss' is {sf_loss!r}{closest(str(sf_loss), SF_LOSSES)}; "
-                              f"choose one of: {', '.join(SF_LOSSES)}")
+            raise ConfigError(
+                f"transport 'sfm' option 'sf_loss' is {sf_loss!r}{closest(str(sf_loss), SF_LOSSES)}; "
+                f"choose one of: {', '.join(SF_LOSSES)}"
+            )
         if not float(alpha) >= 0:
             raise ConfigError(f"transport 'sfm' option 'alpha' must be >= 0, got {alpha!r}")
         if grayscale and in_channels not in (1, 3):
@@ -68,15 +84,27 @@ class SFMTransport(Transport):
         self.alpha, self.sf_loss, self.in_channels = float(alpha), sf_loss, int(in_channels)
         self.grayscale = bool(grayscale) and in_channels == 3
         image_channels = 1 if self.grayscale else self.in_channels
-        self.net = TimeUNet(image_channels + 1, 1, width=width, mults=tuple(mults), blocks=blocks, groups=groups,
-                            attention=attention, heads=heads, head_dim=head_dim, time_scale=time_scale,
-                            stem_kernel=stem_kernel)
+        self.net = TimeUNet(
+            image_channels + 1,
+            1,
+            width=width,
+            mults=tuple(mults),
+            blocks=blocks,
+            groups=groups,
+            attention=attention,
+            heads=heads,
+            head_dim=head_dim,
+            time_scale=time_scale,
+            stem_kernel=stem_kernel,
+        )
 
     def condition(self, images: Tensor) -> Tensor:
         """The conditioning image [B, C', H, W] (one luma channel when `grayscale`)."""
         if images.ndim != 4 or images.shape[1] != self.in_channels:
-            raise ConfigError(f"transport 'sfm' was built for {self.in_channels}-channel images "
-                              f"[B, {self.in_channels}, H, W], got {tuple(images.shape)}; set in_channels")
+            raise ConfigError(
+                f"transport 'sfm' was built for {self.in_channels}-channel images "
+                f"[B, {self.in_channels}, H, W], got {tuple(images.shape)}; set in_channels"
+            )
         if self.grayscale:
             weights = torch.tensor(LUMA, device=images.device, dtype=images.dtype)
             return torch.einsum("bchw,c->bhw", images, weights).unsqueeze(1)
@@ -85,8 +113,10 @@ class SFMTransport(Transport):
     def check_prior(self, prior: Prior) -> None:
         channels = getattr(prior, "channels", 1)
         if channels != 1:
-            raise CompatibilityError(f"transport 'sfm' flows one-channel mask states, but prior "
-                                     f"{type(prior).__name__} draws {channels} channels; use channels=1")
+            raise CompatibilityError(
+                f"transport 'sfm' flows one-channel mask states, but prior "
+                f"{type(prior).__name__} draws {channels} channels; use channels=1"
+            )
 
     def forward(self, x: Tensor, t: Tensor | None, cond: Tensor) -> Tensor:
         """Velocity [N, 1, H, W] at states `x` [N, 1, H, W], times `t` [N] and images `cond` [N, C', H, W]."""

@@ -8,6 +8,7 @@ dice, iou. `evaluate` computes them all from one matrix product; `ged_true`, `mo
 and `mode_tv` score samples against a known distribution of weighted modes. Formulas and
 sources: docs/metrics.md.
 """
+
 from __future__ import annotations
 
 from .ci import CI_COMBINATIONS, ci_score, combined_sensitivity, diversity_agreement
@@ -21,8 +22,29 @@ from .overlap import Overlaps, pairwise_dice, pairwise_iou
 from .truth import ged_true, ged_true_terms, mode_mass, mode_tv
 
 __all__ = [
-    "ged", "ged_terms", "GEDTerms", "sample_diversity", "hm_iou", "mdm", "combined_sensitivity",
-    "diversity_agreement", "ci_score", "CI_COMBINATIONS", "ncc", "pearson", "dice", "iou",
-    "mean_prediction", "evaluate", "better", "ged_true", "ged_true_terms", "mode_mass", "mode_tv",
-    "pairwise_iou", "pairwise_dice", "Overlaps", "binarize",
+    "ged",
+    "ged_terms",
+    "GEDTerms",
+    "sample_diversity",
+    "hm_iou",
+    "mdm",
+    "combined_sensitivity",
+    "diversity_agreement",
+    "ci_score",
+    "CI_COMBINATIONS",
+    "ncc",
+    "pearson",
+    "dice",
+    "iou",
+    "mean_prediction",
+    "evaluate",
+    "better",
+    "ged_true",
+    "ged_true_terms",
+    "mode_mass",
+    "mode_tv",
+    "pairwise_iou",
+    "pairwise_dice",
+    "Overlaps",
+    "binarize",
 ]

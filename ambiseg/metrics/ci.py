@@ -14,6 +14,7 @@
   give x and the score stays between the smallest and largest part, while the printed form
   gives x^2 and is not comparable with its parts. Both are 0 when a part is 0.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -27,8 +28,15 @@ from .inputs import check_pair
 from .matching import mdm_from
 from .overlap import Overlaps, flatten, flatten_pair
 
-__all__ = ["combined_sensitivity", "diversity_agreement", "ci_score", "combined_sensitivity_from",
-           "diversity_agreement_from", "ci_score_from", "CI_COMBINATIONS"]
+__all__ = [
+    "combined_sensitivity",
+    "diversity_agreement",
+    "ci_score",
+    "combined_sensitivity_from",
+    "diversity_agreement_from",
+    "ci_score_from",
+    "CI_COMBINATIONS",
+]
 
 
 def _harmonic(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
@@ -80,10 +88,15 @@ def diversity_agreement_from(overlaps: Overlaps) -> Tensor:
 def ci_score_from(overlaps: Overlaps, samples: Tensor, annotations: Tensor, *, combine: str = "harmonic") -> Tensor:
     """CI `[B]` from precomputed counts and the flat 0/1 masks `[B, S, P]`, `[B, A, P]` they came from."""
     if combine not in CI_COMBINATIONS:
-        raise ConfigError(f"ci_score: unknown combine='{combine}'{closest(combine, CI_COMBINATIONS)}; "
-                          f"choose one of {', '.join(CI_COMBINATIONS)}")
-    parts = (combined_sensitivity_from(samples, annotations), mdm_from(overlaps.dice_sy),
-             diversity_agreement_from(overlaps))
+        raise ConfigError(
+            f"ci_score: unknown combine='{combine}'{closest(combine, CI_COMBINATIONS)}; "
+            f"choose one of {', '.join(CI_COMBINATIONS)}"
+        )
+    parts = (
+        combined_sensitivity_from(samples, annotations),
+        mdm_from(overlaps.dice_sy),
+        diversity_agreement_from(overlaps),
+    )
     return CI_COMBINATIONS[combine](*(p.to(overlaps.inter_sy.dtype) for p in parts))
 
 
@@ -111,4 +124,4 @@ def ci_score(samples: Tensor, annotations: Tensor, *, combine: str = "harmonic")
     s, a = check_pair(samples, annotations)
     flat = flatten(s, a)
     (overlaps,) = Overlaps.from_flat(flat, s.shape[1], a.shape[1])
-    return ci_score_from(overlaps, flat.values[:, :s.shape[1]], flat.values[:, s.shape[1]:], combine=combine)
+    return ci_score_from(overlaps, flat.values[:, : s.shape[1]], flat.values[:, s.shape[1] :], combine=combine)

@@ -5,6 +5,7 @@ M = (mean_i S_i >= 0.5) (a tie counts as foreground, the `>= 0.5` convention of 
 `dice` and `iou` are the mean over annotators of Dice(M, Y_j) and IoU(M, Y_j), each 1 when
 M and Y_j are both empty.
 """
+
 from __future__ import annotations
 
 import torch

@@ -9,6 +9,7 @@ Key convention (the leaderboard prints these keys):
 Count k always means the first k samples of the S given, so GED16 and GED32 share 16 samples.
 All pairwise counts come from one matrix product over all S samples.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,8 +35,15 @@ class _View:
     """The first k samples of one evaluation: flat masks, their counts and (optionally) the
     counts against the true modes."""
 
-    def __init__(self, k: int, samples: FlatMasks, annotations: FlatMasks, overlaps: Overlaps,
-                 truth: Overlaps | None, probs: Tensor | None) -> None:
+    def __init__(
+        self,
+        k: int,
+        samples: FlatMasks,
+        annotations: FlatMasks,
+        overlaps: Overlaps,
+        truth: Overlaps | None,
+        probs: Tensor | None,
+    ) -> None:
         self.samples, self.annotations, self.probs = samples[:k], annotations, probs
         self.overlaps = overlaps.head(k)
         self.truth = truth.head(k) if truth is not None else None
@@ -60,12 +68,22 @@ TRUTH_SWEEP: dict[str, Family] = {
     "TrueGED": lambda v: ged_terms_from(v.truth, weights=v.probs).ged,
     "ModeTV": lambda v: mode_tv_from(mode_mass_from(v.truth.iou_sy, v.probs), v.probs),
 }
-BETTER = {"GED": "lower", "Diversity": "neither", "HM-IoU": "higher", "MDM": "higher", "CI": "higher",
-          "NCC": "higher", "Dice": "higher", "IoU": "higher", "TrueGED": "lower", "ModeTV": "lower"}
+BETTER = {
+    "GED": "lower",
+    "Diversity": "neither",
+    "HM-IoU": "higher",
+    "MDM": "higher",
+    "CI": "higher",
+    "NCC": "higher",
+    "Dice": "higher",
+    "IoU": "higher",
+    "TrueGED": "lower",
+    "ModeTV": "lower",
+}
 
 
 def better(key: str) -> str:
-    """"lower", "higher" or "neither" for an `evaluate` key such as "GED32" or "Dice"."""
+    """ "lower", "higher" or "neither" for an `evaluate` key such as "GED32" or "Dice"."""
     family = re.sub(r"\d+$", "", key)
     if family not in BETTER:
         raise ConfigError(f"unknown metric key '{key}'; families: {', '.join(BETTER)}")
@@ -80,14 +98,23 @@ def _check_counts(counts: Sequence[int], at: int, available: int) -> list[int]:
         raise ConfigError(f"evaluate: at must be a positive int, got {at!r}")
     usable = sorted({k for k in values if k <= available})
     if not usable:
-        raise ConfigError(f"evaluate: every count in {tuple(values)} exceeds the {available} samples given "
-                          f"(samples [B, S, H, W] with S = {available}); "
-                          f"draw more samples or pass counts=({available},)")
+        raise ConfigError(
+            f"evaluate: every count in {tuple(values)} exceeds the {available} samples given "
+            f"(samples [B, S, H, W] with S = {available}); "
+            f"draw more samples or pass counts=({available},)"
+        )
     return usable
 
 
-def evaluate(samples: Tensor, annotations: Tensor, counts: Sequence[int] = (16, 32, 100), *, at: int = 32,
-             modes: Tensor | None = None, probs: Tensor | None = None) -> dict[str, Tensor]:
+def evaluate(
+    samples: Tensor,
+    annotations: Tensor,
+    counts: Sequence[int] = (16, 32, 100),
+    *,
+    at: int = 32,
+    modes: Tensor | None = None,
+    probs: Tensor | None = None,
+) -> dict[str, Tensor]:
     """All metrics per image for `samples [B, S, H, W]` vs `annotations [B, A, H, W]`.
 
     Args:
@@ -112,7 +139,7 @@ def evaluate(samples: Tensor, annotations: Tensor, counts: Sequence[int] = (16, 
     flat = flatten(*sets)  # [B, S + A (+ K), P_box]: the one float copy every metric reads
     overlaps, *truth = Overlaps.from_flat(flat, *(x.shape[1] for x in sets))
     truth = truth[0] if truth else None
-    fs, fa = flat[:total], flat[total:total + a.shape[1]]
+    fs, fa = flat[:total], flat[total : total + a.shape[1]]
     views = {k: _View(k, fs, fa, overlaps, truth, p) for k in sweep}
     out = {f"{name}{k}": fn(view) for name, fn in SWEEP.items() for k, view in views.items()}
     point = min(at, total)

@@ -5,6 +5,7 @@ code), every expectation over all ordered pairs including self-pairs (a V-statis
 square root, as reported in ../shared/PAPER.md "Metrics". The sample diversity E[d(S, S')]
 is reported beside GED because diversity alone can lower GED.
 """
+
 from __future__ import annotations
 
 import dataclasses

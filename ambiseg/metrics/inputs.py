@@ -4,6 +4,7 @@ Convention (public evaluation code of Prob. U-Net, PHiSeg, CIMD): a pixel is for
 its value is `>= 0.5`; bool masks are used as they are, integer masks (0/1, uint8) and
 probabilities go through the same threshold.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,20 +30,28 @@ def check_mask_set(masks: object, name: str, axes: str) -> Tensor:
     if not isinstance(masks, Tensor):
         raise ConfigError(f"{name} must be a torch.Tensor {axes}, got {type(masks).__name__}")
     if masks.dim() != 4:
-        raise ConfigError(f"{name} must be {axes} (4 dims), got shape {tuple(masks.shape)}; "
-                          f"add the missing axes with .unsqueeze() (one image: [None], one mask: [:, None])")
+        raise ConfigError(
+            f"{name} must be {axes} (4 dims), got shape {tuple(masks.shape)}; "
+            f"add the missing axes with .unsqueeze() (one image: [None], one mask: [:, None])"
+        )
     if masks.is_complex():
         raise ConfigError(f"{name} must be bool, integer or real floating masks, got {masks.dtype}")
     if 0 in masks.shape:
         raise ConfigError(f"{name} {axes} has an empty axis: shape {tuple(masks.shape)}")
     if masks.is_floating_point() and torch.isnan(masks).any():
-        raise DataError(f"{name} contains NaN values (shape {tuple(masks.shape)}); "
-                        f"masks must be 0/1 or probabilities in [0, 1]")
+        raise DataError(
+            f"{name} contains NaN values (shape {tuple(masks.shape)}); masks must be 0/1 or probabilities in [0, 1]"
+        )
     return masks
 
 
-def check_pair(first: object, second: object, *, names: tuple[str, str] = ("samples", "annotations"),
-               axes: tuple[str, str] = ("[B, S, H, W]", "[B, A, H, W]")) -> tuple[Tensor, Tensor]:
+def check_pair(
+    first: object,
+    second: object,
+    *,
+    names: tuple[str, str] = ("samples", "annotations"),
+    axes: tuple[str, str] = ("[B, S, H, W]", "[B, A, H, W]"),
+) -> tuple[Tensor, Tensor]:
     """Validate two mask sets of the same images (default: samples and annotations); binarise both.
 
     The second set is moved to the first one's device. Raises `ConfigError` naming both shapes

@@ -8,6 +8,7 @@ IoU matrix, never by copying masks.
 
 MDM (CIMD's D_max): (1/A) sum_j max_i Dice(S_i, Y_j).
 """
+
 from __future__ import annotations
 
 import math

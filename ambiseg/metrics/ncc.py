@@ -17,6 +17,7 @@ no uncertainty); such a pair contributes r = 0 (no measurable association), neve
 "Constant" means a range of at most 1e-12 times the map's largest magnitude (float64), so
 summation-order rounding cannot turn a constant map into a spurious correlation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -95,6 +96,8 @@ def ncc(samples: Tensor, annotations: Tensor, *, soft: bool = False, eps: float 
         return ncc_from(*flatten_pair(s, a))
     probs = rearrange(samples.to(torch.float64), "b s h w -> b s (h w)")
     if probs.min() < 0 or probs.max() > 1:
-        raise DataError(f"ncc(soft=True) needs sample probabilities in [0, 1], got values in "
-                        f"[{probs.min().item():.3g}, {probs.max().item():.3g}]; pass sigmoid outputs or soft=False")
+        raise DataError(
+            f"ncc(soft=True) needs sample probabilities in [0, 1], got values in "
+            f"[{probs.min().item():.3g}, {probs.max().item():.3g}]; pass sigmoid outputs or soft=False"
+        )
     return ncc_soft_from(probs, rearrange(a, "b a h w -> b a (h w)"), eps=eps)

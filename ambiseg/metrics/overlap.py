@@ -9,6 +9,7 @@ Conventions (public code of Prob. U-Net / PHiSeg / CIMD, ../shared/PAPER.md "Met
 IoU = |a & b| / |a | b| and Dice = 2|a & b| / (|a| + |b|), both 1 when a and b are empty
 (so one empty mask against a non-empty one scores 0).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,10 +20,19 @@ from torch import Tensor
 
 from .inputs import check_pair
 
-__all__ = ["Overlaps", "FlatMasks", "flatten", "flatten_pair", "iou_from_counts", "dice_from_counts", "pair_counts",
-           "pairwise_iou", "pairwise_dice"]
+__all__ = [
+    "Overlaps",
+    "FlatMasks",
+    "flatten",
+    "flatten_pair",
+    "iou_from_counts",
+    "dice_from_counts",
+    "pair_counts",
+    "pairwise_iou",
+    "pairwise_dice",
+]
 
-_EXACT_FLOAT32 = 2 ** 24
+_EXACT_FLOAT32 = 2**24
 _XY, _XY_AXES = ("x", "y"), ("[B, N, H, W]", "[B, M, H, W]")
 
 
@@ -53,7 +63,7 @@ def _boxes(union: Tensor) -> list[tuple[int, int, int, int]]:
     """(top, bottom, left, right) of each image's foreground in bool `union [B, H, W]`; 1x1 when empty."""
     rows, cols = union.any(dim=2), union.any(dim=1)
     boxes = []
-    for r, c in zip(rows.cpu(), cols.cpu()):
+    for r, c in zip(rows.cpu(), cols.cpu(), strict=True):
         rr, cc = r.nonzero().flatten().tolist(), c.nonzero().flatten().tolist()
         boxes.append((rr[0], rr[-1] + 1, cc[0], cc[-1] + 1) if rr else (0, 1, 0, 1))
     return boxes
@@ -79,7 +89,7 @@ def flatten(*sets: Tensor) -> FlatMasks:
         out[i, :, area:].zero_()
         for x in sets:
             crop = rearrange(x[i, :, top:bottom, left:right], "n h w -> n (h w)")
-            out[i, start:start + x.shape[1], :area].copy_(crop)
+            out[i, start : start + x.shape[1], :area].copy_(crop)
             start += x.shape[1]
     return FlatMasks(out, h * w)
 
@@ -99,7 +109,7 @@ def dice_from_counts(inter: Tensor, size_x: Tensor, size_y: Tensor) -> Tensor:
 def flatten_pair(x: Tensor, y: Tensor) -> tuple[FlatMasks, FlatMasks]:
     """`flatten(x, y)` split back into the two sets (same crop, so pixels line up)."""
     flat = flatten(x, y)
-    return flat[:x.shape[1]], flat[x.shape[1]:]
+    return flat[: x.shape[1]], flat[x.shape[1] :]
 
 
 def pair_counts(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -146,15 +156,24 @@ class Overlaps:
         out, start = [], samples
         for count in references:
             stop = start + count
-            out.append(cls(inter[:, :samples, :samples], inter[:, :samples, start:stop],
-                           inter[:, start:stop, start:stop], sizes[:, :samples], sizes[:, start:stop], flat.pixels))
+            out.append(
+                cls(
+                    inter[:, :samples, :samples],
+                    inter[:, :samples, start:stop],
+                    inter[:, start:stop, start:stop],
+                    sizes[:, :samples],
+                    sizes[:, start:stop],
+                    flat.pixels,
+                )
+            )
             start = stop
         return tuple(out)
 
     def head(self, k: int) -> Overlaps:
         """The counts of the first `k` samples only."""
-        return dataclasses.replace(self, inter_ss=self.inter_ss[:, :k, :k], inter_sy=self.inter_sy[:, :k],
-                                   size_s=self.size_s[:, :k])
+        return dataclasses.replace(
+            self, inter_ss=self.inter_ss[:, :k, :k], inter_sy=self.inter_sy[:, :k], size_s=self.size_s[:, :k]
+        )
 
     @property
     def iou_ss(self) -> Tensor:

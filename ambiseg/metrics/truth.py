@@ -12,6 +12,7 @@ not part of the distribution: they add nothing to the expectations and are never
 - `mode_tv`: total variation 0.5 sum_k |mode_mass_k - p_k| in [0, 1]; 0 when the samples
   hit the modes with exactly the true frequencies.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,16 @@ from .ged import GEDTerms, ged_terms_from
 from .inputs import check_pair
 from .overlap import Overlaps, iou_from_counts, pair_counts
 
-__all__ = ["check_truth", "ged_true_terms", "ged_true", "mode_mass", "mode_tv", "mode_mass_from", "mode_tv_from",
-           "PROB_TOLERANCE"]
+__all__ = [
+    "check_truth",
+    "ged_true_terms",
+    "ged_true",
+    "mode_mass",
+    "mode_tv",
+    "mode_mass_from",
+    "mode_tv_from",
+    "PROB_TOLERANCE",
+]
 
 PROB_TOLERANCE = 1e-4
 
@@ -42,8 +51,10 @@ def check_truth(samples: Tensor, modes: Tensor, probs: object) -> tuple[Tensor, 
     bad = ~torch.isfinite(p).all(dim=1) | (p < 0).any(dim=1) | ((p.sum(dim=1) - 1).abs() > PROB_TOLERANCE)
     if bad.any():
         rows = bad.nonzero().flatten()[:5].tolist()
-        raise DataError(f"probs [B, K] must be non-negative with rows summing to 1; bad rows {rows} "
-                        f"(first 5), e.g. row {rows[0]} = {[round(x, 4) for x in p[rows[0]].tolist()]}")
+        raise DataError(
+            f"probs [B, K] must be non-negative with rows summing to 1; bad rows {rows} "
+            f"(first 5), e.g. row {rows[0]} = {[round(x, 4) for x in p[rows[0]].tolist()]}"
+        )
     return s, m, p
 
 

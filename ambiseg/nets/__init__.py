@@ -1,5 +1,6 @@
 """Networks owned by ambiseg (the time-conditioned U-Net and its blocks); image-feature
 networks live in `ambiseg.backbones`."""
+
 from __future__ import annotations
 
 from .attention import FullAttention, LinearAttention
@@ -7,5 +8,13 @@ from .blocks import Downsample, ResBlock, Upsample, WSConv2d
 from .embedding import SinusoidalEmbedding
 from .time_unet import TimeUNet
 
-__all__ = ["TimeUNet", "ResBlock", "WSConv2d", "Downsample", "Upsample", "LinearAttention", "FullAttention",
-           "SinusoidalEmbedding"]
+__all__ = [
+    "TimeUNet",
+    "ResBlock",
+    "WSConv2d",
+    "Downsample",
+    "Upsample",
+    "LinearAttention",
+    "FullAttention",
+    "SinusoidalEmbedding",
+]

@@ -4,6 +4,7 @@
 pixels) costs O(H W) and runs at every U-Net level; `FullAttention` (softmax attention) costs
 O((H W)^2) and runs only at the coarsest resolution.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -51,7 +52,7 @@ class LinearAttention(_PixelAttention):
         self.out_norm = nn.GroupNorm(1, channels)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        q = q.softmax(dim=-2) * self.head_dim ** -0.5
+        q = q.softmax(dim=-2) * self.head_dim**-0.5
         k = k.softmax(dim=-1)
         context = einsum("n h d p, n h e p -> n h d e", k, v)
         return einsum("n h d e, n h d p -> n h e p", context, q)

@@ -4,6 +4,7 @@ Weight-standardised convolutions pair with GroupNorm (Qiao et al., 2019); a ResN
 a per-sample embedding (time, optionally plus a conditioning vector) as a scale and shift of
 its first normalised activation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,9 @@ class WSConv2d(nn.Conv2d):
         w = self.weight
         mean = w.mean(dim=(1, 2, 3), keepdim=True)
         var = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
-        return F.conv2d(x, (w - mean) * torch.rsqrt(var + eps), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        return F.conv2d(
+            x, (w - mean) * torch.rsqrt(var + eps), self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
 
 class ResBlock(nn.Module):

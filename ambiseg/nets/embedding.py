@@ -1,4 +1,5 @@
 """Sinusoidal embedding of a continuous time (Vaswani et al., 2017; used by DDPM and flow U-Nets)."""
+
 from __future__ import annotations
 
 import math

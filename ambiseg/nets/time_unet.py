@@ -5,6 +5,7 @@ the time embedding) at widths `width * mults`, linear attention at every level, 
 attention in the bottleneck, and a sinusoidal time embedding followed by an MLP; the layout of
 the DDPM U-Net family (Ho et al., 2020) that ATFM's public ST-Net follows.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -57,10 +58,23 @@ class TimeUNet(nn.Module):
     the identity map, an untrained denoiser predicts zero noise).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, width: int = 32, mults: Sequence[int] = (1, 2, 4),
-                 blocks: int = 2, groups: int = 8, attention: bool = True, full_attention_mid: bool = True,
-                 cond_dim: int | None = None, heads: int = 4, head_dim: int = 32, time_scale: float = 1000.0,
-                 stem_kernel: int = 7) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        width: int = 32,
+        mults: Sequence[int] = (1, 2, 4),
+        blocks: int = 2,
+        groups: int = 8,
+        attention: bool = True,
+        full_attention_mid: bool = True,
+        cond_dim: int | None = None,
+        heads: int = 4,
+        head_dim: int = 32,
+        time_scale: float = 1000.0,
+        stem_kernel: int = 7,
+    ) -> None:
         super().__init__()
         mults = tuple(int(m) for m in mults)
         _check(in_channels, out_channels, width, mults, blocks, groups, cond_dim, heads, head_dim, stem_kernel)
@@ -71,8 +85,12 @@ class TimeUNet(nn.Module):
         ins = [width, *widths[:-1]]  # channels of level i's blocks (the skips it stores)
         emb_dim = 4 * width
         sin_dim = max(4, width - width % 2)
-        self.time_embed = nn.Sequential(SinusoidalEmbedding(sin_dim, scale=time_scale), nn.Linear(sin_dim, emb_dim),
-                                        nn.GELU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(
+            SinusoidalEmbedding(sin_dim, scale=time_scale),
+            nn.Linear(sin_dim, emb_dim),
+            nn.GELU(),
+            nn.Linear(emb_dim, emb_dim),
+        )
         self.cond_embed = nn.Linear(cond_dim, emb_dim) if cond_dim else None
         res = partial(ResBlock, emb_dim=emb_dim, groups=groups)
 
@@ -82,17 +100,25 @@ class TimeUNet(nn.Module):
         last = len(widths) - 1
         self.stem = nn.Conv2d(in_channels, width, stem_kernel, padding=stem_kernel // 2)
         self.down = nn.ModuleList(
-            _Level([res(c, c) for _ in range(blocks)], attn(c),
-                   nn.Conv2d(c, nxt, 3, padding=1) if i == last else Downsample(c, nxt))
-            for i, (c, nxt) in enumerate(zip(ins, widths)))
+            _Level(
+                [res(c, c) for _ in range(blocks)],
+                attn(c),
+                nn.Conv2d(c, nxt, 3, padding=1) if i == last else Downsample(c, nxt),
+            )
+            for i, (c, nxt) in enumerate(zip(ins, widths, strict=True))
+        )
         mid = widths[-1]
         self.mid_block1 = res(mid, mid)
         self.mid_attention = FullAttention(mid, heads=heads, head_dim=head_dim) if full_attention_mid else attn(mid)
         self.mid_block2 = res(mid, mid)
         self.up = nn.ModuleList(
-            _Level([res(nxt + c, nxt) for _ in range(blocks)], attn(nxt),
-                   nn.Conv2d(nxt, c, 3, padding=1) if i == 0 else Upsample(nxt, c))
-            for i, (c, nxt) in reversed(list(enumerate(zip(ins, widths)))))
+            _Level(
+                [res(nxt + c, nxt) for _ in range(blocks)],
+                attn(nxt),
+                nn.Conv2d(nxt, c, 3, padding=1) if i == 0 else Upsample(nxt, c),
+            )
+            for i, (c, nxt) in reversed(list(enumerate(zip(ins, widths, strict=True))))
+        )
         self.final_block = res(2 * width, width)
         self.head = nn.Conv2d(width, out_channels, 1)
         nn.init.zeros_(self.head.weight)  # the untrained net outputs 0 (ADM's zero-initialised output layer)
@@ -112,8 +138,10 @@ class TimeUNet(nn.Module):
             return emb
         if cond_vec is None or tuple(cond_vec.shape) != (n, self.cond_dim):
             got = None if cond_vec is None else tuple(cond_vec.shape)
-            raise ConfigError(f"TimeUNet built with cond_dim={self.cond_dim} needs cond_vec of shape "
-                              f"({n}, {self.cond_dim}), got {got}")
+            raise ConfigError(
+                f"TimeUNet built with cond_dim={self.cond_dim} needs cond_vec of shape "
+                f"({n}, {self.cond_dim}), got {got}"
+            )
         return emb + self.cond_embed(cond_vec.to(emb.dtype))
 
     def forward(self, x: Tensor, t: Tensor | float, cond_vec: Tensor | None = None) -> Tensor:
@@ -121,8 +149,10 @@ class TimeUNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ConfigError(f"TimeUNet expects x of shape [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
         if x.shape[-2] % self.factor or x.shape[-1] % self.factor:
-            raise ConfigError(f"TimeUNet with {len(self.down)} levels needs H and W divisible by {self.factor}, "
-                              f"got {tuple(x.shape[-2:])}; resize the images or use fewer mults")
+            raise ConfigError(
+                f"TimeUNet with {len(self.down)} levels needs H and W divisible by {self.factor}, "
+                f"got {tuple(x.shape[-2:])}; resize the images or use fewer mults"
+            )
         emb = self.embed(t, x.shape[0], cond_vec, x)
         x = self.stem(x)
         stem, skips = x, []
@@ -141,11 +171,28 @@ class TimeUNet(nn.Module):
         return self.head(self.final_block(torch.cat([x, stem], dim=1), emb))
 
 
-def _check(in_channels: int, out_channels: int, width: int, mults: tuple[int, ...], blocks: int, groups: int,
-           cond_dim: int | None, heads: int, head_dim: int, stem_kernel: int) -> None:
+def _check(
+    in_channels: int,
+    out_channels: int,
+    width: int,
+    mults: tuple[int, ...],
+    blocks: int,
+    groups: int,
+    cond_dim: int | None,
+    heads: int,
+    head_dim: int,
+    stem_kernel: int,
+) -> None:
     """Raise ConfigError naming the bad TimeUNet option and how to fix it."""
-    positive = {"in_channels": in_channels, "out_channels": out_channels, "width": width, "blocks": blocks,
-                "groups": groups, "heads": heads, "head_dim": head_dim}
+    positive = {
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "width": width,
+        "blocks": blocks,
+        "groups": groups,
+        "heads": heads,
+        "head_dim": head_dim,
+    }
     for key, value in positive.items():
         if int(value) < 1:
             raise ConfigError(f"TimeUNet option '{key}' must be a positive integer, got {value}")
@@ -154,13 +201,17 @@ def _check(in_channels: int, out_channels: int, width: int, mults: tuple[int, ..
     except (TypeError, ValueError):
         kernel = 0
     if isinstance(stem_kernel, bool) or kernel != stem_kernel or kernel < 1 or kernel % 2 == 0:
-        raise ConfigError(f"TimeUNet option 'stem_kernel' must be an odd positive integer (the stem conv is padded "
-                          f"by stem_kernel // 2 to keep H and W), got {stem_kernel!r}; use e.g. 1, 3 or 7")
+        raise ConfigError(
+            f"TimeUNet option 'stem_kernel' must be an odd positive integer (the stem conv is padded "
+            f"by stem_kernel // 2 to keep H and W), got {stem_kernel!r}; use e.g. 1, 3 or 7"
+        )
     if not mults or min(mults) < 1:
         raise ConfigError(f"TimeUNet option 'mults' must be non-empty positive integers, got {mults}")
     bad = [width * m for m in (1, *mults) if (width * m) % groups]
     if bad:
-        raise ConfigError(f"TimeUNet: GroupNorm groups={groups} must divide every level width "
-                          f"(width * mults = {[width * m for m in mults]}); pick a width that is a multiple of {groups}")
+        raise ConfigError(
+            f"TimeUNet: GroupNorm groups={groups} must divide every level width "
+            f"(width * mults = {[width * m for m in mults]}); pick a width that is a multiple of {groups}"
+        )
     if cond_dim is not None and int(cond_dim) < 1:
         raise ConfigError(f"TimeUNet option 'cond_dim' must be a positive integer or None, got {cond_dim}")
