@@ -75,6 +75,21 @@ class DiffusionSchedule:
         a = self._at(self.alpha_bar, k, x)
         return (x - a.sqrt() * x0) / (1.0 - a).sqrt()
 
+    def velocity(self, x0: Tensor, k: Tensor | int, noise: Tensor) -> Tensor:
+        """v = sqrt(abar_k) noise - sqrt(1 - abar_k) x0 (Salimans & Ho, 2022), the v-prediction target."""
+        a = self._at(self.alpha_bar, k, x0)
+        return a.sqrt() * noise - (1.0 - a).sqrt() * x0
+
+    def eps_from_velocity(self, x: Tensor, k: Tensor | int, v: Tensor) -> Tensor:
+        """The eps of state x_k given its v: sqrt(1 - abar_k) x_k + sqrt(abar_k) v."""
+        a = self._at(self.alpha_bar, k, x)
+        return (1.0 - a).sqrt() * x + a.sqrt() * v
+
+    def x0_from_velocity(self, x: Tensor, k: Tensor | int, v: Tensor) -> Tensor:
+        """The x0 of state x_k given its v: sqrt(abar_k) x_k - sqrt(1 - abar_k) v."""
+        a = self._at(self.alpha_bar, k, x)
+        return a.sqrt() * x - (1.0 - a).sqrt() * v
+
     def posterior_mean(self, x0: Tensor, x: Tensor, k: int) -> Tensor:
         """Mean of q(x_{k-1} | x_k, x0) for k >= 1."""
         beta, a, a_prev = self.betas[k], self.alpha_bar[k], self.alpha_bar[k - 1]
@@ -87,8 +102,11 @@ class DiffusionSchedule:
         return float(self.betas[k] * (1.0 - self.alpha_bar[k - 1]) / (1.0 - self.alpha_bar[k]))
 
 
+PREDICTIONS = ("eps", "v")
+
+
 class DiffusionTransport(Transport):
-    """Base of epsilon-predicting mask diffusion transports: `forward(x_k, k, cond) -> eps`.
+    """Base of mask diffusion transports: `forward(x_k, k, cond) -> eps` for every sampler.
 
     Args:
         steps: T, the length of the diffusion chain.
@@ -97,14 +115,31 @@ class DiffusionTransport(Transport):
             sampling starts from pure noise given by the prior. With a truncation k < T the
             prior gives a mask estimate x0 in [0, 1] and sampling starts at
             x_k = sqrt(abar_k) (2 x0 - 1) + sqrt(1 - abar_k) eps.
+        prediction: what the network outputs and its MSE is taken on: "eps" (the noise, DDPM and
+            CIMD) or "v" (sqrt(abar) eps - sqrt(1 - abar) x0). Under eps-prediction the loss
+            hardly rewards knowing x0 where abar is small (an x0 error e costs e^2 abar / (1 -
+            abar)), yet sampling from noise starts there; v weighs x0 errors evenly along the
+            chain. `forward` returns eps either way.
     """
 
     kind = "diffusion"
 
     def __init__(
-        self, *, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, truncation: int | None = None
+        self,
+        *,
+        steps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        truncation: int | None = None,
+        prediction: str = "eps",
     ) -> None:
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ConfigError(
+                f"diffusion prediction '{prediction}'{closest(prediction, PREDICTIONS)}; choose one of: "
+                f"{', '.join(PREDICTIONS)}"
+            )
+        self.prediction = prediction
         self.schedule = DiffusionSchedule(linear_betas(steps, start=beta_start, end=beta_end))
         if truncation is not None and not 1 <= int(truncation) <= self.schedule.steps:
             raise ConfigError(
@@ -140,6 +175,20 @@ class DiffusionTransport(Transport):
             return x0
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return self.schedule.q_sample(2.0 * x0 - 1.0, self.start_step, noise)
+
+    def target(self, x0: Tensor, noise: Tensor, k: Tensor) -> Tensor:
+        """What the network is trained to output for x_k = q_sample(x0, k, noise)."""
+        return noise if self.prediction == "eps" else self.schedule.velocity(x0, k, noise)
+
+    def to_eps(self, x: Tensor, k: Tensor, output: Tensor) -> Tensor:
+        """The network's `output` at state x_k as the eps that samplers read."""
+        return output if self.prediction == "eps" else self.schedule.eps_from_velocity(x, k, output)
+
+    def estimate_x0(self, x: Tensor, k: Tensor, output: Tensor) -> Tensor:
+        """The x0 estimate of the network's `output` at state x_k (unclipped)."""
+        if self.prediction == "eps":
+            return self.schedule.predict_x0(x, k, output)
+        return self.schedule.x0_from_velocity(x, k, output)
 
     def train_steps(self, n: int, device: torch.device) -> Tensor:
         """Training steps [n] drawn uniformly from 1..start_step (the truncated chain only)."""

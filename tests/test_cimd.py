@@ -70,3 +70,20 @@ def test_z_comes_from_the_prior_net_on_image_and_state_at_every_step():
 def test_ddim_eta_option_reaches_the_sampler():
     method = ambiseg.build("cimd", preset="smoke", sampler={"name": "ddim", "steps": 3, "eta": 0.5})
     assert isinstance(method.sampler, DDIM) and method.sampler.eta == 0.5 and method.sampler.nfe == 3
+
+
+def test_v_prediction_trains_on_v_and_samples_through_eps():
+    transport = CIMDTransport(**{**TINY, "latent_dim": 0, "prediction": "v"})
+    torch.nn.init.normal_(transport.denoiser.head.weight, std=0.1)
+    batch = toy_batch()
+    torch.manual_seed(3)
+    terms = transport.loss(batch, prior=None)
+    torch.manual_seed(3)  # the same annotator, steps and noise by hand
+    x0 = 2.0 * batch["masks"][torch.arange(4), torch.randint(2, (4,))].unsqueeze(1).float() - 1.0
+    k = transport.train_steps(4, x0.device)
+    eps = torch.randn_like(x0)
+    xk = transport.schedule.q_sample(x0, k, eps)
+    out = transport.denoise(xk, k, batch["image"].float(), None)
+    torch.testing.assert_close(terms["mse"], torch.nn.functional.mse_loss(out, transport.schedule.velocity(x0, k, eps)))
+    cond = transport.expand(batch["image"].float(), 1)
+    torch.testing.assert_close(transport(xk, k, cond), transport.schedule.eps_from_velocity(xk, k, out))

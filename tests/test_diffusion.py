@@ -152,3 +152,39 @@ def test_sampler_compatibility_errors():
         DDIM(2)(lambda x, t, c: x, torch.zeros(1, 1, 2, 2))
     with pytest.raises(ConfigError, match="variance"):
         ambiseg.compose(prior="noise", transport=TINY_CIMD, sampler={"name": "ddpm", "variance": "smal"})
+
+
+def test_velocity_conversions_are_exact_inverses_along_the_chain():
+    schedule = DiffusionSchedule(linear_betas(100))
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 1, 3, 3, dtype=torch.float64, generator=gen) * 2 - 1
+    noise = torch.randn(x0.shape, dtype=torch.float64, generator=gen)
+    for k in (1, 30, 70, 100):
+        xk = schedule.q_sample(x0, k, noise)
+        v = schedule.velocity(x0, k, noise)
+        torch.testing.assert_close(schedule.eps_from_velocity(xk, k, v), noise)
+        torch.testing.assert_close(schedule.x0_from_velocity(xk, k, v), x0)
+    a = float(schedule.alpha_bar[30])
+    torch.testing.assert_close(schedule.velocity(x0, 30, noise), a**0.5 * noise - (1 - a) ** 0.5 * x0)
+
+
+@pytest.mark.parametrize("sampler", [DDPM(), DDIM(steps=7)])
+def test_a_v_predicting_oracle_recovers_x0_through_the_eps_interface(sampler):
+    class VOracle(DiffusionTransport):
+        def __init__(self, x0, **kw):
+            super().__init__(prediction="v", **kw)
+            self.x0 = x0
+
+        def forward(self, x, t, cond):
+            eps = self.schedule.predict_eps(x, t, self.x0)
+            return self.to_eps(x, t, self.schedule.velocity(self.x0, t, eps))
+
+    x0 = torch.rand(2, 1, 4, 4, dtype=torch.float64) * 2 - 1
+    gen = torch.Generator().manual_seed(1)
+    out = sampler(VOracle(x0, steps=50), torch.randn(x0.shape, dtype=torch.float64, generator=gen), None, generator=gen)
+    torch.testing.assert_close(out, x0, atol=1e-8, rtol=0)
+
+
+def test_unknown_prediction_is_refused():
+    with pytest.raises(ConfigError, match="prediction 'x0'.*eps, v"):
+        Affine(1.0, steps=10, prediction="x0")
