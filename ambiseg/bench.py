@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from torch.utils.data import Dataset
 
 from . import distributed as dist
 from .checkpoint import load_checkpoint, load_weights
+from .data.base import ItemDataset
 from .data.spec import DataSpec
 from .errors import AmbisegError, ConfigError
 from .evaluation import PeakMemory, count_flops, evaluate_method
@@ -76,7 +77,7 @@ def pick_preset(name: str, candidates: str | tuple[str, ...] | None) -> str | No
 
 
 def build_for_data(
-    name: str, dataset: Dataset, *, preset: str | tuple[str, ...] | None, overrides: dict[str, Any]
+    name: str, dataset: ItemDataset, *, preset: str | tuple[str, ...] | None, overrides: dict[str, Any]
 ) -> Method:
     """Build recipe `name` once, sized for `dataset` (channels, image size), with CLI-style overrides.
 
@@ -131,7 +132,7 @@ def _run_dir(spec: BenchSpec, method: str, seed: int) -> Path:
 
 def _train_or_load(
     method: Method,
-    sets: dict[str, Dataset],
+    sets: Mapping[str, ItemDataset],
     data: dict[str, Any],
     run_dir: Path,
     spec: BenchSpec,
@@ -147,7 +148,7 @@ def _train_or_load(
 
 def _train_or_load_locked(
     method: Method,
-    sets: dict[str, Dataset],
+    sets: Mapping[str, ItemDataset],
     data: dict[str, Any],
     run_dir: Path,
     spec: BenchSpec,

@@ -13,7 +13,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -59,7 +59,12 @@ def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng/cuda/{i}"] = state
-    np_state = np.random.get_state()  # noqa: NPY002 - numpy's global RNG is the state to save
+    # cast: with legacy=True (numpy's default, spelled out because the stubs give a bare call the
+    # legacy=False overload) numpy's global RNG, an MT19937 RandomState, returns its state as a tuple
+    np_state = cast(
+        tuple[str, np.ndarray, int, int, float],
+        np.random.get_state(legacy=True),  # noqa: NPY002 - numpy's global RNG is the state to save
+    )
     py_state = random.getstate()
     return tensors, {
         "python": [py_state[0], list(py_state[1]), py_state[2]],
@@ -84,8 +89,8 @@ def restore_rng(tensors: dict[str, torch.Tensor], states: dict[str, Any]) -> Non
         random.setstate((v, tuple(internal), gauss))
     if "numpy" in states:
         name, keys, pos, has_gauss, cached = states["numpy"]
-        state = (name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))
-        np.random.set_state(state)  # noqa: NPY002 - restores numpy's global RNG
+        np_state = (name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))
+        np.random.set_state(np_state)  # noqa: NPY002 - restores numpy's global RNG
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 from . import distributed as dist
 from . import metrics
+from .data.base import ItemDataset
 from .errors import AmbisegError, NonFiniteError
 from .method import Method
 from .train import collate
@@ -30,7 +30,9 @@ class PeakMemory:
     """Peak memory of a block: CUDA allocator peak on GPU, peak resident set size on CPU (Linux)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device, self.peak_mb, self.kind = device, None, None
+        self.device = device
+        self.peak_mb: float | None = None  # set on exit
+        self.kind: str | None = None  # what `peak_mb` measures: "cuda-allocated" or "process-peak-rss"
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -91,7 +93,7 @@ def _score(
 
 def evaluate_method(
     method: Method,
-    test_set: Dataset,
+    test_set: ItemDataset,
     *,
     counts: tuple[int, ...],
     seed: int,

@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import json
 import typing
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -245,7 +245,10 @@ class Method(nn.Module):
     ) -> None:
         super().__init__()
         if transport.kind not in sampler.integrates:
-            fits = [n for n in samplers.names() if transport.kind in samplers.get(n).factory.integrates]
+            # cast: the samplers registry holds Sampler subclasses, whose `integrates` is a ClassVar
+            fits = [
+                n for n in samplers.names() if transport.kind in cast(type[Sampler], samplers.get(n).factory).integrates
+            ]
             raise CompatibilityError(
                 f"sampler {type(sampler).__name__} integrates {'/'.join(sorted(sampler.integrates))} transports, "
                 f"but transport {type(transport).__name__} is a {transport.kind}; use one of: {', '.join(fits)}"
@@ -333,7 +336,12 @@ class Method(nn.Module):
         """Modules whose parameters `stage` trains."""
         if stage not in self.stages:
             raise ConfigError(f"method '{self.name}' has no stage '{stage}'; its stages: {', '.join(self.stages)}")
-        return {"prior": [self.prior], "transport": [self.transport], "joint": [self.prior, self.transport]}[stage]
+        modules: dict[str, list[nn.Module]] = {
+            "prior": [self.prior],
+            "transport": [self.transport],
+            "joint": [self.prior, self.transport],
+        }
+        return modules[stage]
 
     def begin_stage(self, stage: str) -> list[nn.Parameter]:
         """Freeze everything but `stage`'s modules (frozen ones go to eval mode); return its parameters."""
@@ -467,7 +475,7 @@ def register_recipe(recipe: Recipe) -> Recipe:
         prior: Any = None,
         transport: Any = None,
         sampler: Any = None,
-        train: dict | None = None,
+        train: dict[str, Any] | None = None,
         stages: Any = None,
         max_batch: int | None = None,
     ) -> Method:
@@ -495,7 +503,8 @@ def build(name: str, *, preset: str | None = None, **overrides: Any) -> Method:
 
     Example: ``build("atfm", preset="cpu", sampler={"name": "heun", "steps": 10}, prior={"rank": 5})``.
     """
-    return methods.create(name, preset=preset, **overrides)
+    # cast: every `methods` entry is a factory returning a Method (register_recipe's, or a plug-in's by contract)
+    return cast(Method, methods.create(name, preset=preset, **overrides))
 
 
 def method_config(
@@ -519,9 +528,9 @@ def method_config(
 
 def compose(
     *,
-    prior: str | dict | Prior,
-    transport: str | dict | Transport,
-    sampler: str | dict | Sampler,
+    prior: str | dict[str, Any] | Prior,
+    transport: str | dict[str, Any] | Transport,
+    sampler: str | dict[str, Any] | Sampler,
     stages: tuple[str, ...] | None = None,
     train: dict[str, Any] | None = None,
     in_channels: int = 1,
@@ -547,14 +556,21 @@ def compose(
         config.update({k: _spec(v, None, k) for k, v in parts.items()})
         return Method.from_config(config)
     data = {"in_channels": in_channels, "image_size": image_size}
-    built = {}
-    for role, value in parts.items():
-        registry = REGISTRIES[role + "s"]
-        built[role] = (
-            value if not isinstance(value, (str, dict)) else _create(registry, _spec(value, None, role), data)[0]
-        )
+
+    def instance(value: Any, role: str) -> Any:
+        """`value` itself, or the component its name or `{name, **options}` spec builds."""
+        if isinstance(value, (str, dict)):
+            return _create(REGISTRIES[role + "s"], _spec(value, None, role), data)[0]
+        return value
+
     return Method(
-        built["prior"], built["transport"], built["sampler"], name=name, stages=stages, train=train, max_batch=max_batch
+        instance(prior, "prior"),
+        instance(transport, "transport"),
+        instance(sampler, "sampler"),
+        name=name,
+        stages=stages,
+        train=train,
+        max_batch=max_batch,
     )
 
 

@@ -211,8 +211,13 @@ def _hints(target: Any) -> dict[str, Any]:
         return {}
 
 
+def _copy_factory(default: Any) -> Callable[[], Any]:
+    """A `default_factory` giving every config its own shallow copy of a mutable default."""
+    return lambda: type(default)(default)
+
+
 def _config_type(kind: str, name: str, factory: Callable[..., Any], skip: int) -> type:
-    fields = []
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for p, hint in _signatures(factory, skip):
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
@@ -221,7 +226,7 @@ def _config_type(kind: str, name: str, factory: Callable[..., Any], skip: int) -
         if default is p.empty:
             fields.append((p.name, ann))
         elif isinstance(default, (list, dict, set)):
-            fields.append((p.name, ann, dataclasses.field(default_factory=lambda d=default: type(d)(d))))
+            fields.append((p.name, ann, dataclasses.field(default_factory=_copy_factory(default))))
         else:
             fields.append((p.name, ann, dataclasses.field(default=default)))
     cls_name = "".join(part.capitalize() for part in f"{name}_{kind}_config".replace("-", "_").split("_"))

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch.utils.data import Dataset
 
 from . import distributed as dist
 from .checkpoint import load_checkpoint, load_weights, optimizer_state, restore_rng, save_checkpoint
+from .data.base import ItemDataset
 from .errors import AmbisegError, ConfigError, closest
 from .io import ensure_dir, write_text
 from .lock import run_lock
@@ -148,8 +148,8 @@ class Trainer:
     def __init__(
         self,
         method: Method,
-        train_set: Dataset,
-        val_set: Dataset | None = None,
+        train_set: ItemDataset,
+        val_set: ItemDataset | None = None,
         *,
         out_dir: str | Path | None = None,
         seed: int = 0,
@@ -319,10 +319,10 @@ class Trainer:
 
         Holds the lock of `out_dir` (`ambiseg.lock`): a second writer to it is refused.
         """
-        locked = self.out_dir is not None and dist.is_main()
-        if locked:
-            ensure_dir(self.out_dir)
-        with run_lock(self.out_dir) if locked else contextlib.nullcontext():
+        lock_dir = self.out_dir if self.out_dir is not None and dist.is_main() else None
+        if lock_dir is not None:
+            ensure_dir(lock_dir)
+        with run_lock(lock_dir) if lock_dir is not None else contextlib.nullcontext():
             return self._fit(resume=resume)
 
     def _fit(self, *, resume: bool) -> TrainResult:
@@ -376,7 +376,7 @@ class Trainer:
         accumulate = max(1, int(cfg.get("accumulate") or 1))
         if bs < dist.world_size():
             raise ConfigError(f"train.{stage}.batch_size ({bs}) is smaller than the world size ({dist.world_size()})")
-        loss_fn = _StageLoss(self.method, stage)
+        loss_fn: torch.nn.Module = _StageLoss(self.method, stage)
         if dist.is_distributed():
             from torch.nn.parallel import DistributedDataParallel
 
@@ -397,7 +397,7 @@ class Trainer:
                 step += 1
                 every = cfg.get("val_every")
                 end_of_epoch = (step % every == 0 if every else step % per_epoch == 0) or step == total
-                if bar is not None:
+                if bar is not None and task is not None:
                     rate = (step - s0) / max(time.perf_counter() - t0, 1e-9)
                     bar.update(task, completed=step, loss=loss, rate=f"{rate:.1f} it/s")
                 if end_of_epoch:
@@ -443,7 +443,7 @@ class Trainer:
             batch = to_device(collate([self.train_set[i] for i in part]), self.device)
             sync = (
                 contextlib.nullcontext()
-                if j == len(micro) - 1 or not hasattr(loss_fn, "no_sync")
+                if j == len(micro) - 1 or not isinstance(loss_fn, torch.nn.parallel.DistributedDataParallel)
                 else loss_fn.no_sync()
             )
             with sync:

@@ -8,6 +8,7 @@ normalisation; widths 32/64/128/192 by default. `norm` adds a normalisation afte
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from ..registry import backbones
 __all__ = ["conv_block", "UNetEncoder", "UNet"]
 
 
-NORMS = {
+NORMS: dict[str, Callable[[int], nn.Module]] = {
     "batch": nn.BatchNorm2d,
     "group": lambda channels: nn.GroupNorm(math.gcd(8, channels), channels),
     "instance": lambda channels: nn.InstanceNorm2d(channels, affine=True),

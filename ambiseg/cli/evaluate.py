@@ -10,10 +10,10 @@ from typing import Any
 import click
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ..bench import evaluate_method, pick_device
 from ..checkpoint import Checkpoint, load_method
+from ..data.base import AnnotatedDataset
 from ..data.spec import SPLIT_NAMES, DataSpec
 from ..errors import ConfigError, NonFiniteError
 from ..io import atomic_path, check_target, ensure_dir, write_json
@@ -64,11 +64,13 @@ def _run_data(
         console.print(f"[dim]{path} records no data; using {base.describe()}[/dim]")
     if data_name is not None and datasets.canonical(data_name) != datasets.canonical(base.name):
         base = DataSpec(name=data_name)
-    changes = {k: v for k, v in (("root", root), ("preset", preset)) if v is not None}
-    return dataclasses.replace(base, **changes).with_settings(data_settings)
+    changed = dataclasses.replace(
+        base, root=root if root is not None else base.root, preset=preset if preset is not None else base.preset
+    )
+    return changed.with_settings(data_settings)
 
 
-def _load_split(spec: DataSpec, split: str, method: Method, path: Path) -> Dataset:
+def _load_split(spec: DataSpec, split: str, method: Method, path: Path) -> AnnotatedDataset:
     """Split `split` of `spec`, refused in one line when its images do not fit the trained method."""
     if split not in SPLIT_NAMES:
         raise ConfigError(f"--split must be one of {', '.join(SPLIT_NAMES)}, got '{split}'")

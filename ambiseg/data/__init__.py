@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConfigError
 from ..registry import datasets
 from . import isic, lidc, synthetic  # noqa: F401  (register the datasets)
 from .augment import joint_augment
-from .base import AnnotatedDataset
+from .base import AnnotatedDataset, ItemDataset
 from .figures import figure_for_item, item_figure, save_figure
 from .isic import Isic3Dataset
 from .lidc import LidcDataset
@@ -31,6 +31,7 @@ __all__ = [
     "build",
     "DataSpec",
     "AnnotatedDataset",
+    "ItemDataset",
     "SyntheticDataset",
     "LidcDataset",
     "Isic3Dataset",
@@ -63,4 +64,5 @@ def build(
     entry = datasets.get(name)
     if root is not None and "root" not in {f.name for f in dataclasses.fields(entry.config)}:
         raise ConfigError(f"dataset '{entry.name}' reads no files and takes no root; drop root= / --root")
-    return entry.create(root=None if root is None else os.fspath(root), split=split, **options)
+    # cast: the datasets registry holds AnnotatedDataset subclasses (the plug-in contract in CONTRIBUTING.md)
+    return cast(AnnotatedDataset, entry.create(root=None if root is None else os.fspath(root), split=split, **options))

@@ -8,13 +8,25 @@ An item is `{"image": [C, H, W] float32 in [0, 1], "masks": [A, H, W] uint8 in {
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Protocol
 
 from torch.utils.data import Dataset
 
 from ..errors import DataError
 
-__all__ = ["AnnotatedDataset"]
+__all__ = ["AnnotatedDataset", "ItemDataset"]
+
+
+class ItemDataset(Protocol):
+    """A sized dataset of item dicts: what training and evaluation read.
+
+    Every `AnnotatedDataset` is one; so is any object with `len()` and integer indexing that
+    returns item dicts (a list of items, a wrapper that selects or augments items).
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> dict[str, Any]: ...
 
 
 class AnnotatedDataset(Dataset, ABC):

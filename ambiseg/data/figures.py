@@ -78,12 +78,12 @@ def item_figure(
     groups = [panels]
     if modes is not None:
         probs = _numpy(mode_probs) if mode_probs is not None else None
-        row = []
+        mode_panels: list[tuple[str, np.ndarray | None, str]] = []
         for k, mode in enumerate(_numpy(modes)):
             name = mode_names[k] if mode_names is not None and k < len(mode_names) else f"mode {k + 1}"
             label = name if probs is None else f"{name} p={float(probs[k]):.2f}"
-            row.append((label, mode > 0.5, "overlay"))
-        groups.append(row)
+            mode_panels.append((label, mode > 0.5, "overlay"))
+        groups.append(mode_panels)
     if samples is not None:
         groups.append(
             [

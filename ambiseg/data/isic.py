@@ -62,7 +62,7 @@ def index_folder(root: Path) -> tuple[dict[str, Path], dict[str, list[tuple[str,
     for path in sorted(folders["Segmentations"].glob("*.png")):
         owner = _owner(path.name, images)
         tail = _MASK_TAIL.match(path.name[len(owner) + 1 :]) if owner else None
-        if tail is None:
+        if owner is None or tail is None:
             unmatched.append(path.name)
             continue
         masks[owner].append((tail["letter"].lower(), path))
@@ -145,7 +145,9 @@ class Isic3Dataset(AnnotatedDataset):
     def _load(self, index: int) -> dict[str, Any]:
         side = self.image_shape[0]
         raw = decode_png(self.image_paths[index], where=str(self.image_paths[index]), mode="RGB")
-        image = np.asarray(Image.fromarray(raw).resize((side, side), Image.BILINEAR), dtype=np.float32) / 255.0
+        image = (
+            np.asarray(Image.fromarray(raw).resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+        )
         masks = []
         for path in self.mask_paths[index]:
             mask = decode_png(path, where=str(path))
@@ -153,7 +155,7 @@ class Isic3Dataset(AnnotatedDataset):
                 raise DataError(f"{path}: mask has {mask.shape[2]} channels; save masks as single-channel binary PNGs")
             check_shape(mask.shape, raw.shape[:2], where=str(path), what="mask")
             mask = binary_mask(mask, where=str(path))
-            masks.append(np.asarray(Image.fromarray(mask).resize((side, side), Image.NEAREST)))
+            masks.append(np.asarray(Image.fromarray(mask).resize((side, side), Image.Resampling.NEAREST)))
         image_t = torch.from_numpy(np.ascontiguousarray(rearrange(image, "h w c -> c h w")))
         masks_t = torch.from_numpy(np.stack(masks))
         if self.augment:

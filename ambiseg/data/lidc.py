@@ -398,8 +398,8 @@ class LidcDataset(AnnotatedDataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        image, masks = self.source.read(record, shape=self.stored_shape)
-        masks = np.stack(masks)
+        image, mask_list = self.source.read(record, shape=self.stored_shape)
+        masks = np.stack(mask_list)
         if self.crop is not None:
             top, left = (self.stored_shape[0] - self.crop) // 2, (self.stored_shape[1] - self.crop) // 2
             image = image[top : top + self.crop, left : left + self.crop]

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ConfigError, closest
 from ..presets import bench_preset
 from ..registry import coerce, datasets
+from .base import AnnotatedDataset
 
 __all__ = ["DataSpec", "SPLIT_NAMES"]
 
@@ -88,14 +89,14 @@ class DataSpec:
             out["root"] = self.root
         return out
 
-    def build(self, split: str) -> Any:
+    def build(self, split: str) -> AnnotatedDataset:
         """The dataset of `split` ("train", "val", "test" or "all")."""
         from . import build
 
         options = self.options_for(split)
         return build(self.name, split=split, **options)
 
-    def build_splits(self, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Any]:
+    def build_splits(self, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, AnnotatedDataset]:
         return {split: self.build(split) for split in splits}
 
     # ---- changing and recording ----------------------------------------------------------------

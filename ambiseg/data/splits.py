@@ -28,7 +28,7 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
             f"fractions must be three non-negative numbers (train, val, test) summing to 1, got {values}; "
             "e.g. fractions=(0.6, 0.2, 0.2)"
         )
-    return values  # type: ignore[return-value]
+    return values
 
 
 def assign_groups(

@@ -14,6 +14,7 @@ With `latent_dim=0` it is a plain conditional DDPM (used by the `tdpm` compositi
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -84,9 +85,9 @@ class CIMDTransport(DiffusionTransport):
             cond_dim=self.latent_dim or None,
         )
         if self.latent_dim:
-            enc = {"widths": tuple(encoder_widths), "convs": encoder_convs}
-            self.prior_net = GaussianEncoder(in_channels + 1, self.latent_dim, **enc)
-            self.posterior_net = GaussianEncoder(in_channels + 1, self.latent_dim, **enc)
+            enc = partial(GaussianEncoder, widths=tuple(encoder_widths), convs=encoder_convs)
+            self.prior_net = enc(in_channels + 1, self.latent_dim)
+            self.posterior_net = enc(in_channels + 1, self.latent_dim)
 
     def denoise(self, x: Tensor, k: Tensor, image: Tensor, z: Tensor | None) -> Tensor:
         """The network's output [N, 1, H, W] (eps or v, see `prediction`) at states `x` [N, 1, H, W],
@@ -103,8 +104,12 @@ class CIMDTransport(DiffusionTransport):
             )
         return {"image": image, "eps_z": eps_z}
 
-    def forward(self, x: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | None, cond: dict[str, Any]) -> Tensor:
         """eps at x_k; z = mu + sigma * eps_z from the prior net on (image, x_k)."""
+        if t is None:
+            raise ConfigError(
+                "transport 'cimd' is a diffusion denoiser and needs a step; integrate it with a diffusion sampler"
+            )
         image, z = cond["image"], None
         if self.latent_dim:
             prior = self.prior_net(torch.cat([image, x], dim=1))

@@ -57,10 +57,13 @@ class GTRState:
         """
         b, p = self.mean.shape
         fresh = num // 2 if antithetic else num
-        opts = {"device": self.mean.device, "dtype": self.mean.dtype, "generator": generator}
-        dev = self.cov_diag.sqrt().unsqueeze(1) * torch.randn(b, fresh, p, **opts)
+
+        def normal(*size: int) -> Tensor:
+            return torch.randn(*size, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+
+        dev = self.cov_diag.sqrt().unsqueeze(1) * normal(b, fresh, p)
         if self.cov_factor is not None:
-            eps = torch.randn(b, fresh, self.cov_factor.shape[-1], **opts)
+            eps = normal(b, fresh, self.cov_factor.shape[-1])
             dev = dev + torch.einsum("bpr,bnr->bnp", self.cov_factor, eps)
         if antithetic:
             dev = torch.cat([dev, -dev], dim=1)

@@ -252,12 +252,18 @@ class PHiSegLikelihood(Transport):
         )
         self.heads = nn.ModuleList(nn.Conv2d(out[i], 1, 1) for i in range(lat))
 
-    def check_prior(self, prior: Prior) -> None:
+    @staticmethod
+    def _latent(prior: Prior) -> PHiSegLatent:
+        """`prior` as the hierarchical latent this transport decodes, or a `CompatibilityError`."""
         if not isinstance(prior, PHiSegLatent):
             raise CompatibilityError(
                 f"transport phiseg-likelihood decodes hierarchical latents; it needs prior "
                 f"'phiseg-latent', got {type(prior).__name__}"
             )
+        return prior
+
+    def check_prior(self, prior: Prior) -> None:
+        prior = self._latent(prior)
         if prior.options != self.options:
             raise CompatibilityError(
                 f"phiseg-latent has {prior.options} but phiseg-likelihood has {self.options}; "
@@ -303,8 +309,9 @@ class PHiSegLikelihood(Transport):
         """sum_l CE(sum_{k >= l} logits_k) + sum_l 4^l KL_l, CE summed over pixels, batch means."""
         image, masks = unpack_batch(batch)
         target = pick_annotator(masks)
-        zs, posteriors = prior.posterior(image, target)
-        priors_ = prior.prior_given(image, zs)
+        latent = self._latent(prior)
+        zs, posteriors = latent.posterior(image, target)
+        priors_ = latent.prior_given(image, zs)
         logits = self.decode(zs, (image.shape[-2], image.shape[-1]))
         accumulated = torch.stack(logits).flip(0).cumsum(0).flip(0)
         ce_levels = torch.stack(

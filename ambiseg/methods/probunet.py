@@ -10,6 +10,7 @@ CE (summed over pixels) + beta KL(posterior || prior).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -54,9 +55,9 @@ class ProbUNetLatent(Prior):
         if int(latent_dim) < 1:
             raise ConfigError(f"probunet-latent: latent_dim must be >= 1, got {latent_dim}")
         self.latent_dim = int(latent_dim)
-        nets = {"widths": tuple(widths), "convs": convs, "norm": norm}
-        self.prior_net = GaussianEncoder(in_channels, self.latent_dim, **nets)
-        self.posterior_net = GaussianEncoder(in_channels + 1, self.latent_dim, **nets)
+        nets = partial(GaussianEncoder, widths=tuple(widths), convs=convs, norm=norm)
+        self.prior_net = nets(in_channels, self.latent_dim)
+        self.posterior_net = nets(in_channels + 1, self.latent_dim)
 
     def prior(self, images: Tensor) -> DiagonalGaussian:
         """p(z | image) with mu, log sigma [B, latent_dim]."""
@@ -118,12 +119,18 @@ class FComb(Transport):
             body += [nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True)]
         self.fcomb = nn.Sequential(*body, nn.Conv2d(features, 1, 1))
 
-    def check_prior(self, prior: Prior) -> None:
+    @staticmethod
+    def _latent(prior: Prior) -> ProbUNetLatent:
+        """`prior` as the global latent with a posterior net this transport needs, or a `CompatibilityError`."""
         if not isinstance(prior, ProbUNetLatent):
             raise CompatibilityError(
                 f"transport fcomb decodes a global latent and trains with a posterior net; "
                 f"it needs prior 'probunet-latent', got {type(prior).__name__}"
             )
+        return prior
+
+    def check_prior(self, prior: Prior) -> None:
+        prior = self._latent(prior)
         if prior.latent_dim != self.latent_dim:
             raise CompatibilityError(
                 f"fcomb latent_dim={self.latent_dim} but its prior has "
@@ -147,10 +154,11 @@ class FComb(Transport):
         """Negative ELBO with one annotation drawn per image: CE summed over pixels + beta KL, batch mean."""
         image, masks = unpack_batch(batch)
         target = pick_annotator(masks)
-        posterior = prior.posterior(image, target)
+        latent = self._latent(prior)
+        posterior = latent.posterior(image, target)
         logits = self(posterior.rsample(), None, self.condition(image))
         ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1).mean()
-        kl = posterior.kl(prior.prior(image)).mean()
+        kl = posterior.kl(latent.prior(image)).mean()
         return {"loss": ce + self.beta * kl, "ce": ce, "kl": kl}
 
 

@@ -52,6 +52,20 @@ class _View:
     def terms(self) -> GEDTerms:
         return ged_terms_from(self.overlaps)
 
+    @property
+    def true_overlaps(self) -> Overlaps:
+        """The counts against the true modes (only for an evaluation given `modes`)."""
+        if self.truth is None:
+            raise ConfigError("evaluate: the truth metrics need the true modes; pass modes= and probs=")
+        return self.truth
+
+    @property
+    def true_probs(self) -> Tensor:
+        """The probabilities [B, K] of the true modes (only for an evaluation given `probs`)."""
+        if self.probs is None:
+            raise ConfigError("evaluate: the truth metrics need the mode probabilities; pass modes= and probs=")
+        return self.probs
+
 
 Family = Callable[[_View], Tensor]
 SWEEP: dict[str, Family] = {
@@ -65,8 +79,8 @@ POINT: dict[str, Family] = {
     "NCC": lambda v: ncc_from(v.samples, v.annotations),
 }
 TRUTH_SWEEP: dict[str, Family] = {
-    "TrueGED": lambda v: ged_terms_from(v.truth, weights=v.probs).ged,
-    "ModeTV": lambda v: mode_tv_from(mode_mass_from(v.truth.iou_sy, v.probs), v.probs),
+    "TrueGED": lambda v: ged_terms_from(v.true_overlaps, weights=v.true_probs).ged,
+    "ModeTV": lambda v: mode_tv_from(mode_mass_from(v.true_overlaps.iou_sy, v.true_probs), v.true_probs),
 }
 BETTER = {
     "GED": "lower",
@@ -137,8 +151,8 @@ def evaluate(
         _, m, p = check_truth(s, modes, probs)
         sets.append(m)
     flat = flatten(*sets)  # [B, S + A (+ K), P_box]: the one float copy every metric reads
-    overlaps, *truth = Overlaps.from_flat(flat, *(x.shape[1] for x in sets))
-    truth = truth[0] if truth else None
+    overlaps, *truth_overlaps = Overlaps.from_flat(flat, *(x.shape[1] for x in sets))
+    truth = truth_overlaps[0] if truth_overlaps else None
     fs, fa = flat[:total], flat[total : total + a.shape[1]]
     views = {k: _View(k, fs, fa, overlaps, truth, p) for k in sweep}
     out = {f"{name}{k}": fn(view) for name, fn in SWEEP.items() for k, view in views.items()}

@@ -17,6 +17,8 @@ class SinusoidalEmbedding(nn.Module):
     the step index of a 1000-step diffusion, where these embeddings come from).
     """
 
+    freqs: Tensor  # registered buffer [dim / 2]
+
     def __init__(self, dim: int, *, scale: float = 1000.0, max_period: float = 10000.0) -> None:
         super().__init__()
         if dim < 4 or dim % 2:

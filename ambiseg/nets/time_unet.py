@@ -8,8 +8,9 @@ the DDPM U-Net family (Ho et al., 2020) that ATFM's public ST-Net follows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -122,7 +123,8 @@ class TimeUNet(nn.Module):
         self.final_block = res(2 * width, width)
         self.head = nn.Conv2d(width, out_channels, 1)
         nn.init.zeros_(self.head.weight)  # the untrained net outputs 0 (ADM's zero-initialised output layer)
-        nn.init.zeros_(self.head.bias)
+        if self.head.bias is not None:  # always true (Conv2d's default bias=True); the attribute is typed Optional
+            nn.init.zeros_(self.head.bias)
 
     def embed(self, t: Tensor | float, n: int, cond_vec: Tensor | None, like: Tensor) -> Tensor:
         """Time (+ conditioning) embedding [n, 4 * width] for t of shape [], [1] or [n]."""
@@ -156,7 +158,8 @@ class TimeUNet(nn.Module):
         emb = self.embed(t, x.shape[0], cond_vec, x)
         x = self.stem(x)
         stem, skips = x, []
-        for level in self.down:
+        # cast: `down` and `up` hold only _Level (built in __init__), but a ModuleList iterates as plain Modules
+        for level in cast(Iterable[_Level], self.down):
             for j, block in enumerate(level.blocks):
                 x = block(x, emb)
                 if j == len(level.blocks) - 1:
@@ -164,7 +167,7 @@ class TimeUNet(nn.Module):
                 skips.append(x)
             x = level.resample(x)
         x = self.mid_block2(self.mid_attention(self.mid_block1(x, emb)), emb)
-        for level in self.up:
+        for level in cast(Iterable[_Level], self.up):
             for block in level.blocks:
                 x = block(torch.cat([x, skips.pop()], dim=1), emb)
             x = level.resample(level.attention(x))
