@@ -15,6 +15,8 @@ from . import (  # noqa: F401  (register components)
     data,  # noqa: F401
     methods,  # noqa: F401
     metrics,  # noqa: F401
+    noise_schedules,  # noqa: F401
+    paths,  # noqa: F401
     samplers,
 )
 from .errors import AmbisegError, CompatibilityError, ConfigError, DataError, UnknownNameError

@@ -1,16 +1,19 @@
-"""Gaussian diffusion over masks: the linear beta schedule, a base class for epsilon-predicting
-diffusion transports, and the `ddpm` and `ddim` samplers that integrate them.
+"""Gaussian diffusion over masks: a base class for epsilon-predicting diffusion transports, and
+the `ddpm` and `ddim` samplers that integrate them (the noise schedules are in
+`ambiseg.noise_schedules`).
 
 Conventions (Ho et al., 2020): steps k = 1..T; x_k = sqrt(abar_k) x_0 + sqrt(1 - abar_k) eps
 with abar_k = prod_{i<=k} (1 - beta_i) and abar_0 = 1; masks live in [-1, 1] (x_0 = 2 y - 1).
-A diffusion transport is called as `field(x_k, k, cond) -> eps` with integer steps `k` [N] and
-exposes `schedule`, `start_step` (T, or a truncation step) and `initial_state`, which turns a
-prior sample into x_{start_step}. The samplers read these, so the same transport runs
-untruncated from noise (CIMD) or truncated from a mask estimate (a truncated diffusion model).
+A diffusion transport is called as `field(x_k, k, cond) -> eps` with integer steps `k` [N]. Its
+`initial_state` turns a prior sample into x_{start step}, and its `sampler_options()` hand the
+samplers its noise `schedule` and `start` step (T, or a truncation step), so the same transport
+runs untruncated from noise (CIMD) or truncated from a mask estimate (a truncated diffusion).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -19,90 +22,40 @@ from torch import Tensor
 
 from .errors import CompatibilityError, ConfigError, closest
 from .interfaces import Field, Prior, Sampler, Transport
-from .registry import samplers
+from .noise_schedules import DiffusionSchedule, linear_betas
+from .registry import noise_schedules, samplers
+from .samplers import refuse_unknown_options
 
-__all__ = ["linear_betas", "DiffusionSchedule", "DiffusionTransport", "DDPM", "DDIM", "ddim_timesteps", "VARIANCES"]
-
-
-MAX_DIFFUSION_STEPS = 100_000  # T; the schedule tensors have T entries and DDPM takes T steps
-
-
-def linear_betas(steps: int, *, start: float = 1e-4, end: float = 0.02) -> Tensor:
-    """Linear betas [steps] (float64) from `start` to `end`, scaled by 1000 / steps.
-
-    At T = 1000 these are Ho et al.'s values; the 1000/T scale (improved-diffusion, which the
-    CIMD code builds on) keeps abar at a given fraction of the chain similar for any T.
-    """
-    steps = int(steps)
-    if steps > MAX_DIFFUSION_STEPS:
-        raise ConfigError(f"diffusion steps must be at most {MAX_DIFFUSION_STEPS}, got {steps}")
-    scale = 1000.0 / max(steps, 1)
-    if steps < 1 or not 0.0 < start * scale <= end * scale < 1.0:
-        raise ConfigError(
-            f"linear beta schedule needs steps >= 1 and 0 < start <= end with end * 1000 / steps < 1, "
-            f"got steps={steps}, start={start}, end={end}; use more steps or a smaller end"
-        )
-    return torch.linspace(start * scale, end * scale, steps, dtype=torch.float64)
-
-
-class DiffusionSchedule:
-    """Noise schedule from betas [T]; every per-step table is indexed by k = 0..T (k = 0: no noise)."""
-
-    def __init__(self, betas: Tensor) -> None:
-        betas = betas.to(torch.float64)
-        self.steps = int(betas.numel())
-        self.betas = torch.cat([betas.new_zeros(1), betas])
-        self.alpha_bar = torch.cumprod(1.0 - self.betas, dim=0)
-
-    @staticmethod
-    def _at(table: Tensor, k: Tensor | int, like: Tensor) -> Tensor:
-        """table[k] as [N, 1, ..., 1] in the dtype/device of `like` ([N, ...])."""
-        k = torch.as_tensor(k, device=table.device).long().expand(like.shape[0])
-        return table[k].to(like.device, like.dtype).view(-1, *([1] * (like.ndim - 1)))
-
-    def q_sample(self, x0: Tensor, k: Tensor | int, noise: Tensor) -> Tensor:
-        """x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) noise."""
-        a = self._at(self.alpha_bar, k, x0)
-        return a.sqrt() * x0 + (1.0 - a).sqrt() * noise
-
-    def predict_x0(self, x: Tensor, k: Tensor | int, eps: Tensor) -> Tensor:
-        """x0 estimate (x_k - sqrt(1 - abar_k) eps) / sqrt(abar_k)."""
-        a = self._at(self.alpha_bar, k, x)
-        return (x - (1.0 - a).sqrt() * eps) / a.sqrt()
-
-    def predict_eps(self, x: Tensor, k: Tensor | int, x0: Tensor) -> Tensor:
-        """The eps that maps x0 to x_k: (x_k - sqrt(abar_k) x0) / sqrt(1 - abar_k)."""
-        a = self._at(self.alpha_bar, k, x)
-        return (x - a.sqrt() * x0) / (1.0 - a).sqrt()
-
-    def velocity(self, x0: Tensor, k: Tensor | int, noise: Tensor) -> Tensor:
-        """v = sqrt(abar_k) noise - sqrt(1 - abar_k) x0 (Salimans & Ho, 2022), the v-prediction target."""
-        a = self._at(self.alpha_bar, k, x0)
-        return a.sqrt() * noise - (1.0 - a).sqrt() * x0
-
-    def eps_from_velocity(self, x: Tensor, k: Tensor | int, v: Tensor) -> Tensor:
-        """The eps of state x_k given its v: sqrt(1 - abar_k) x_k + sqrt(abar_k) v."""
-        a = self._at(self.alpha_bar, k, x)
-        return (1.0 - a).sqrt() * x + a.sqrt() * v
-
-    def x0_from_velocity(self, x: Tensor, k: Tensor | int, v: Tensor) -> Tensor:
-        """The x0 of state x_k given its v: sqrt(abar_k) x_k - sqrt(1 - abar_k) v."""
-        a = self._at(self.alpha_bar, k, x)
-        return a.sqrt() * x - (1.0 - a).sqrt() * v
-
-    def posterior_mean(self, x0: Tensor, x: Tensor, k: int) -> Tensor:
-        """Mean of q(x_{k-1} | x_k, x0) for k >= 1."""
-        beta, a, a_prev = self.betas[k], self.alpha_bar[k], self.alpha_bar[k - 1]
-        c0 = float(beta * a_prev.sqrt() / (1.0 - a))
-        ck = float((1.0 - a_prev) * (1.0 - beta).sqrt() / (1.0 - a))
-        return c0 * x0 + ck * x
-
-    def posterior_variance(self, k: int) -> float:
-        """beta~_k = beta_k (1 - abar_{k-1}) / (1 - abar_k), the variance of q(x_{k-1} | x_k, x0)."""
-        return float(self.betas[k] * (1.0 - self.alpha_bar[k - 1]) / (1.0 - self.alpha_bar[k]))
+__all__ = [
+    "linear_betas",
+    "DiffusionSchedule",
+    "DiffusionTransport",
+    "ReverseStep",
+    "DDPM",
+    "DDIM",
+    "ddim_timesteps",
+    "VARIANCES",
+]
 
 
 PREDICTIONS = ("eps", "v")
+
+
+def _make_schedule(
+    spec: str | dict[str, Any], steps: int, *, beta_start: float | None, beta_end: float | None
+) -> DiffusionSchedule:
+    """The schedule `spec` over `steps` steps; `beta_start`/`beta_end` (the transport's shorthand) go to linear."""
+    linear = {k: v for k, v in (("beta_start", beta_start), ("beta_end", beta_end)) if v is not None}
+    name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else None
+    if linear and isinstance(name, str) and noise_schedules.canonical(name) != "linear":
+        raise ConfigError(
+            f"diffusion options {', '.join(linear)} belong to the linear schedule, not to '{name}'; "
+            f"drop them or use schedule='linear'"
+        )
+    schedule = noise_schedules.from_spec(spec, where="diffusion option 'schedule'", steps=steps, **linear)
+    if not isinstance(schedule, DiffusionSchedule):
+        raise ConfigError(f"noise schedule '{name}' must build a DiffusionSchedule, got {type(schedule).__name__}")
+    return schedule
 
 
 class DiffusionTransport(Transport):
@@ -110,11 +63,19 @@ class DiffusionTransport(Transport):
 
     Args:
         steps: T, the length of the diffusion chain.
-        beta_start, beta_end: ends of the linear beta schedule (at T = 1000; scaled by 1000/T).
+        schedule: the noise schedule, a name of the `noise_schedules` registry or
+            `{"name": ..., **options}`: "linear" (default, CIMD's) or "cosine"; its chain length
+            is `steps`.
+        beta_start, beta_end: shorthand for the linear schedule's options (at T = 1000, scaled by
+            1000/T; None: 1e-4 and 0.02); refused with another schedule.
         truncation: start step of sampling (and the largest step trained on); None = T, i.e.
             sampling starts from pure noise given by the prior. With a truncation k < T the
             prior gives a mask estimate x0 in [0, 1] and sampling starts at
-            x_k = sqrt(abar_k) (2 x0 - 1) + sqrt(1 - abar_k) eps.
+            x_k = sqrt(abar_k) (2 x0 - 1) + sqrt(1 - abar_k) eps. It is an option of the
+            transport, not of the schedule: the schedule is the forward noising process, the same
+            whatever step sampling starts from, while the truncation decides what this transport
+            trains on (steps 1..k), which prior it accepts (a mask estimate, not noise) and where
+            its sampler starts - the transport's contract with its prior and sampler.
         prediction: what the network outputs and its MSE is taken on: "eps" (the noise, DDPM and
             CIMD) or "v" (sqrt(abar) eps - sqrt(1 - abar) x0). Under eps-prediction the loss
             hardly rewards knowing x0 where abar is small (an x0 error e costs e^2 abar / (1 -
@@ -128,8 +89,9 @@ class DiffusionTransport(Transport):
         self,
         *,
         steps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
+        schedule: str | dict[str, Any] = "linear",
+        beta_start: float | None = None,
+        beta_end: float | None = None,
         truncation: int | None = None,
         prediction: str = "eps",
     ) -> None:
@@ -140,7 +102,7 @@ class DiffusionTransport(Transport):
                 f"{', '.join(PREDICTIONS)}"
             )
         self.prediction = prediction
-        self.schedule = DiffusionSchedule(linear_betas(steps, start=beta_start, end=beta_end))
+        self.schedule: DiffusionSchedule = _make_schedule(schedule, steps, beta_start=beta_start, beta_end=beta_end)
         if truncation is not None and not 1 <= int(truncation) <= self.schedule.steps:
             raise ConfigError(
                 f"diffusion truncation must be a step in 1..{self.schedule.steps} (the transport's "
@@ -176,6 +138,10 @@ class DiffusionTransport(Transport):
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return self.schedule.q_sample(2.0 * x0 - 1.0, self.start_step, noise)
 
+    def sampler_options(self) -> dict[str, Any]:
+        """The noise `schedule` and the `start` step, for the diffusion samplers."""
+        return {"schedule": self.schedule, "start": self.start_step}
+
     def target(self, x0: Tensor, noise: Tensor, k: Tensor) -> Tensor:
         """What the network is trained to output for x_k = q_sample(x0, k, noise)."""
         return noise if self.prediction == "eps" else self.schedule.velocity(x0, k, noise)
@@ -205,24 +171,54 @@ VARIANCES: dict[str, Callable[[DiffusionSchedule, int], float]] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class ReverseStep:
+    """One step of the reverse process, from step `k` down to step `prev`: the state `x` = x_k
+    [N, ...] and the (clipped) estimates `x0` and `eps` [N, ...] the denoiser gives there."""
+
+    k: int
+    prev: int
+    x: Tensor
+    x0: Tensor
+    eps: Tensor
+
+
 class _DiffusionSampler(Sampler):
-    """Shared reverse-process pieces: schedule lookup and the (clipped) x0 / eps estimate."""
+    """The reverse process shared by the diffusion samplers: the schedule and start step the transport
+    hands over, the (clipped) x0 / eps estimate at each step; a sampler gives its `timesteps` and its
+    `step`."""
 
     integrates: ClassVar[frozenset[str]] = frozenset({"diffusion"})
 
     def __init__(self, *, clip: bool = True) -> None:
         self.clip = bool(clip)
 
-    @staticmethod
-    def _begin(field: Field, x0: Tensor, generator: torch.Generator | None) -> tuple[DiffusionSchedule, int, Tensor]:
-        schedule = getattr(field, "schedule", None)
+    def __call__(
+        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None, **options: Any
+    ) -> Tensor:
+        """x_0 [N, ...] from the state `x0` [N, ...] at step `start` (default T) of the noise schedule
+        `schedule`, the options a diffusion transport hands over in `sampler_options()`."""
+        schedule, start = options.pop("schedule", None), options.pop("start", None)
+        refuse_unknown_options(self, options)
         if not isinstance(schedule, DiffusionSchedule):
             raise CompatibilityError(
-                f"diffusion samplers need a diffusion transport with a `schedule`; {type(field).__name__} has none"
+                f"{type(self).__name__} needs the transport's noise schedule: sample through a Method, or pass "
+                f"the diffusion transport's sampler_options() (schedule=, start=); got schedule={schedule!r}"
             )
-        start = int(getattr(field, "start_step", schedule.steps))
-        init = getattr(field, "initial_state", None)
-        return schedule, start, init(x0, generator=generator) if init is not None else x0
+        taus = self.timesteps(schedule.steps if start is None else int(start))
+        x = x0
+        for k, prev in zip(taus, [*taus[1:], 0], strict=True):
+            x0_hat, eps = self._estimate(field, schedule, x, k, cond)
+            x = self.step(schedule, ReverseStep(k, prev, x, x0_hat, eps), generator)
+        return x
+
+    @abstractmethod
+    def timesteps(self, start: int) -> list[int]:
+        """The steps the reverse process visits, descending from `start` to >= 1 (then it lands on 0)."""
+
+    @abstractmethod
+    def step(self, schedule: DiffusionSchedule, now: ReverseStep, generator: torch.Generator | None) -> Tensor:
+        """The state at step `now.prev` [N, ...] from the state and estimates at step `now.k`."""
 
     def _estimate(
         self, field: Field, schedule: DiffusionSchedule, x: Tensor, k: int, cond: Any
@@ -253,16 +249,14 @@ class DDPM(_DiffusionSampler):
             )
         self.variance = variance
 
-    def __call__(
-        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None
-    ) -> Tensor:
-        schedule, start, x = self._begin(field, x0, generator)
-        for k in range(start, 0, -1):
-            x0_hat, _ = self._estimate(field, schedule, x, k, cond)
-            x = schedule.posterior_mean(x0_hat, x, k)
-            if k > 1:
-                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = x + VARIANCES[self.variance](schedule, k) ** 0.5 * noise
+    def timesteps(self, start: int) -> list[int]:
+        return list(range(start, 0, -1))
+
+    def step(self, schedule: DiffusionSchedule, now: ReverseStep, generator: torch.Generator | None) -> Tensor:
+        x = schedule.posterior_mean(now.x0, now.x, now.k)
+        if now.k > 1:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + VARIANCES[self.variance](schedule, now.k) ** 0.5 * noise
         return x
 
     def __repr__(self) -> str:
@@ -295,18 +289,15 @@ class DDIM(_DiffusionSampler):
             raise ConfigError(f"ddim needs steps >= 1 and eta >= 0, got steps={steps}, eta={eta}")
         self.steps, self.eta = int(steps), float(eta)
 
-    def __call__(
-        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None
-    ) -> Tensor:
-        schedule, start, x = self._begin(field, x0, generator)
-        taus = ddim_timesteps(start, self.steps)
-        for k, prev in zip(taus, [*taus[1:], 0], strict=True):
-            x0_hat, eps = self._estimate(field, schedule, x, k, cond)
-            a, a_prev = float(schedule.alpha_bar[k]), float(schedule.alpha_bar[prev])
-            sigma = self.eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
-            x = a_prev**0.5 * x0_hat + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
-            if sigma > 0:
-                x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    def timesteps(self, start: int) -> list[int]:
+        return ddim_timesteps(start, self.steps)
+
+    def step(self, schedule: DiffusionSchedule, now: ReverseStep, generator: torch.Generator | None) -> Tensor:
+        a, a_prev = float(schedule.alpha_bar[now.k]), float(schedule.alpha_bar[now.prev])
+        sigma = self.eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
+        x = a_prev**0.5 * now.x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * now.eps
+        if sigma > 0:
+            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return x
 
     @property

@@ -81,6 +81,19 @@ class Transport(nn.Module, ABC):
     def check_prior(self, prior: Prior) -> None:
         """Raise `CompatibilityError` when `prior` cannot feed this transport."""
 
+    def initial_state(self, x0: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """The sampler's starting state [N, ...] from prior samples `x0` [N, ...]: `x0` itself by default.
+
+        A truncated flow or diffusion starts from a noised mask estimate instead.
+        """
+        return x0
+
+    def sampler_options(self) -> dict[str, Any]:
+        """Keyword arguments handed to the sampler with every call on this transport, so that
+        sampling follows the transport: a flow's time span `t0`, `t1`; a diffusion's noise
+        `schedule` and `start` step. None by default."""
+        return {}
+
     @abstractmethod
     def forward(self, x: Tensor, t: Tensor | None, cond: Any) -> Tensor:
         """Velocity (flow), noise estimate (diffusion) or output (map) at states `x` [N, ...]."""
@@ -101,9 +114,13 @@ class Sampler(ABC):
 
     @abstractmethod
     def __call__(
-        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None
+        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None, **options: Any
     ) -> Tensor:
-        """Final states [N, ...] from initial states `x0` [N, ...] under `field(x, t, cond)`."""
+        """Final states [N, ...] from initial states `x0` [N, ...] under `field(x, t, cond)`.
+
+        `options` are the transport's `sampler_options()` (a `Method` passes them): a sampler
+        reads those of the kinds it integrates and refuses others.
+        """
 
     @property
     def nfe(self) -> int | None:

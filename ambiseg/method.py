@@ -401,8 +401,10 @@ class Method(nn.Module):
         for done in range(0, num_samples, per_chunk):
             n = min(per_chunk, num_samples - done)
             x0 = self.prior.sample(state, n, generator=generator).flatten(0, 1)
+            per_sample = self.transport.expand(cond, n, generator=generator)
+            start = self.transport.initial_state(x0, generator=generator)
             x1 = self.sampler(
-                self.transport, x0, self.transport.expand(cond, n, generator=generator), generator=generator
+                self.transport, start, per_sample, generator=generator, **self.transport.sampler_options()
             )
             chunks.append(self.transport.to_probs(x1).reshape(b, n, h, w))
         return torch.cat(chunks, dim=1)

@@ -29,6 +29,8 @@ __all__ = [
     "priors",
     "transports",
     "samplers",
+    "paths",
+    "noise_schedules",
     "methods",
     "backbones",
     "datasets",
@@ -236,16 +238,20 @@ def _config_type(kind: str, name: str, factory: Callable[..., Any], skip: int) -
 class Registry:
     """A named collection of component factories of one kind (priors, samplers, ...)."""
 
-    def __init__(self, kind: str, *, positional: int = 0) -> None:
-        """`positional`: how many leading factory parameters are runtime inputs, not config."""
+    def __init__(self, kind: str, *, positional: int = 0, singular: str | None = None) -> None:
+        """`positional`: how many leading factory parameters are runtime inputs, not config;
+        `singular`: one entry's name in messages (default: `kind` without its final "s")."""
         self.kind = kind
         self.positional = positional
+        self._singular = singular
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}
 
     @property
     def singular(self) -> str:
         """ "sampler" for the "samplers" registry (used in messages)."""
+        if self._singular is not None:
+            return self._singular
         return self.kind[:-1] if self.kind.endswith("s") else self.kind
 
     def register(self, name: str, *, aliases: tuple[str, ...] = (), **info: Any) -> Callable[[Any], Any]:
@@ -282,6 +288,29 @@ class Registry:
         """Build component `name` with keyword overrides of its config."""
         return self.get(name).create(*args, **overrides)
 
+    def from_spec(self, spec: str | dict[str, Any], *, where: str, **fixed: Any) -> Any:
+        """Build a component from its name or a `{"name": ..., **options}` dict (a nested spec).
+
+        `where` names the option that holds the spec in error messages (e.g. "transport 'sfm' option
+        'path'"); `fixed` are options the owner sets itself (a diffusion's `steps`), which the spec
+        may not repeat.
+        """
+        if isinstance(spec, str):
+            name, options = spec, {}
+        elif isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            name, options = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+        else:
+            raise ConfigError(
+                f"{where}: expected a {self.singular} name or a dict with a 'name' and options, got {spec!r}; "
+                f"{self.kind}: {', '.join(self.names())}"
+            )
+        clash = sorted(set(options) & set(fixed))
+        if clash:
+            raise ConfigError(
+                f"{where}: '{clash[0]}' is set outside the spec ({clash[0]}={fixed[clash[0]]!r}); drop it from the spec"
+            )
+        return self.create(name, **options, **fixed)
+
     def names(self) -> list[str]:
         load_plugins()
         return sorted(self._entries)
@@ -305,11 +334,15 @@ class Registry:
 priors = Registry("priors")
 transports = Registry("transports")
 samplers = Registry("samplers")
+paths = Registry("paths")
+noise_schedules = Registry("noise_schedules", singular="noise schedule")
 methods = Registry("methods")
 backbones = Registry("backbones", positional=2)
 datasets = Registry("datasets")
 metrics = Registry("metrics", positional=2)
-REGISTRIES = {r.kind: r for r in (priors, transports, samplers, methods, backbones, datasets, metrics)}
+REGISTRIES = {
+    r.kind: r for r in (priors, transports, samplers, paths, noise_schedules, methods, backbones, datasets, metrics)
+}
 
 _plugins_loaded = False
 

@@ -12,25 +12,56 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from .errors import ConfigError
+from .errors import CompatibilityError, ConfigError
 from .interfaces import Field, Sampler
 from .registry import samplers
 
-__all__ = ["FixedStepSampler", "Euler", "Heun", "Midpoint", "RK4", "Dopri5", "Direct", "MAX_STEPS"]
+__all__ = [
+    "FixedStepSampler",
+    "Euler",
+    "Heun",
+    "Midpoint",
+    "RK4",
+    "Dopri5",
+    "Direct",
+    "MAX_STEPS",
+    "refuse_unknown_options",
+]
 
 MAX_STEPS = 10_000  # steps of a fixed-step sampler; more is a typo (1e9 would run for weeks)
 
 
+def refuse_unknown_options(sampler: Sampler, options: dict[str, Any]) -> None:
+    """A one-line `CompatibilityError` when a transport hands `sampler` options it does not read."""
+    if options:
+        raise CompatibilityError(
+            f"sampler {type(sampler).__name__} does not read the transport's option(s) {', '.join(sorted(options))}; "
+            f"use a sampler made for this transport"
+        )
+
+
 class _FlowSampler(Sampler):
-    """Integrates dx/dt = field(x, t, cond) from t0 to t1 with torchdiffeq."""
+    """Integrates dx/dt = field(x, t, cond) from t0 to t1 with torchdiffeq.
+
+    The time span is the transport's (its path's `span`, handed over as the options `t0`, `t1`),
+    else 0 to 1; a `t0` or `t1` set on the sampler overrides it.
+    """
 
     integrates = frozenset({"flow"})
     method: ClassVar[str]
 
-    def __init__(self, *, t0: float = 0.0, t1: float = 1.0) -> None:
-        if not t0 < t1:
+    def __init__(self, *, t0: float | None = None, t1: float | None = None) -> None:
+        if t0 is not None and t1 is not None and not t0 < t1:
             raise ConfigError(f"{type(self).__name__}: need t0 < t1, got t0={t0}, t1={t1}")
         self.t0, self.t1 = t0, t1
+
+    def span(self, t0: float | None = None, t1: float | None = None) -> tuple[float, float]:
+        """(start, end) of the integration: the sampler's own t0/t1, else the given ones, else (0, 1)."""
+        start = self.t0 if self.t0 is not None else (0.0 if t0 is None else float(t0))
+        end = self.t1 if self.t1 is not None else (1.0 if t1 is None else float(t1))
+        if not start < end:
+            raise ConfigError(f"{type(self).__name__}: need t0 < t1, got t0={start}, t1={end}")
+        return start, end
 
     def _options(self) -> dict[str, Any]:
         return {}
@@ -39,12 +70,17 @@ class _FlowSampler(Sampler):
         return {}
 
     def __call__(
-        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None
+        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None, **options: Any
     ) -> Tensor:
+        """x at the end of the span [N, ...] from `x0` [N, ...] at its start; the options `t0`, `t1`
+        (floats, the transport's span) set the span where the sampler's own do not."""
+        t0, t1 = options.pop("t0", None), options.pop("t1", None)
+        refuse_unknown_options(self, options)
+
         def f(t: Tensor, x: Tensor) -> Tensor:
             return field(x, t.expand(x.shape[0]), cond)
 
-        span = torch.tensor([self.t0, self.t1], device=x0.device, dtype=x0.dtype)
+        span = torch.tensor(self.span(t0, t1), device=x0.device, dtype=x0.dtype)
         return odeint(f, x0, span, method=self.method, options=self._options(), **self._tolerances())[-1]
 
 
@@ -54,7 +90,7 @@ class FixedStepSampler(_FlowSampler):
     order: ClassVar[int]
     evals_per_step: ClassVar[int]
 
-    def __init__(self, steps: int = 25, *, t0: float = 0.0, t1: float = 1.0) -> None:
+    def __init__(self, steps: int = 25, *, t0: float | None = None, t1: float | None = None) -> None:
         super().__init__(t0=t0, t1=t1)
         if int(steps) < 1:
             raise ConfigError(f"sampler steps must be >= 1, got {steps}")
@@ -102,7 +138,9 @@ class Dopri5(_FlowSampler):
 
     method = "dopri5"
 
-    def __init__(self, rtol: float = 1e-4, atol: float = 1e-4, *, t0: float = 0.0, t1: float = 1.0) -> None:
+    def __init__(
+        self, rtol: float = 1e-4, atol: float = 1e-4, *, t0: float | None = None, t1: float | None = None
+    ) -> None:
         super().__init__(t0=t0, t1=t1)
         if rtol <= 0 or atol <= 0:
             raise ConfigError(f"dopri5 needs rtol > 0 and atol > 0, got rtol={rtol}, atol={atol}")
@@ -122,8 +160,9 @@ class Direct(Sampler):
     integrates = frozenset({"map"})
 
     def __call__(
-        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None
+        self, field: Field, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None, **options: Any
     ) -> Tensor:
+        refuse_unknown_options(self, options)
         return field(x0, None, cond)
 
     @property

@@ -20,9 +20,10 @@ def test_version():
 def test_list_shows_every_registry():
     res = run("list")
     assert res.returncode == 0
-    for kind in ("priors", "transports", "samplers", "methods", "backbones", "datasets", "metrics"):
+    for kind in ("priors", "transports", "samplers", "paths", "noise_schedules", "methods", "backbones", "datasets"):
         assert kind in res.stdout
-    assert "dopri5" in res.stdout and "unet" in res.stdout
+    assert "metrics" in res.stdout and "dopri5" in res.stdout and "unet" in res.stdout
+    assert "straight (ot)" in res.stdout and "cosine (vp)" in res.stdout
 
 
 def test_unknown_command_is_one_line_exit_2():

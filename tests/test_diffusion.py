@@ -78,7 +78,9 @@ def test_oracle_denoiser_recovers_x0_exactly(sampler):
     x0 = torch.rand(3, 1, 4, 4, dtype=torch.float64) * 2 - 1
     field = Oracle(x0, steps=50)
     gen = torch.Generator().manual_seed(0)
-    out = sampler(field, torch.randn(x0.shape, dtype=torch.float64, generator=gen), None, generator=gen)
+    out = sampler(
+        field, torch.randn(x0.shape, dtype=torch.float64, generator=gen), None, generator=gen, **field.sampler_options()
+    )
     assert torch.allclose(out, x0, atol=1e-10)
     expected = list(range(50, 0, -1)) if isinstance(sampler, DDPM) else ddim_timesteps(50, sampler.steps)
     assert field.calls == expected  # NFE: every step for ddpm, K for ddim, in descending order
@@ -94,13 +96,14 @@ def test_truncated_chain_starts_at_the_diffused_estimate_and_runs_k_steps():
     eps = torch.randn(estimate.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     a = field.schedule.alpha_bar[12]
     assert torch.allclose(state, a.sqrt() * (2 * estimate - 1) + (1 - a).sqrt() * eps)
-    out = DDPM()(field, estimate, None, generator=torch.Generator().manual_seed(1))
+    assert field.sampler_options() == {"schedule": field.schedule, "start": 12}
+    out = DDPM()(field, state, None, generator=torch.Generator().manual_seed(1), **field.sampler_options())
     assert field.calls == list(range(12, 0, -1)) and torch.allclose(out, x0, atol=1e-10)
     field.calls.clear()
-    DDIM(4)(field, estimate, None)
+    DDIM(4)(field, state, None, **field.sampler_options())
     assert field.calls == [12, 8, 5, 1]
     with pytest.raises(ConfigError, match="1..12"):
-        DDIM(13)(field, estimate, None)
+        DDIM(13)(field, state, None, **field.sampler_options())
     steps = field.train_steps(4000, torch.device("cpu"))
     assert steps.min().item() == 1 and steps.max().item() == 12
 
@@ -111,7 +114,9 @@ def test_ddpm_step_by_hand_with_both_variances():
         field = Affine(0.0, steps=2, beta_start=0.1 / 500, beta_end=0.3 / 500)
         s = field.schedule
         x2 = torch.tensor([[0.3, -0.7]], dtype=torch.float64)
-        out = DDPM(variance=variance, clip=False)(field, x2, None, generator=torch.Generator().manual_seed(5))
+        out = DDPM(variance=variance, clip=False)(
+            field, x2, None, generator=torch.Generator().manual_seed(5), **field.sampler_options()
+        )
         noise = torch.randn(x2.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
         var = s.posterior_variance(2) if variance == "small" else 0.3
         x1 = s.posterior_mean(x2 / s.alpha_bar[2].sqrt(), x2, 2) + var**0.5 * noise
@@ -121,20 +126,22 @@ def test_ddpm_step_by_hand_with_both_variances():
 def test_ddim_eta_zero_is_deterministic_and_eta_one_uses_the_generator():
     field = Affine(0.5, steps=30)
     x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    a = DDIM(6)(field, x, None, generator=torch.Generator().manual_seed(1))
-    b = DDIM(6)(field, x, None, generator=torch.Generator().manual_seed(2))
+    a = DDIM(6)(field, x, None, generator=torch.Generator().manual_seed(1), **field.sampler_options())
+    b = DDIM(6)(field, x, None, generator=torch.Generator().manual_seed(2), **field.sampler_options())
     assert torch.equal(a, b)
-    c = DDIM(6, eta=1.0)(field, x, None, generator=torch.Generator().manual_seed(1))
-    d = DDIM(6, eta=1.0)(field, x, None, generator=torch.Generator().manual_seed(1))
-    e = DDIM(6, eta=1.0)(field, x, None, generator=torch.Generator().manual_seed(2))
+    c = DDIM(6, eta=1.0)(field, x, None, generator=torch.Generator().manual_seed(1), **field.sampler_options())
+    d = DDIM(6, eta=1.0)(field, x, None, generator=torch.Generator().manual_seed(1), **field.sampler_options())
+    e = DDIM(6, eta=1.0)(field, x, None, generator=torch.Generator().manual_seed(2), **field.sampler_options())
     assert torch.equal(c, d) and not torch.equal(c, e)
 
 
 def test_clip_keeps_the_x0_estimate_in_range():
     field = Affine(-3.0, steps=30)  # a bad denoiser whose x0 estimate leaves [-1, 1]
     x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 3
-    assert DDIM(1)(field, x, None).abs().max() <= 1.0  # one step from T to 0 returns the clipped estimate
-    assert DDIM(1, clip=False)(field, x, None).abs().max() > 1.0
+    assert (
+        DDIM(1)(field, x, None, **field.sampler_options()).abs().max() <= 1.0
+    )  # one step from T to 0 returns the clipped estimate
+    assert DDIM(1, clip=False)(field, x, None, **field.sampler_options()).abs().max() > 1.0
 
 
 def test_sampler_compatibility_errors():
@@ -181,7 +188,10 @@ def test_a_v_predicting_oracle_recovers_x0_through_the_eps_interface(sampler):
 
     x0 = torch.rand(2, 1, 4, 4, dtype=torch.float64) * 2 - 1
     gen = torch.Generator().manual_seed(1)
-    out = sampler(VOracle(x0, steps=50), torch.randn(x0.shape, dtype=torch.float64, generator=gen), None, generator=gen)
+    field = VOracle(x0, steps=50)
+    out = sampler(
+        field, torch.randn(x0.shape, dtype=torch.float64, generator=gen), None, generator=gen, **field.sampler_options()
+    )
     torch.testing.assert_close(out, x0, atol=1e-8, rtol=0)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import textwrap
 
 import pytest
 
@@ -77,15 +76,19 @@ def test_duplicate_names_are_refused():
 
 def test_list_components_covers_every_registry():
     comps = ambiseg.list_components()
-    assert set(comps) == {"priors", "transports", "samplers", "methods", "backbones", "datasets", "metrics"}
+    assert set(comps) == set(
+        "priors transports samplers paths noise_schedules methods backbones datasets metrics".split()
+    )
     assert {"euler", "heun", "midpoint", "rk4", "dopri5", "direct"} <= set(comps["samplers"])
     assert {"unet", "smp"} <= set(comps["backbones"])
 
 
-def test_plugin_from_an_installed_distribution(tmp_path, monkeypatch):
+def test_plugin_from_an_installed_distribution(tmp_path, monkeypatch, write_plugin):
     """A real distribution on sys.path (dist-info + entry_points.txt) registers a prior."""
-    (tmp_path / "ambiseg_demo_plugin.py").write_text(
-        textwrap.dedent("""
+    write_plugin(
+        tmp_path,
+        "ambiseg_demo_plugin",
+        """
         import torch
         from ambiseg import Prior
         from ambiseg.registry import priors
@@ -98,12 +101,8 @@ def test_plugin_from_an_installed_distribution(tmp_path, monkeypatch):
             def sample(self, state, num_samples, *, generator=None):
                 b, _, h, w = state.shape
                 return torch.full((b, num_samples, 1, h, w), self.value)
-    """)
+    """,
     )
-    dist = tmp_path / "ambiseg_demo_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ambiseg-demo-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[ambiseg.plugins]\ndemo = ambiseg_demo_plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     try:

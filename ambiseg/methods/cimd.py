@@ -39,7 +39,8 @@ class CIMDTransport(DiffusionTransport):
 
     Args:
         in_channels: image channels (concatenated with the 1-channel state).
-        steps, beta_start, beta_end, truncation: the diffusion chain (see `DiffusionTransport`).
+        steps, schedule, beta_start, beta_end, truncation: the diffusion chain and its noise schedule
+            (see `DiffusionTransport`).
         prediction: the network's output, "eps" (CIMD) or "v" (see `DiffusionTransport`).
         width, mults, blocks, attention, groups: the `TimeUNet` denoiser (groups: GroupNorm groups).
         latent_dim: size of the ambiguity latent z (6); 0 disables the prior/posterior nets.
@@ -54,8 +55,9 @@ class CIMDTransport(DiffusionTransport):
         *,
         in_channels: int = 1,
         steps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
+        schedule: str | dict[str, Any] = "linear",
+        beta_start: float | None = None,
+        beta_end: float | None = None,
         truncation: int | None = None,
         width: int = 128,
         mults: tuple[int, ...] = (1, 2, 4),
@@ -69,7 +71,12 @@ class CIMDTransport(DiffusionTransport):
         prediction: str = "eps",
     ) -> None:
         super().__init__(
-            steps=steps, beta_start=beta_start, beta_end=beta_end, truncation=truncation, prediction=prediction
+            steps=steps,
+            schedule=schedule,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            truncation=truncation,
+            prediction=prediction,
         )
         if int(latent_dim) < 0:
             raise ConfigError(f"cimd: latent_dim must be >= 0 (0 disables the ambiguity latent), got {latent_dim}")

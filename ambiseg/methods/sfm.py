@@ -1,16 +1,18 @@
 """SFM: Segmentation Flow Matching, the second stage of ATFM (Li et al., AAAI 2026).
 
-A velocity field v(x_t, t, image) (the ST-Net, a time-conditioned U-Net) is trained on the
-optimal-transport path x_t = t x1 + (1 - t) x0 from a prior sample x0 (sigmoid of a frozen
-GTR sample, or noise for "SFM alone") to an annotator's mask x1, with the same x0 and t paired
-with every annotator of the image. A semantic-consistency term compares the one-step estimate
-x1_hat = x_t + v (1 - t) to x1 by Dice: L = MSE(v, x1 - x0) + alpha (1 - Dice(x1_hat, x1)).
+A velocity field v(x_t, t, image) (the ST-Net, a time-conditioned U-Net) is trained on a
+probability path (`ambiseg.paths`; by default ATFM's optimal-transport path
+x_t = t x1 + (1 - t) x0) from a prior sample x0 (sigmoid of a frozen GTR sample, or noise for
+"SFM alone") to an annotator's mask x1, with the same x0 and t paired with every annotator of
+the image. A semantic-consistency term compares the x1 the velocity points to (on the straight
+path the one-step estimate x1_hat = x_t + v (1 - t)) to x1 by Dice:
+L = MSE(v, u_t) + alpha (1 - Dice(x1_hat, x1)), with u_t the path's velocity (x1 - x0).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,8 @@ from ..errors import CompatibilityError, ConfigError, closest
 from ..interfaces import Prior, Transport
 from ..losses import hard_dice, soft_dice, unpack_batch
 from ..nets import TimeUNet
-from ..registry import transports
+from ..paths import ProbPath
+from ..registry import paths, transports
 
 __all__ = ["SFMTransport", "SF_LOSSES", "LUMA"]
 
@@ -48,6 +51,9 @@ class SFMTransport(Transport):
         heads, head_dim: attention heads and channels per head (paper setting: 4 x 32).
         time_scale: t in [0, 1] is multiplied by this before the sinusoidal embedding; 1.0
             embeds the raw t as the public code does.
+        path: the probability path, a name of the `paths` registry or `{"name": ..., **options}`:
+            "straight" (ATFM's, default), "cosine", ...; `{"name": "straight", "truncation": 0.3}`
+            starts the flow at t0 = 0.3 from the noised prior sample (see `ambiseg.paths`).
         in_channels: image channels (filled in from the data by the Method).
     """
 
@@ -69,9 +75,11 @@ class SFMTransport(Transport):
         head_dim: int = 32,
         time_scale: float = 1000.0,
         stem_kernel: int = 7,
+        path: str | dict[str, Any] = "straight",
         in_channels: int = 1,
     ) -> None:
         super().__init__()
+        self.path: ProbPath = paths.from_spec(path, where="transport 'sfm' option 'path'")
         if sf_loss not in SF_LOSSES:
             raise ConfigError(
                 f"transport 'sfm' option 'sf_loss' is {sf_loss!r}{closest(str(sf_loss), SF_LOSSES)}; "
@@ -124,28 +132,43 @@ class SFMTransport(Transport):
             raise ConfigError("transport 'sfm' is a flow and needs a time; integrate it with a flow sampler")
         return self.net(torch.cat([cond, x], dim=1), t)
 
+    def initial_state(self, x0: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """The prior sample itself, or on a truncated path the prior sample as a mask estimate noised to t0."""
+        if not self.path.truncated:
+            return x0
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return self.path.start(x0, noise)
+
+    def sampler_options(self) -> dict[str, Any]:
+        """The path's time span, `t0` and `t1`, for the flow sampler."""
+        t0, t1 = self.path.span
+        return {"t0": t0, "t1": t1}
+
     def loss(self, batch: dict[str, Tensor], prior: Prior) -> dict[str, Tensor]:
-        """Flow-matching + alpha * semantic-consistency loss; one prior sample and one t per image,
-        paired with all A annotators (batched as B*A states).
+        """Flow-matching + alpha * semantic-consistency loss on the path; one source x0 and one t per
+        image, paired with all A annotators (batched as B*A states). The source is a prior sample, or
+        N(0, I) noise on a truncated path (whose t lie in [t0, 1)).
 
         Returns "loss", "fm" (velocity MSE) and "sf" (1 - Dice of x1_hat, mean over annotators).
         """
         image, masks = unpack_batch(batch)
         b, a = masks.shape[:2]
         with torch.no_grad():
-            x0 = prior.sample(prior.condition(image), 1).flatten(0, 1).to(image.dtype)  # [B, 1, H, W]
-        t = torch.rand(b, device=image.device, dtype=image.dtype)
+            if self.path.truncated:
+                x0 = torch.randn(b, 1, *masks.shape[2:], device=image.device, dtype=image.dtype)
+            else:
+                x0 = prior.sample(prior.condition(image), 1).flatten(0, 1).to(image.dtype)  # [B, 1, H, W]
+        t = self.path.times(torch.rand(b, device=image.device, dtype=image.dtype))
         x0 = repeat(x0, "b c h w -> (b a) c h w", a=a)
         t = repeat(t, "b -> (b a)", a=a)
         x1 = rearrange(masks, "b a h w -> (b a) 1 h w")
         cond = repeat(self.condition(image), "b c h w -> (b a) c h w", a=a)
-        tt = rearrange(t, "n -> n 1 1 1")
-        xt = tt * x1 + (1 - tt) * x0
-        v = self(xt, t, cond)
-        fm = F.mse_loss(v, x1 - x0)
-        x1_hat = xt + v * (1 - tt)
+        point = self.path.sample(x0, x1, t)
+        v = self(point.x_t, t, cond)
+        fm = F.mse_loss(v, point.u_t)
+        x1_hat = self.path.estimate_x1(point.x_t, v, t)
         sf = (1 - SF_LOSSES[self.sf_loss](x1_hat, x1)).mean()
         return {"loss": fm + self.alpha * sf, "fm": fm, "sf": sf}
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, sf_loss={self.sf_loss!r}, grayscale={self.grayscale}"
+        return f"alpha={self.alpha}, sf_loss={self.sf_loss!r}, grayscale={self.grayscale}, path={self.path!r}"
