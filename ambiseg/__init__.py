@@ -10,13 +10,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import (  # noqa: F401  (register components)
+from . import (  # imported to register their components
     backbones,
-    data,  # noqa: F401
-    methods,  # noqa: F401
-    metrics,  # noqa: F401
-    noise_schedules,  # noqa: F401
-    paths,  # noqa: F401
+    data,
+    methods,
+    metrics,
+    noise_schedules,
+    paths,
     samplers,
 )
 from .errors import AmbisegError, CompatibilityError, ConfigError, DataError, UnknownNameError

@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import re
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,6 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
                 pooled[k] += v
             for k, v in rec.get("untrained", {}).items():
                 untrained[k].append(v)
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         rows.append(
             Row(
                 dataset=dataset,
@@ -72,9 +72,9 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
                 method=method,
                 seeds=[int(r["seed"]) for r in recs],
                 metrics=summarise(pooled),
-                untrained={k: mean(v) for k, v in untrained.items()},
-                train_s=mean([r["timing"]["train_s"] for r in recs]),
-                sample_s=mean([r["timing"]["sample_s_per_image"] for r in recs]),
+                untrained={k: statistics.fmean(v) for k, v in untrained.items()},
+                train_s=statistics.fmean([r["timing"]["train_s"] for r in recs]),
+                sample_s=statistics.fmean([r["timing"]["sample_s_per_image"] for r in recs]),
                 samples_timed=int(recs[0]["timing"]["samples_per_image"]),
                 params=int(recs[0]["params"]),
                 flops_per_image=recs[0].get("flops", {}).get("per_image"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import torch
+
 import ambiseg
 
 
@@ -12,9 +14,15 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ambiseg", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_version():
+def test_version_has_one_source():
+    from importlib.metadata import version
+
+    from ambiseg.results import environment
+
     res = run("--version")
-    assert res.returncode == 0 and ambiseg.__version__ in res.stdout
+    assert res.returncode == 0 and res.stdout.split()[-1] == ambiseg.__version__
+    assert version("ambiseg") == ambiseg.__version__  # the installed metadata reads the package's
+    assert environment(torch.device("cpu"))["versions"]["ambiseg"] == ambiseg.__version__
 
 
 def test_list_shows_every_registry():

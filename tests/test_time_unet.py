@@ -122,7 +122,10 @@ def test_weight_standardised_conv_matches_manual_standardisation_and_ignores_sca
 def _manual_heads(attn, x):
     q, k, v = attn.to_qkv(attn.norm(x)).chunk(3, dim=1)
     n, _, h, w = x.shape
-    split = lambda a: a.reshape(n, attn.heads, attn.head_dim, h * w)  # noqa: E731
+
+    def split(a):
+        return a.reshape(n, attn.heads, attn.head_dim, h * w)
+
     return split(q), split(k), split(v)
 
 

@@ -10,10 +10,10 @@ import sys
 import click
 
 from ..errors import AmbisegError
-from . import (  # noqa: F401  (register commands)
+from . import (  # each module registers its commands
     bench,
     evaluate,
-    show,  # noqa: F401
+    show,
     train,
 )
 from .app import cli

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from . import (  # noqa: F401
-    atfm,  # noqa: F401
-    cimd,  # noqa: F401
-    deterministic,  # noqa: F401
+from . import (  # each module registers its components
+    atfm,
+    cimd,
+    deterministic,
     gtr,
     identity,
-    noise,  # noqa: F401
-    phiseg,  # noqa: F401
-    probunet,  # noqa: F401
+    noise,
+    phiseg,
+    probunet,
     sfm,
-    tdpm,  # noqa: F401
+    tdpm,
 )
 
 __all__: list[str] = []
