@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import shlex
 import struct
 import zipfile
 import zlib
@@ -358,7 +359,7 @@ def test_bad_input_exits_2_with_one_line(name, command, expected, files, tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     (out / "leaderboard.md").write_text("earlier results\n")
-    argv = command.format(out=out, **{k: v for k, v in files.items()}).split()
+    argv = shlex.split(command.format(out=out, **{k: v for k, v in files.items()}))
     with pytest.raises(SystemExit) as info:
         main(argv)
     err = capsys.readouterr().err.strip()

@@ -11,6 +11,7 @@ from ..distributed import distributed_run
 from ..leaderboard import to_rich, write_leaderboard
 from .app import cli, console
 from .options import (
+    OutPath,
     check_max_batch,
     check_seed,
     common_set_option,
@@ -29,7 +30,7 @@ from .options import (
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
 @click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
 @click.option("--samples", "samples", default="16,32,100", show_default=True, help="sample counts to evaluate")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/bench"), show_default=True)
+@click.option("--out", type=OutPath(file_okay=False, path_type=Path), default=Path("runs/bench"), show_default=True)
 @click.option("--max-batch", type=int, default=None, help="at most this many states per sampler call (bounds memory)")
 @click.option("--no-baseline", is_flag=True, help="leave out the deterministic U-Net reference row")
 @click.option("--retrain", is_flag=True, help="train again even when OUT holds a finished run")
@@ -82,7 +83,7 @@ def bench_cmd(
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutPath(file_okay=False, path_type=Path),
     default=None,
     help="where leaderboard.{md,csv,tex,png} go (default: the first input directory)",
 )

@@ -24,6 +24,7 @@ from ..train import collate
 from .app import cli, console
 from .options import (
     MAX_SAMPLES,
+    OutPath,
     check_max_batch,
     check_seed,
     data_options,
@@ -97,7 +98,7 @@ def _load_split(spec: DataSpec, split: str, method: Method, path: Path) -> Annot
 @click.option("--samples", "num", type=int, default=16, show_default=True, help="samples per image")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=OutPath(file_okay=False, path_type=Path), required=True)
 def sample_cmd(
     checkpoint: Path,
     data_name: str | None,
@@ -161,9 +162,7 @@ def sample_cmd(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--max-batch", type=int, default=None)
-@click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here"
-)
+@click.option("--out", type=OutPath(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here")
 def eval_cmd(
     checkpoint: Path,
     data_name: str | None,

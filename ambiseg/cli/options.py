@@ -11,6 +11,7 @@ import click
 from ..errors import ConfigError
 
 __all__ = [
+    "OutPath",
     "parse_sets",
     "split_sets",
     "parse_counts",
@@ -72,7 +73,19 @@ def parse_ints(text: str, option: str) -> tuple[int, ...]:
         raise ConfigError(f"{option} expects comma-separated integers, got '{text}'") from None
     if not values:
         raise ConfigError(f"{option} is empty; give comma-separated integers")
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"{option} lists {twice} twice in '{text}'; give each value once")
     return values
+
+
+class OutPath(click.Path):
+    """`click.Path` that refuses an empty name: `--out ''` would otherwise mean the working directory."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(f"--{param.name if param else 'out'} is empty; give a file or directory name")
+        return super().convert(value, param, ctx)
 
 
 def parse_counts(text: str) -> tuple[int, ...]:

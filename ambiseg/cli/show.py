@@ -8,7 +8,7 @@ import click
 import torch
 
 from .app import cli, console
-from .options import parse_sets
+from .options import OutPath, parse_sets
 
 __all__ = ["show_cmd"]
 
@@ -21,7 +21,7 @@ __all__ = ["show_cmd"]
 @click.option("--split", default="train", show_default=True, help="train, val, test or all")
 @click.option("--index", type=int, required=True, help="item index within the split")
 @click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="figure file (.png, .pdf, .svg)"
+    "--out", type=OutPath(dir_okay=False, path_type=Path), required=True, help="figure file (.png, .pdf, .svg)"
 )
 @click.option(
     "--set",

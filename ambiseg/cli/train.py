@@ -15,7 +15,7 @@ from ..io import check_target, ensure_dir, write_json
 from ..lock import run_lock
 from ..presets import bench_preset
 from .app import cli, console
-from .options import check_seed, common_set_option, data_options, parse_sets, split_sets
+from .options import OutPath, check_seed, common_set_option, data_options, parse_sets, split_sets
 
 RUN_FILES = ("last.safetensors", "best.safetensors", "history.csv")
 
@@ -39,7 +39,7 @@ def check_existing_run(out: Path, *, resume: bool, overwrite: bool) -> None:
 @click.argument("method")
 @data_options
 @common_set_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="run directory")
+@click.option("--out", type=OutPath(file_okay=False, path_type=Path), required=True, help="run directory")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
 @click.option("--resume", is_flag=True, help="continue from OUT/last.safetensors")
@@ -57,7 +57,7 @@ def check_existing_run(out: Path, *, resume: bool, overwrite: bool) -> None:
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @click.option(
     "--log",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OutPath(dir_okay=False, path_type=Path),
     default=None,
     help="learning curves: validation history as CSV (default: OUT/history.csv)",
 )
