@@ -8,6 +8,7 @@ import click
 
 from ..bench import BenchSpec, pick_device, run_bench
 from ..distributed import distributed_run
+from ..errors import ConfigError
 from ..leaderboard import to_rich, write_leaderboard
 from .app import cli, console
 from .options import (
@@ -58,6 +59,9 @@ def bench_cmd(
     from ..registry import methods as registry
 
     names = [registry.canonical(n) for n in names]  # unknown names fail before any work
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:  # it would be evaluated twice and counted as two seeds
+        raise ConfigError(f"--methods names '{twice}' twice (aliases included) in '{methods}'; give each method once")
     overrides, data_settings = split_sets(parse_sets(sets))
     with distributed_run(pick_device(device), console) as dev:
         spec = BenchSpec(

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import torch
 
+from ..errors import ConfigError
 from .app import cli, console
 from .options import OutPath, parse_sets
 
@@ -62,6 +63,10 @@ def show_cmd(
 
     settings = {key.removeprefix("data."): value for key, value in parse_sets(options).items()}
     dataset = build(data, root=root, split=split, **settings)
+    if not 0 <= index < len(dataset):
+        raise ConfigError(
+            f"--index {index} is out of range: the {split} split has {len(dataset)} items (0..{len(dataset) - 1})"
+        )
     item = dataset[index]
     title = f"{data} {split} #{index}: {item['id']}"
     samples = None
