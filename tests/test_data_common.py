@@ -147,7 +147,10 @@ def test_show_writes_a_png(tmp_path: Path, capsys):
 def test_show_reports_bad_input_in_one_line(tmp_path: Path, capsys):
     out = str(tmp_path / "fig.png")
     for argv, text in [
-        (["show", "--index", "999", "--out", out], "index 999 is out of range (use 0..199)"),
+        (
+            ["show", "--index", "999", "--out", out],
+            "--index 999 is out of range: the train split has 200 items (0..199)",
+        ),
         (["show", "--data", "synthetc", "--index", "0", "--out", out], "did you mean 'synthetic'"),
         (["show", "--data", "lidc", "--root", str(tmp_path / "none"), "--index", "0", "--out", out], "does not exist"),
         (["show", "--index", "0", "--out", out, "--set", "sizes"], "--set expects key=value"),
