@@ -143,48 +143,37 @@ def _train_or_load(
     """Train `method` on `sets` (described by the data spec `data`) into `run_dir`, resuming an
     interrupted run; load a finished one. Holds the run directory's lock. Returns seconds."""
     with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():
-        return _train_or_load_locked(method, sets, data, run_dir, spec, seed, device, console)
-
-
-def _train_or_load_locked(
-    method: Method,
-    sets: Mapping[str, ItemDataset],
-    data: dict[str, Any],
-    run_dir: Path,
-    spec: BenchSpec,
-    seed: int,
-    device: torch.device,
-    console: Console,
-) -> float:
-    last = run_dir / "last.safetensors"
-    if last.exists() and not spec.retrain:
-        ckpt = load_checkpoint(last, method=method.name)
-        what = "configuration" if ckpt.config != method.config else "data" if ckpt.meta.get("data") != data else None
-        if what is not None:
-            raise AmbisegError(
-                f"{run_dir} holds a {method.name} run with another {what}; "
-                "pass --retrain to replace it or choose another --out"
+        last = run_dir / "last.safetensors"
+        if last.exists() and not spec.retrain:
+            ckpt = load_checkpoint(last, method=method.name)
+            what = (
+                "configuration" if ckpt.config != method.config else "data" if ckpt.meta.get("data") != data else None
             )
-        if ckpt.meta.get("stage_index") == len(method.stages):
-            load_weights(method, ckpt, source=str(last))
-            console.print(f"[dim]{method.name}: loaded the trained checkpoint {last}[/dim]")
-            return float(ckpt.meta.get("seconds", 0.0))
-    elif last.exists():
-        last.unlink()
-        (run_dir / "best.safetensors").unlink(missing_ok=True)
-    trainer = Trainer(
-        method,
-        sets["train"],
-        sets["val"],
-        out_dir=run_dir,
-        seed=seed,
-        device=device,
-        progress=spec.progress,
-        console=console,
-        data=data,
-        log=run_dir / "history.csv",
-    )
-    return trainer.fit(resume=True).seconds
+            if what is not None:
+                raise AmbisegError(
+                    f"{run_dir} holds a {method.name} run with another {what}; "
+                    "pass --retrain to replace it or choose another --out"
+                )
+            if ckpt.meta.get("stage_index") == len(method.stages):
+                load_weights(method, ckpt, source=str(last))
+                console.print(f"[dim]{method.name}: loaded the trained checkpoint {last}[/dim]")
+                return float(ckpt.meta.get("seconds", 0.0))
+        elif last.exists():
+            last.unlink()
+            (run_dir / "best.safetensors").unlink(missing_ok=True)
+        trainer = Trainer(
+            method,
+            sets["train"],
+            sets["val"],
+            out_dir=run_dir,
+            seed=seed,
+            device=device,
+            progress=spec.progress,
+            console=console,
+            data=data,
+            log=run_dir / "history.csv",
+        )
+        return trainer.fit(resume=True).seconds
 
 
 def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[str, Any]]:
