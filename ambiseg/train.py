@@ -278,8 +278,7 @@ class Trainer:
         self._checked = None
         if state is None:
             return None
-        ckpt = state.pop("_ckpt")
-        load_weights(self.method, ckpt, source="resumed checkpoint")
+        ckpt = state.pop("_ckpt")  # check_resume has loaded its weights
         restore_rng(ckpt.rng, ckpt.meta.get("rng", {}))
         self.history = list(ckpt.meta.get("history", []))
         return state
