@@ -5,6 +5,7 @@ sample, evaluate, time, and write one JSON record per (method, dataset, seed).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from .checkpoint import load_checkpoint, load_weights
 from .data.base import ItemDataset
 from .data.spec import DataSpec
 from .errors import AmbisegError, ConfigError
-from .evaluation import PeakMemory, count_flops, evaluate_method
+from .evaluation import InferenceOptions, PeakMemory, count_flops, evaluate_method
 from .io import ensure_dir, write_json
 from .leaderboard import to_rich, write_leaderboard
 from .lock import run_lock
@@ -119,7 +120,7 @@ class BenchSpec:
     baseline: bool = True
     retrain: bool = False
     progress: bool = True
-    max_batch: int | None = None
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
 
     def data_spec(self) -> DataSpec:
         """The data every method of this bench trains and is scored on."""
@@ -146,9 +147,10 @@ def _train_or_load(
         last = run_dir / "last.safetensors"
         if last.exists() and not spec.retrain:
             ckpt = load_checkpoint(last, method=method.name)
-            what = (
-                "configuration" if ckpt.config != method.config else "data" if ckpt.meta.get("data") != data else None
-            )
+            # Normalised through from_config: a run saved before an option existed (so its config lacks
+            # the key) is the same configuration when that option's default reproduces it.
+            same_config = Method.from_config(ckpt.config).config == method.config
+            what = "configuration" if not same_config else "data" if ckpt.meta.get("data") != data else None
             if what is not None:
                 raise AmbisegError(
                     f"{run_dir} holds a {method.name} run with another {what}; "
@@ -205,8 +207,8 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
                 counts=(preset.untrained_samples,),
                 seed=seed,
                 device=device,
-                warmup=False,
-                max_batch=spec.max_batch,
+                warmup=False,  # plain layout and precision: the options apply to the trained model's timing
+                options=InferenceOptions(max_batch=spec.inference.max_batch, image_batch=spec.inference.image_batch),
             )
             run_dir = ensure_dir(_run_dir(spec, method.name, seed))
             train_s = _train_or_load(method, sets, data_spec.to_dict(), run_dir, spec, seed, device, console)
@@ -217,7 +219,7 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
                 seed=seed,
                 device=device,
                 warmup=preset.warmup,
-                max_batch=spec.max_batch,
+                options=spec.inference,
             )
             image = collate([sets["test"][0]])["image"].to(device)
             flops = count_flops(method, image) if preset.flops else None
@@ -248,11 +250,12 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
                     "samples_per_image": result["samples_per_image"],
                     "sample_s": result["sample_seconds"],
                     "nfe": method.sampler.nfe,
+                    "inference": dataclasses.asdict(spec.inference),
                 },
                 "memory": {
                     "peak_mb": result["peak_mb"],
                     "kind": result["memory_kind"],
-                    "max_batch": spec.max_batch or method.max_batch,
+                    "max_batch": spec.inference.max_batch or method.max_batch,
                 },
                 "params": method.num_parameters(),
                 "flops": flops or {},

@@ -259,6 +259,10 @@ class DDPM(_DiffusionSampler):
             x = x + VARIANCES[self.variance](schedule, now.k) ** 0.5 * noise
         return x
 
+    @property
+    def stochastic(self) -> bool:
+        return True
+
     def __repr__(self) -> str:
         return f"DDPM(variance={self.variance!r}, clip={self.clip})"
 
@@ -303,6 +307,10 @@ class DDIM(_DiffusionSampler):
     @property
     def nfe(self) -> int:
         return self.steps
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
 
     def __repr__(self) -> str:
         return f"DDIM(steps={self.steps}, eta={self.eta}, clip={self.clip})"

@@ -1,8 +1,9 @@
 """Evaluation of a method on a test set: `evaluate_method` (sample, time and score every test
-image), `PeakMemory` (peak memory of a block) and `count_flops` (FLOPs of sampling).
+image), `InferenceOptions` (batching, precision, layout, compilation of sampling), `PeakMemory`
+(peak memory of a block) and `count_flops` (FLOPs of sampling).
 
-`evaluate_method` streams: each image is scored as soon as its samples exist and only its
-numbers are kept, so memory holds one image's samples whatever the size of the test set.
+`evaluate_method` streams: each group of images is scored as soon as its samples exist and only
+its numbers are kept, so memory holds one group's samples whatever the size of the test set.
 Under torchrun every rank takes its share of the images and only those numbers (with the
 timings and peak memory) are gathered.
 """
@@ -10,6 +11,7 @@ timings and peak memory) are gathered.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,11 @@ import torch
 from . import distributed as dist
 from . import metrics
 from .data.base import ItemDataset
-from .errors import AmbisegError, NonFiniteError
+from .errors import AmbisegError, ConfigError, NonFiniteError, closest
 from .method import Method
 from .train import collate
 
-__all__ = ["evaluate_method", "PeakMemory", "count_flops"]
+__all__ = ["evaluate_method", "InferenceOptions", "PRECISIONS", "PeakMemory", "count_flops"]
 
 
 class PeakMemory:
@@ -73,6 +75,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _groups(indices: list[int], size: int) -> list[list[int]]:
+    return [indices[k : k + size] for k in range(0, len(indices), size)]
+
+
 def _score(
     samples: torch.Tensor, item: dict[str, Any], counts: tuple[int, ...], total: int
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -91,6 +97,56 @@ def _score(
     return scores, truth
 
 
+@dataclasses.dataclass(frozen=True)
+class InferenceOptions:
+    """How sampling runs: batching, numerics and layout. They change speed, not the model (bf16
+    changes the numbers a little: measure its effect before trusting it, docs/sampling-speed.md).
+
+    Attributes:
+        max_batch: at most this many states per sampler call (bounds memory); None: the method's.
+        image_batch: test images sampled together (their states share sampler calls up to
+            `max_batch`; each image keeps its own generator, so results do not depend on it).
+        precision: "fp32", or "bf16" (autocast of sampling on CPU or CUDA).
+        channels_last: convert the method's 4-D weights to channels-last memory layout.
+        compile: `torch.compile` the transport (the network every sampler step calls).
+    """
+
+    max_batch: int | None = None
+    image_batch: int = 8
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.image_batch < 1:
+            raise ConfigError(f"--image-batch must be >= 1, got {self.image_batch}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"--precision is {self.precision!r}{closest(self.precision, PRECISIONS)}; "
+                f"choose one of: {', '.join(PRECISIONS)}"
+            )
+
+    def prepare(self, method: Method, device: torch.device) -> Method:
+        """Move `method` to `device` in eval mode with this layout (and compiled transport)."""
+        method.to(device).eval()
+        if self.channels_last:
+            method.to(memory_format=torch.channels_last)
+        if self.compile:
+            method.transport.compile()
+        return method
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        """The precision context sampling runs in."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=PRECISIONS[self.precision])
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def evaluate_method(
     method: Method,
     test_set: ItemDataset,
@@ -100,45 +156,55 @@ def evaluate_method(
     device: torch.device,
     warmup: bool = True,
     max_batch: int | None = None,
+    options: InferenceOptions | None = None,
 ) -> dict[str, Any]:
-    """Sample max(counts) masks per test image (one image at a time, timed, warm) and score each
-    image as soon as its samples exist.
+    """Sample max(counts) masks per test image (groups of `options.image_batch` images per call,
+    timed, warm) and score each group as soon as its samples exist.
 
-    The generator of image i is seeded `seed * 100_003 + i`, so results depend neither on the
-    number of ranks nor on the order images are drawn in. Only the sample call is timed.
+    The generator of image i is seeded `seed * 100_003 + i` and drives only that image's draws, so
+    results depend neither on the number of ranks, nor on the order images are drawn in, nor on
+    how they are grouped. Only the sample call is timed; an image's time is its group's over the
+    group's size. `max_batch` is a shortcut for `options.max_batch`.
 
     Returns per-image metric lists (`per_image`), the metrics against the true distribution for
     data with known modes (`truth`: `mode_mass<S>` and `mode_probs` rows), `sample_seconds`
     per image, `samples_per_image`, and the peak memory of the loop (`peak_mb`, `memory_kind`),
     every list in image order.
     """
+    options = options or InferenceOptions()
+    if max_batch is not None:
+        options = dataclasses.replace(options, max_batch=max_batch)
     total = max(counts)
-    method.to(device).eval()
+    options.prepare(method, device)
     n = len(test_set)
     if n == 0:
         raise AmbisegError("the test set is empty; check the dataset root, split and limits")
-    first = collate([test_set[0]])["image"].to(device)
-    if warmup:
-        method.sample(first, min(2, total), generator=torch.Generator(device).manual_seed(0), max_batch=max_batch)
     mine = []  # (image index, metrics, truth rows, seconds): numbers only
-    with PeakMemory(device) as peak:
-        for i in dist.shard(list(range(n))):  # each rank its share; the generator depends on i only
-            item = collate([test_set[i]])
-            image = item["image"].to(device)
-            gen = torch.Generator(device).manual_seed(seed * 100_003 + i)
-            _sync(device)
-            t0 = time.perf_counter()
-            out = method.sample(image, total, generator=gen, max_batch=max_batch)
-            _sync(device)
-            seconds = time.perf_counter() - t0
-            if not torch.isfinite(out).all():  # NaN >= 0.5 is False: it would score as an empty mask
-                raise NonFiniteError(
-                    f"{method.name} gives non-finite samples for test image {i}; it is not "
-                    "scored (are the weights damaged? does the sampler diverge?)"
-                )
-            samples = (out >= 0.5).cpu()
-            del out
-            mine.append((i, *_score(samples, item, counts, total), seconds))
+    with options.autocast(device):
+        if warmup:
+            first = collate([test_set[0]])["image"].to(device)
+            gen = torch.Generator(device).manual_seed(0)
+            method.sample(first, min(2, total), generator=gen, max_batch=options.max_batch)
+        with PeakMemory(device) as peak:
+            indices = dist.shard(list(range(n)))  # each rank its share; the generator depends on i only
+            for group in _groups(indices, options.image_batch):
+                items = [collate([test_set[i]]) for i in group]
+                images = torch.cat([item["image"] for item in items]).to(device)
+                gens = [torch.Generator(device).manual_seed(seed * 100_003 + i) for i in group]
+                _sync(device)
+                t0 = time.perf_counter()
+                out = method.sample(images, total, generator=gens, max_batch=options.max_batch)
+                _sync(device)
+                seconds = (time.perf_counter() - t0) / len(group)
+                for j, (i, item) in enumerate(zip(group, items, strict=True)):
+                    if not torch.isfinite(out[j]).all():  # NaN >= 0.5 is False: it would score as an empty mask
+                        raise NonFiniteError(
+                            f"{method.name} gives non-finite samples for test image {i}; it is not "
+                            "scored (are the weights damaged? does the sampler diverge?)"
+                        )
+                    samples = (out[j : j + 1] >= 0.5).cpu()
+                    mine.append((i, *_score(samples, item, counts, total), seconds))
+                del out
     parts = dist.gather_objects((mine, peak.peak_mb))
     rows = sorted((row for items, _ in parts for row in items), key=lambda row: row[0])
     peaks = [p for _, p in parts if p is not None]

@@ -126,3 +126,9 @@ class Sampler(ABC):
     def nfe(self) -> int | None:
         """Field evaluations per sample when fixed (None for adaptive samplers)."""
         return None
+
+    @property
+    def stochastic(self) -> bool:
+        """True when the sampler draws random numbers itself (e.g. DDPM's per-step noise): a
+        `Method` then runs it per image with that image's generator instead of across images."""
+        return False

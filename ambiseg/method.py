@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import json
 import typing
+from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
@@ -181,6 +182,35 @@ def _top_value(key: str, value: Any) -> Any:
     if out is not None and out < 1:
         raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
     return out
+
+
+def _cat_batches(parts: list[Any]) -> Any:
+    """Concatenate per-sample conditioning along the batch: tensors, dicts/tuples/lists of them, and
+    values that every part shares (None, sizes)."""
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return {key: _cat_batches([p[key] for p in parts]) for key in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat_batches(list(items)) for items in zip(*parts, strict=True))
+    if all(p == first for p in parts):  # None or a value shared by every image (e.g. PHiSeg's image size)
+        return first
+    raise CompatibilityError(
+        f"cannot batch a transport's per-sample conditioning across images: its {type(first).__name__} "
+        "values differ between images; return tensors (or dicts/tuples of tensors) from Transport.expand"
+    )
+
+
+def _slice_batch(cond: Any, start: int, stop: int) -> Any:
+    """Rows start:stop of per-sample conditioning built by `_cat_batches`."""
+    if isinstance(cond, Tensor):
+        return cond[start:stop]
+    if isinstance(cond, dict):
+        return {key: _slice_batch(value, start, stop) for key, value in cond.items()}
+    if isinstance(cond, (tuple, list)):
+        return type(cond)(_slice_batch(value, start, stop) for value in cond)
+    return cond
 
 
 def _positive_int(value: Any, where: str) -> int:
@@ -360,19 +390,24 @@ class Method(nn.Module):
         return self.transport.loss(batch, self.prior)
 
     # ---- sampling -------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(
         self,
         images: Tensor,
         num_samples: int,
         *,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         max_batch: int | None = None,
     ) -> Tensor:
         """Draw `num_samples` segmentations per image: probabilities [B, S, H, W] in [0, 1].
 
-        Image-only work (prior and transport `condition`) runs once per group of images; the
-        samples are pushed through the sampler in chunks of at most `max_batch` states.
+        With one `generator` (or none), image-only work (prior and transport `condition`) runs
+        once per group of images and the samples go through the sampler in chunks of at most
+        `max_batch` states. With a sequence of B generators, one per image, image i's random draws
+        come from `generator[i]` exactly as in `sample(images[i:i+1], generator=generator[i])`, so
+        its samples do not depend on which images share the call; the states of all images then
+        go through the sampler together in chunks of `max_batch` (per image when the sampler
+        draws noise itself, see `Sampler.stochastic`).
         """
         if images.ndim != 4:
             raise ConfigError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
@@ -381,6 +416,12 @@ class Method(nn.Module):
         was_training = self.training
         self.eval()
         try:
+            if isinstance(generator, Sequence):
+                if len(generator) != images.shape[0]:
+                    raise ConfigError(
+                        f"sample got {len(generator)} generators for {images.shape[0]} images; pass one per image"
+                    )
+                return self._sample_each(images, num_samples, limit, list(generator))
             out = []
             group = min(images.shape[0], limit)
             per_chunk = max(1, limit // group)
@@ -391,6 +432,19 @@ class Method(nn.Module):
         finally:
             self.train(was_training)
 
+    def _starts(
+        self, images: Tensor, n: int, state: Any, cond: Any, generator: torch.Generator | None
+    ) -> tuple[Tensor, Any]:
+        """Initial states [B*n, ...] and their per-sample conditioning for n samples of each image."""
+        x0 = self.prior.sample(state, n, generator=generator).flatten(0, 1)
+        per_sample = self.transport.expand(cond, n, generator=generator)
+        return self.transport.initial_state(x0, generator=generator), per_sample
+
+    def _integrate(self, start: Tensor, per_sample: Any, generator: torch.Generator | None) -> Tensor:
+        """Foreground probabilities [N, H, W] of the final states reached from `start` [N, ...]."""
+        x1 = self.sampler(self.transport, start, per_sample, generator=generator, **self.transport.sampler_options())
+        return self.transport.to_probs(x1)
+
     def _sample_group(
         self, images: Tensor, num_samples: int, per_chunk: int, generator: torch.Generator | None
     ) -> Tensor:
@@ -400,14 +454,30 @@ class Method(nn.Module):
         chunks = []
         for done in range(0, num_samples, per_chunk):
             n = min(per_chunk, num_samples - done)
-            x0 = self.prior.sample(state, n, generator=generator).flatten(0, 1)
-            per_sample = self.transport.expand(cond, n, generator=generator)
-            start = self.transport.initial_state(x0, generator=generator)
-            x1 = self.sampler(
-                self.transport, start, per_sample, generator=generator, **self.transport.sampler_options()
-            )
-            chunks.append(self.transport.to_probs(x1).reshape(b, n, h, w))
+            start, per_sample = self._starts(images, n, state, cond, generator)
+            chunks.append(self._integrate(start, per_sample, generator).reshape(b, n, h, w))
         return torch.cat(chunks, dim=1)
+
+    def _sample_each(self, images: Tensor, num_samples: int, limit: int, generators: list[torch.Generator]) -> Tensor:
+        """`sample` with one generator per image (see there)."""
+        b, _, h, w = images.shape
+        if self.sampler.stochastic:
+            parts = [self._sample_group(images[i : i + 1], num_samples, limit, g) for i, g in enumerate(generators)]
+            return torch.cat(parts, dim=0)
+        starts, conds = [], []
+        for i, gen in enumerate(generators):  # the draws of sample(images[i:i+1], generator=gen), in its order
+            image = images[i : i + 1]
+            state, cond = self.prior.condition(image), self.transport.condition(image)
+            for done in range(0, num_samples, limit):
+                start, per_sample = self._starts(image, min(limit, num_samples - done), state, cond, gen)
+                starts.append(start)
+                conds.append(per_sample)
+        start, per_sample = torch.cat(starts), _cat_batches(conds)
+        probs = [
+            self._integrate(start[i : i + limit], _slice_batch(per_sample, i, i + limit), None)
+            for i in range(0, start.shape[0], limit)
+        ]
+        return torch.cat(probs).reshape(b, num_samples, h, w)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

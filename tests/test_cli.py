@@ -91,3 +91,43 @@ def test_show_and_sample_draw_a_checkpoint_samples(tmp_path, capsys):
     saved = np.load(tmp_path / "s" / "samples.npz")
     assert saved["samples"].shape == (2, 5, 32, 32) and set(np.unique(saved["samples"])) <= {0, 1}
     assert sorted(p.name for p in (tmp_path / "s").glob("*.png")) == ["sample-test-0.png", "sample-test-2.png"]
+
+
+def test_eval_inference_options_change_speed_not_scores(tmp_path):
+    """--image-batch and --channels-last give the scores of the defaults; the record stores them."""
+    import json
+
+    import pytest
+    import torch
+
+    from ambiseg.checkpoint import save_checkpoint
+    from ambiseg.cli import main
+
+    torch.manual_seed(0)
+    method = ambiseg.build("atfm", preset="smoke")
+    with torch.no_grad():  # wake the zero-initialised velocity head so the flow moves the samples
+        method.transport.net.head.weight.normal_(std=0.1)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(ckpt, method, method.config, stage_index=len(method.stages))
+    scores = {}
+    for label, flags in {"default": [], "one-image": ["--image-batch", "1"], "cl": ["--channels-last"]}.items():
+        with pytest.raises(SystemExit) as info:
+            main(
+                [
+                    "eval",
+                    str(ckpt),
+                    "--preset",
+                    "smoke",
+                    "--samples",
+                    "3",
+                    "--out",
+                    str(tmp_path / f"{label}.json"),
+                    *flags,
+                ]
+            )
+        assert info.value.code == 0
+        scores[label] = json.loads((tmp_path / f"{label}.json").read_text())
+    assert scores["cl"]["inference"]["channels_last"] and scores["one-image"]["inference"]["image_batch"] == 1
+    for label in ("one-image", "cl"):
+        for key, values in scores["default"]["per_image"].items():
+            assert scores[label]["per_image"][key] == pytest.approx(values, abs=1e-6), (label, key)

@@ -285,6 +285,10 @@ CASES = [
     ("sample index out of range", "sample {ckpt} --preset smoke --indices 99 --out {out}", "out of range"),
     # issue 16
     ("eval max-batch 0", "eval {ckpt} --samples 2 --max-batch 0", "--max-batch must be >= 1"),
+    # issue 14
+    ("eval image-batch 0", "eval {ckpt} --samples 2 --image-batch 0", "--image-batch must be >= 1"),
+    ("bench image-batch -1", "bench --methods det-unet --preset smoke --image-batch -1 --out {out}", "--image-batch"),
+    ("unknown precision", "eval {ckpt} --samples 2 --precision fp16", "fp16"),
     ("absurd sampler steps", "eval {flow_ckpt} --samples 2 --set sampler.steps=1e9", "steps must be at most 10000"),
     ("absurd sample count", "eval {ckpt} --samples 1000000000", "at most 10000"),
     ("absurd sample count in sample", "sample {ckpt} --samples 1000000000 --out {out}", "between 1 and 10000"),

@@ -21,7 +21,7 @@ import torch
 import ambiseg
 from ambiseg import data
 from ambiseg.checkpoint import load_method, save_checkpoint
-from ambiseg.errors import CompatibilityError
+from ambiseg.errors import CompatibilityError, ConfigError
 from ambiseg.interfaces import TRANSPORT_KINDS, Prior, Sampler, Transport
 from ambiseg.method import method_config
 from ambiseg.noise_schedules import DiffusionSchedule
@@ -33,10 +33,10 @@ NAMES = methods.names()
 DETERMINISTIC = {"det-unet"}
 
 
-def build(name: str) -> ambiseg.Method:
+def build(name: str, **overrides: Any) -> ambiseg.Method:
     """The smoke preset with zero-initialised output layers woken up, so samples vary."""
     torch.manual_seed(0)
-    method = ambiseg.build(name, preset="smoke")
+    method = ambiseg.build(name, preset="smoke", **overrides)
     with torch.no_grad():
         for p in method.parameters():
             if p.ndim > 1 and not p.any():
@@ -46,6 +46,29 @@ def build(name: str) -> ambiseg.Method:
 
 def toy_batch(n: int = 3, size: int = 16) -> dict[str, torch.Tensor]:
     return collate([data.build("synthetic", size=size, num_annotators=2, sizes=(n, 1, 1))[i] for i in range(n)])
+
+
+@pytest.mark.parametrize(
+    ("name", "sampler"), [(name, None) for name in NAMES] + [("cimd", "ddpm"), ("cimd", {"name": "ddim", "eta": 0.5})]
+)
+def test_one_generator_per_image_gives_each_image_its_own_samples(name, sampler):
+    """Batched across images with one generator each = each image sampled alone with its generator
+    (to float rounding: the sampler sees other batch compositions), whatever the chunking."""
+    method = build(name, sampler=sampler)
+    images = toy_batch(3)["image"]
+    alone = [method.sample(images[i : i + 1], 5, generator=torch.Generator().manual_seed(10 + i)) for i in range(3)]
+    for max_batch in (2, 64):
+        gens = [torch.Generator().manual_seed(10 + i) for i in range(3)]
+        together = method.sample(images, 5, generator=gens, max_batch=max_batch)
+        alone_mb = [
+            method.sample(images[i : i + 1], 5, generator=torch.Generator().manual_seed(10 + i), max_batch=max_batch)
+            for i in range(3)
+        ]
+        torch.testing.assert_close(together, torch.cat(alone_mb), rtol=0, atol=1e-5)
+        if max_batch == 64:
+            torch.testing.assert_close(together, torch.cat(alone), rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="2 generators for 3 images"):
+        method.sample(images, 5, generator=gens[:2])
 
 
 @pytest.mark.parametrize("name", NAMES)

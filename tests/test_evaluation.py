@@ -23,12 +23,13 @@ class CountingMethod(nn.Module):
         super().__init__()
         self.log, self.seed = log, seed
 
-    def sample(
-        self, images: torch.Tensor, n: int, generator: torch.Generator | None = None, max_batch: int | None = None
-    ) -> torch.Tensor:
-        index = generator.initial_seed() - self.seed * 100_003
-        self.log.append(("sample", index) if index >= 0 else ("warmup", index))
-        return torch.rand(images.shape[0], n, *images.shape[-2:], generator=generator)
+    def sample(self, images: torch.Tensor, n: int, generator: Any = None, max_batch: int | None = None) -> torch.Tensor:
+        gens = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+        assert len(gens) == images.shape[0] or len(gens) == 1
+        for gen in gens:
+            index = gen.initial_seed() - self.seed * 100_003
+            self.log.append(("sample", index) if index >= 0 else ("warmup", index))
+        return torch.cat([torch.rand(1, n, *images.shape[-2:], generator=gen) for gen in gens])
 
 
 def marked_images(n: int, size: int = 8) -> list[dict[str, Any]]:
@@ -101,12 +102,14 @@ def test_scores_each_image_before_sampling_the_next(monkeypatch):
         return real_evaluate(samples, annotations, *args, **kwargs)
 
     monkeypatch.setattr(evaluation.metrics, "evaluate", counting_evaluate)
-    n, seed = 4, 1
+    n, seed = 5, 1
+    options = evaluation.InferenceOptions(image_batch=2)
     result = evaluation.evaluate_method(
-        CountingMethod(log, seed), marked_images(n), counts=(2, 3), seed=seed, device=CPU
+        CountingMethod(log, seed), marked_images(n), counts=(2, 3), seed=seed, device=CPU, options=options
     )
     assert log[0][0] == "warmup"
-    assert log[1:] == [(step, i) for i in range(n) for step in ("sample", "score")]
+    groups = [[0, 1], [2, 3], [4]]  # each group is sampled in one call, then its images are scored
+    assert log[1:] == [(step, i) for group in groups for step in ("sample", "score") for i in group]
     assert all(len(values) == n for values in result["per_image"].values())
     assert len(result["truth"]["mode_mass3"]) == n == len(result["truth"]["mode_probs"])
 
@@ -148,6 +151,38 @@ def test_two_simulated_ranks_gather_in_image_order(monkeypatch):
     assert [x for _, x in method.log[5:]] == [0, 2, 4, 1, 3]  # rank 0 drew images 0, 2, 4; rank 1: 1, 3
     assert result["per_image"] == single["per_image"] and result["truth"] == single["truth"]
     assert len(result["sample_seconds"]) == 5
+
+
+def test_results_do_not_depend_on_how_images_are_grouped():
+    torch.manual_seed(0)
+    method = ambiseg.build("atfm", preset="smoke", image_size=16)
+    with torch.no_grad():  # wake the zero-initialised velocity head so the flow moves the samples
+        method.transport.net.head.weight.normal_(std=0.1)
+    test = data.build("synthetic", split="test", size=16, sizes=(2, 2, 5))
+    runs = [
+        evaluation.evaluate_method(
+            method, test, counts=(3,), seed=4, device=CPU, options=evaluation.InferenceOptions(image_batch=k)
+        )
+        for k in (1, 2, 8)
+    ]
+    assert any(d > 0 for d in runs[0]["per_image"]["Diversity3"])
+    for other in runs[1:]:
+        for key, values in runs[0]["per_image"].items():
+            assert other["per_image"][key] == pytest.approx(values, abs=1e-6), key
+    assert [len(r["sample_seconds"]) for r in runs] == [5, 5, 5]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"image_batch": 0}, "--image-batch must be >= 1"),
+        ({"max_batch": 0}, "--max-batch must be >= 1"),
+        ({"precision": "fp16"}, "--precision is 'fp16'.*fp32, bf16"),
+    ],
+)
+def test_bad_inference_options_are_one_line(options, message):
+    with pytest.raises(ambiseg.ConfigError, match=message):
+        evaluation.InferenceOptions(**options)
 
 
 def test_an_empty_test_set_is_an_error():

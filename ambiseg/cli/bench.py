@@ -9,14 +9,15 @@ import click
 from ..bench import BenchSpec, pick_device, run_bench
 from ..distributed import distributed_run
 from ..errors import ConfigError
+from ..evaluation import InferenceOptions
 from ..leaderboard import to_rich, write_leaderboard
 from .app import cli, console
 from .options import (
     OutPath,
-    check_max_batch,
     check_seed,
     common_set_option,
     data_options,
+    inference_options,
     parse_counts,
     parse_ints,
     parse_sets,
@@ -32,7 +33,7 @@ from .options import (
 @click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
 @click.option("--samples", "samples", default="16,32,100", show_default=True, help="sample counts to evaluate")
 @click.option("--out", type=OutPath(file_okay=False, path_type=Path), default=Path("runs/bench"), show_default=True)
-@click.option("--max-batch", type=int, default=None, help="at most this many states per sampler call (bounds memory)")
+@inference_options
 @click.option("--no-baseline", is_flag=True, help="leave out the deterministic U-Net reference row")
 @click.option("--retrain", is_flag=True, help="train again even when OUT holds a finished run")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
@@ -46,14 +47,13 @@ def bench_cmd(
     seeds: str,
     samples: str,
     out: Path,
-    max_batch: int | None,
+    inference: InferenceOptions,
     no_baseline: bool,
     retrain: bool,
     no_progress: bool,
 ) -> None:
     """Train, sample, evaluate and time METHODS on one dataset; print and write the leaderboard."""
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    check_max_batch(max_batch)
     for seed in parse_ints(seeds, "--seeds"):
         check_seed(seed, "--seeds")
     from ..registry import methods as registry
@@ -78,7 +78,7 @@ def bench_cmd(
             baseline=not no_baseline,
             retrain=retrain,
             progress=not no_progress,
-            max_batch=max_batch,
+            inference=inference,
         )
         run_bench(spec, console=console)
 

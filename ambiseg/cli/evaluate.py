@@ -16,6 +16,7 @@ from ..checkpoint import Checkpoint, load_method
 from ..data.base import AnnotatedDataset
 from ..data.spec import SPLIT_NAMES, DataSpec
 from ..errors import ConfigError, NonFiniteError
+from ..evaluation import InferenceOptions
 from ..io import atomic_path, check_target, ensure_dir, write_json
 from ..method import Method
 from ..registry import datasets
@@ -25,10 +26,10 @@ from .app import cli, console
 from .options import (
     MAX_SAMPLES,
     OutPath,
-    check_max_batch,
     check_seed,
     data_options,
     data_set_option,
+    inference_options,
     parse_counts,
     parse_ints,
     parse_sets,
@@ -98,6 +99,7 @@ def _load_split(spec: DataSpec, split: str, method: Method, path: Path) -> Annot
 @click.option("--samples", "num", type=int, default=16, show_default=True, help="samples per image")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None)
+@inference_options(image_batch=False)
 @click.option("--out", type=OutPath(file_okay=False, path_type=Path), required=True)
 def sample_cmd(
     checkpoint: Path,
@@ -110,6 +112,7 @@ def sample_cmd(
     num: int,
     seed: int,
     device: str | None,
+    inference: InferenceOptions,
     out: Path,
 ) -> None:
     """Draw samples for chosen images: OUT/samples.npz and one PNG per image."""
@@ -132,7 +135,11 @@ def sample_cmd(
     ensure_dir(out)
     items = collate([data[i] for i in idx])
     gen = torch.Generator(dev).manual_seed(seed)
-    probs = method.to(dev).sample(items["image"].to(dev), num, generator=gen).cpu()
+    with inference.autocast(dev):
+        probs = inference.prepare(method, dev).sample(
+            items["image"].to(dev), num, generator=gen, max_batch=inference.max_batch
+        )
+    probs = probs.float().cpu()
     if not torch.isfinite(probs).all():
         raise NonFiniteError(
             f"{checkpoint} gives non-finite samples for the {split} items {list(idx)}; nothing "
@@ -161,7 +168,7 @@ def sample_cmd(
 @click.option("--samples", "samples", default="16,32,100", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None)
-@click.option("--max-batch", type=int, default=None)
+@inference_options
 @click.option("--out", type=OutPath(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here")
 def eval_cmd(
     checkpoint: Path,
@@ -173,7 +180,7 @@ def eval_cmd(
     samples: str,
     seed: int,
     device: str | None,
-    max_batch: int | None,
+    inference: InferenceOptions,
     out: Path | None,
 ) -> None:
     """Evaluate CHECKPOINT on a split with every metric (mean and 95% bootstrap interval).
@@ -181,7 +188,6 @@ def eval_cmd(
     With no data flags the run's own data (recorded in the checkpoint) is used.
     """
     counts = parse_counts(samples)
-    check_max_batch(max_batch)
     check_seed(seed, "--seed")
     if out is not None:
         check_target(out)  # before the work: a device node or folder is refused now, not after scoring
@@ -190,7 +196,7 @@ def eval_cmd(
     dev = pick_device(device)
     data = _load_split(spec, split, method, checkpoint)
     console.print(f"[dim]scoring {method.name} on {spec.describe()}, split {split} ({len(data)} images)[/dim]")
-    result = evaluate_method(method, data, counts=counts, seed=seed, device=dev, max_batch=max_batch)
+    result = evaluate_method(method, data, counts=counts, seed=seed, device=dev, options=inference)
     summary = summarise(result["per_image"])
     for key, m in summary.items():
         console.print(f"{key:>14}: {m['mean']:.4f}  [{m['lo']:.4f}, {m['hi']:.4f}]  (n={m['n']})")
@@ -210,5 +216,6 @@ def eval_cmd(
                 "env": environment(dev),
                 "config": method.config,
                 "overrides": overrides,
+                "inference": dataclasses.asdict(inference),
             },
         )

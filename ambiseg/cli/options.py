@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import click
 
 from ..errors import ConfigError
+from ..evaluation import PRECISIONS, InferenceOptions
 
 __all__ = [
     "OutPath",
@@ -17,7 +19,7 @@ __all__ = [
     "parse_counts",
     "parse_ints",
     "check_seed",
-    "check_max_batch",
+    "inference_options",
     "data_options",
     "common_set_option",
     "data_set_option",
@@ -56,13 +58,6 @@ def check_seed(seed: int, option: str) -> int:
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"{option} must be between 0 and {MAX_SEED}, got {seed}")
     return seed
-
-
-def check_max_batch(max_batch: int | None) -> int | None:
-    """`max_batch` if it is None or >= 1, else a ConfigError."""
-    if max_batch is not None and max_batch < 1:
-        raise ConfigError(f"--max-batch must be >= 1, got {max_batch}")
-    return max_batch
 
 
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
@@ -149,3 +144,51 @@ def data_set_option(func: Callable[..., Any]) -> Callable[..., Any]:
         "(e.g. data.test.limit=500); sampling options of the trained method: "
         "sampler.steps=10, sampler=heun, prior.temperature=0.8",
     )(func)
+
+
+def inference_options(func: Callable[..., Any] | None = None, *, image_batch: bool = True) -> Any:
+    """--max-batch, --image-batch (when `image_batch`), --precision, --channels-last, --compile,
+    handed to the command as one `inference` argument (an `InferenceOptions`, validated before any work)."""
+
+    def deco(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def wrapper(
+            *args: Any, max_batch: int | None, precision: str, channels_last: bool, compile_: bool, **kwargs: Any
+        ) -> Any:
+            inference = InferenceOptions(
+                max_batch=max_batch,
+                image_batch=kwargs.pop("image_batch", 8),
+                precision=precision,
+                channels_last=channels_last,
+                compile=compile_,
+            )
+            return f(*args, inference=inference, **kwargs)
+
+        options = [
+            click.option("--max-batch", type=int, default=None, help="at most this many states per sampler call"),
+            click.option(
+                "--precision",
+                type=click.Choice(list(PRECISIONS)),
+                default="fp32",
+                show_default=True,
+                help="of sampling (bf16: autocast)",
+            ),
+            click.option("--channels-last", is_flag=True, help="channels-last memory layout for sampling"),
+            click.option("--compile", "compile_", is_flag=True, help="torch.compile the transport for sampling"),
+        ]
+        if image_batch:
+            options.insert(
+                1,
+                click.option(
+                    "--image-batch",
+                    type=int,
+                    default=8,
+                    show_default=True,
+                    help="test images sampled together (results do not depend on it)",
+                ),
+            )
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return deco(func) if func is not None else deco

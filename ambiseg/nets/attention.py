@@ -62,5 +62,7 @@ class FullAttention(_PixelAttention):
     """Softmax attention between all pixels (scaled dot product)."""
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        q, k, v = (rearrange(a, "n h d p -> n h p d") for a in (q, k, v))
+        # contiguous [N, heads, pixels, head_dim]: with transposed views torch's CPU kernel falls back to
+        # its math path, 5x slower at the cpu-lidc ST-Net's bottleneck (benchmarks/test_throughput.py)
+        q, k, v = (rearrange(a, "n h d p -> n h p d").contiguous() for a in (q, k, v))
         return rearrange(F.scaled_dot_product_attention(q, k, v), "n h p d -> n h d p")
