@@ -111,24 +111,28 @@ class DiffusionTransport(Transport):
         self.truncated = truncation is not None and int(truncation) < self.schedule.steps
         self.start_step = int(truncation) if truncation is not None else self.schedule.steps
 
-    def check_prior(self, prior: Prior) -> None:
-        from .methods.noise import NoisePrior
+    @property
+    def accepts(self) -> frozenset[str]:
+        """Noise x_T, or (truncated) a mask estimate in [0, 1] that is diffused to the start step."""
+        return frozenset({"mask"}) if self.truncated else frozenset({"noise"})
 
-        noise = isinstance(prior, NoisePrior)
-        if self.truncated and noise:
+    def check_prior(self, prior: Prior) -> None:
+        if self.truncated and prior.draws != "mask":
             raise CompatibilityError(
                 f"a diffusion truncated at step {self.start_step} starts from a mask estimate in "
-                "[0, 1] (e.g. prior 'gtr'), not from prior 'noise'; drop transport.truncation"
+                f"[0, 1] (e.g. prior 'gtr'), not from {prior.draws} states of {type(prior).__name__}; "
+                "drop transport.truncation"
             )
-        if not self.truncated and not noise:
+        if not self.truncated and prior.draws != "noise":
             raise CompatibilityError(
                 f"an untruncated diffusion starts from noise x_T: use prior 'noise', or set "
                 f"transport.truncation=k to start from a diffused sample of "
                 f"{type(prior).__name__}"
             )
-        if noise and prior.channels != 1:
+        channels = getattr(prior, "channels", 1)
+        if channels != 1:
             raise CompatibilityError(
-                f"the mask diffusion has 1 channel; set prior 'noise' channels=1 (got {prior.channels})"
+                f"the mask diffusion has 1 channel; prior {type(prior).__name__} draws {channels} (set channels=1)"
             )
 
     def initial_state(self, x0: Tensor, *, generator: torch.Generator | None = None) -> Tensor:

@@ -14,9 +14,17 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Prior", "Transport", "Sampler", "Field", "repeat_cond", "TRANSPORT_KINDS"]
+__all__ = ["Prior", "Transport", "Sampler", "Field", "repeat_cond", "TRANSPORT_KINDS", "STATE_KINDS"]
 
 TRANSPORT_KINDS = ("map", "flow", "diffusion")
+# What a prior's samples are, declared by the prior (`Prior.draws`) and matched against what a
+# transport carries (`Transport.accepts`) when a method is composed:
+STATE_KINDS = {
+    "noise": "standard normal states shaped like a mask [.., C, H, W]",
+    "mask": "foreground probabilities in [0, 1] shaped like a mask [.., 1, H, W]",
+    "latent": "a latent code decoded by a likelihood network (with a posterior for training)",
+    "none": "no randomness: every sample starts from the same state",
+}
 
 Field = Any  # a callable (x [N, ...], t [N] or None, cond) -> Tensor [N, ...]
 
@@ -38,12 +46,14 @@ def repeat_cond(cond: Any, repeats: int) -> Any:
 class Prior(nn.Module, ABC):
     """Distribution of initial states given an image.
 
-    Subclasses that are trained on their own (like GTR) set `trainable_alone = True` and
-    implement `loss`; their stage is called "prior".
+    `draws` declares what its samples are (a key of `STATE_KINDS`). Subclasses that are
+    trained on their own (like GTR) set `trainable_alone = True` and implement `loss`; their
+    stage is called "prior".
     """
 
     trainable_alone: ClassVar[bool] = False
     default_training: ClassVar[dict[str, Any]] = {}
+    draws: ClassVar[str] = "noise"  # what `sample` returns: a key of STATE_KINDS
 
     def condition(self, images: Tensor) -> Any:
         """Image-only work, run once per image. `images`: [B, C, H, W]."""
@@ -62,13 +72,19 @@ class Transport(nn.Module, ABC):
     """Carries a prior state to a segmentation.
 
     `kind` declares what it is: "map" (one call), "flow" (a velocity field integrated from
-    t=0 to t=1) or "diffusion" (a denoiser run by a diffusion sampler). `joint = True` means
+    t=0 to t=1) or "diffusion" (a denoiser run by a diffusion sampler); `accepts` the kinds of
+    prior states it carries (`STATE_KINDS`, matched with `Prior.draws`). `joint = True` means
     it trains together with its prior (cVAEs) in one stage called "joint".
     """
 
     kind: ClassVar[str] = "map"
     joint: ClassVar[bool] = False
     default_training: ClassVar[dict[str, Any]] = {}
+
+    @property
+    def accepts(self) -> frozenset[str]:
+        """The STATE_KINDS of prior samples this transport carries (all by default); compose refuses others."""
+        return frozenset(STATE_KINDS)
 
     def condition(self, images: Tensor) -> Any:
         """Image-only work, run once per image. `images`: [B, C, H, W]."""

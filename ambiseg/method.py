@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CompatibilityError, ConfigError, closest
-from .interfaces import Prior, Sampler, Transport
+from .interfaces import STATE_KINDS, Prior, Sampler, Transport
 from .registry import REGISTRIES, coerce, methods, priors, samplers, transports
 
 __all__ = [
@@ -184,6 +184,20 @@ def _top_value(key: str, value: Any) -> Any:
     return out
 
 
+def check_states(prior: Prior, transport: Transport) -> None:
+    """A one-line `CompatibilityError` unless `transport` carries the kind of state `prior` draws."""
+    if prior.draws not in STATE_KINDS:
+        raise CompatibilityError(
+            f"prior {type(prior).__name__} declares draws={prior.draws!r}; declare one of: {', '.join(STATE_KINDS)}"
+        )
+    if prior.draws not in transport.accepts:
+        raise CompatibilityError(
+            f"transport {type(transport).__name__} carries {'/'.join(sorted(transport.accepts))} states, but prior "
+            f"{type(prior).__name__} draws {prior.draws} states ({STATE_KINDS[prior.draws]}); pair it with a "
+            "prior of an accepted kind"
+        )
+
+
 def _cat_batches(parts: list[Any]) -> Any:
     """Concatenate per-sample conditioning along the batch: tensors, dicts/tuples/lists of them, and
     values that every part shares (None, sizes)."""
@@ -283,7 +297,8 @@ class Method(nn.Module):
                 f"sampler {type(sampler).__name__} integrates {'/'.join(sorted(sampler.integrates))} transports, "
                 f"but transport {type(transport).__name__} is a {transport.kind}; use one of: {', '.join(fits)}"
             )
-        transport.check_prior(prior)
+        transport.check_prior(prior)  # its own, more specific message first
+        check_states(prior, transport)
         self.prior, self.transport, self.sampler = prior, transport, sampler
         self.name = name
         self.stages = tuple(stages) if stages else _infer_stages(prior, transport)

@@ -37,14 +37,14 @@ def parse_grid(items: list[str]) -> list[tuple[str, int]]:
 
 
 def study(
-    path: Path, split: str, grid: list[tuple[str, int]], counts: tuple[int, ...], limit: int | None
+    path: Path, split: str, grid: list[tuple[str, int]], counts: tuple[int, ...], settings: dict[str, Any]
 ) -> list[dict]:
     rows, data = [], None
     for sampler, steps in grid:
         method, ckpt = load_method(path, overrides={"sampler": {"name": sampler, "steps": steps}})
         if data is None:
             spec = DataSpec.from_dict(ckpt.meta["data"], where=str(path))
-            data = spec.with_settings({f"data.{split}.limit": limit} if limit else {}).build(split)
+            data = spec.with_settings(settings).build(split)
         result = evaluate_method(
             method, data, counts=counts, seed=0, device=torch.device("cpu"), options=InferenceOptions()
         )
@@ -121,6 +121,9 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+", type=Path)
     parser.add_argument("--split", default="val")
     parser.add_argument("--limit", type=int, default=None, help="first N images of the split")
+    parser.add_argument(
+        "--data", action="append", default=[], metavar="KEY=VALUE", help="data setting, e.g. data.sizes=[400,64,16]"
+    )
     parser.add_argument("--samples", default="16,32")
     parser.add_argument("--samplers", nargs="+", default=["euler:1,2,3,5,10,25", "midpoint:1,2,3,5", "heun:1,2,3,5"])
     parser.add_argument("--reference", default="euler:25")
@@ -132,9 +135,12 @@ def main() -> None:
     reference = (ref_name, int(ref_steps))
     if reference not in grid:
         grid.append(reference)
+    settings = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.data)}
+    if args.limit:
+        settings[f"data.{args.split}.limit"] = args.limit
     rows: list[dict[str, Any]] = []
     for path in args.checkpoints:
-        rows += study(path, args.split, grid, counts, args.limit)
+        rows += study(path, args.split, grid, counts, settings)
     metric = f"GED{max(counts)}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(

@@ -22,7 +22,7 @@ import ambiseg
 from ambiseg import data
 from ambiseg.checkpoint import load_method, save_checkpoint
 from ambiseg.errors import CompatibilityError, ConfigError
-from ambiseg.interfaces import TRANSPORT_KINDS, Prior, Sampler, Transport
+from ambiseg.interfaces import STATE_KINDS, TRANSPORT_KINDS, Prior, Sampler, Transport
 from ambiseg.method import method_config
 from ambiseg.noise_schedules import DiffusionSchedule
 from ambiseg.paths import ProbPath
@@ -182,6 +182,11 @@ def test_prior_draws_seeded_finite_states(name):
         state = prior.eval().condition(images)
         a, b = (prior.sample(state, 3, generator=_seeded(1)) for _ in range(2))
     assert a.shape[:2] == (2, 3) and torch.isfinite(a).all() and torch.equal(a, b)
+    assert prior.draws in STATE_KINDS  # what it draws is declared, so compose can check it
+    if prior.draws == "mask":
+        assert a.min() >= 0 and a.max() <= 1
+    if prior.draws == "none":
+        assert torch.equal(a[:, 0], a[:, 1])
     if prior.trainable_alone:  # a prior with a stage of its own trains on a batch alone
         prior.train()
         terms = prior.loss(toy_batch())
@@ -198,6 +203,7 @@ def test_transport_hands_its_samplers_what_they_follow(name):
     transport, options = make("transports", name)
     _round_trips("transports", name, options)
     assert isinstance(transport, Transport) and transport.kind in TRANSPORT_KINDS
+    assert transport.accepts and transport.accepts <= set(STATE_KINDS)
     fits = [n for n in samplers.names() if transport.kind in samplers.get(n).factory.integrates]
     assert fits, f"no registered sampler integrates {transport.kind} transports"
     x0 = torch.rand(2, 1, 4, 4)

@@ -189,3 +189,51 @@ def test_compose_by_names_injects_data_keys(toy_registered):
     assert method.prior.in_channels == 3 and method.config["prior"]["in_channels"] == 3
     out = method.sample(torch.rand(2, 3, 8, 8), 2)
     assert out.shape == (2, 2, 8, 8)
+
+
+class UniformNoise(ambiseg.Prior):
+    """A noise prior that is not `NoisePrior`: uniform noise scaled to unit variance."""
+
+    draws = "noise"
+
+    def condition(self, images):
+        return images
+
+    def sample(self, state, num_samples, *, generator=None):
+        b, _, h, w = state.shape
+        u = torch.rand(b, num_samples, 1, h, w, generator=generator)
+        return (u - 0.5) * 12**0.5
+
+
+def test_declared_state_kinds_decide_what_composes():
+    """A plug-in noise prior feeds a diffusion transport (its declaration, not its class, counts);
+    a state kind the transport does not carry is one line naming both sides."""
+    method = ambiseg.compose(
+        prior=UniformNoise(),
+        transport={
+            "name": "cimd",
+            "steps": 100,
+            "width": 8,
+            "mults": [1, 2],
+            "blocks": 1,
+            "groups": 4,
+            "attention": False,
+            "encoder_widths": [8, 16],
+            "encoder_convs": 1,
+        },
+        sampler={"name": "ddim", "steps": 2},
+    )
+    out = method.sample(torch.rand(2, 1, 16, 16), 3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
+    with pytest.raises(CompatibilityError, match="IdentityTransport carries mask states.*UniformNoise draws noise"):
+        ambiseg.compose(prior=UniformNoise(), transport="identity", sampler="direct")
+    with pytest.raises(CompatibilityError, match="untruncated diffusion starts from noise"):
+        ambiseg.compose(
+            prior={"name": "gtr", "widths": [8, 16], "features": 8, "rank": 2}, transport="cimd", sampler="ddim"
+        )
+
+    class Undeclared(UniformNoise):
+        draws = "logits"
+
+    with pytest.raises(CompatibilityError, match="declares draws='logits'; declare one of: noise, mask, latent, none"):
+        ambiseg.compose(prior=Undeclared(), transport="sfm", sampler="euler")

@@ -177,10 +177,13 @@ def test_path_option_round_trips_through_the_config():
     method = ambiseg.build("sfm", preset="smoke", transport={"path": "vp"})
     assert isinstance(method.transport.path, CosinePath) and method.config["transport"]["path"] == "vp"
     assert ambiseg.build("atfm", preset="smoke").config["transport"]["path"] == "straight"
-    config = apply_overrides(method.config, {"transport.path": {"name": "cosine", "truncation": 0.25}})
-    again = ambiseg.Method.from_config(config)
+    truncated = {"transport.path": {"name": "cosine", "truncation": 0.25}}
+    again = ambiseg.Method.from_config(apply_overrides(ambiseg.build("atfm", preset="smoke").config, truncated))
     assert isinstance(again.transport.path, CosinePath) and again.transport.path.truncation == 0.25
     assert again.config["transport"]["path"] == {"name": "cosine", "truncation": 0.25}
+    # a truncated path starts from the prior's sample as a mask estimate: a noise prior is refused
+    with pytest.raises(ambiseg.CompatibilityError, match="carries mask states, but prior NoisePrior draws noise"):
+        ambiseg.Method.from_config(apply_overrides(method.config, truncated))
     assert {"straight", "cosine"} <= set(ambiseg.list_components()["paths"])
 
 

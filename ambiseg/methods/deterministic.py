@@ -27,6 +27,8 @@ __all__ = ["DeltaPrior", "UNetMap"]
 class DeltaPrior(Prior):
     """No randomness: every sample starts from the same (empty) state."""
 
+    draws = "none"
+
     def condition(self, images: Tensor) -> Any:
         return images.shape[0], images.device
 

@@ -112,6 +112,8 @@ class GTRPrior(Prior):
         in_channels: image channels (filled in from the data by the Method).
     """
 
+    draws = "mask"  # sigmoid of the Gaussian logits
+
     trainable_alone: ClassVar[bool] = True
     default_training: ClassVar[dict] = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4}
     channels: ClassVar[int] = 1

@@ -17,6 +17,7 @@ class IdentityTransport(Transport):
     """x1 = x0; with the GTR prior (whose samples are already sigmoid(logits)) that is SSN."""
 
     kind = "map"
+    accepts = frozenset({"mask"})  # x1 = x0 is a segmentation only when x0 is one
 
     def forward(self, x: Tensor, t: Tensor | None, cond: Any) -> Tensor:
         """Returns the state `x` [N, 1, H, W] unchanged."""

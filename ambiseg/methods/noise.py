@@ -17,6 +17,8 @@ __all__ = ["NoisePrior"]
 class NoisePrior(Prior):
     """x0 ~ N(0, I) of shape [channels, H, W], independent of the image."""
 
+    draws = "noise"
+
     def __init__(self, channels: int = 1) -> None:
         super().__init__()
         self.channels = channels

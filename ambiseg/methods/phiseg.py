@@ -168,6 +168,8 @@ class PHiSegLatent(Prior):
         latent_channels: channels of every z (2 in the paper).
     """
 
+    draws = "latent"
+
     def __init__(
         self,
         *,
@@ -212,6 +214,8 @@ class PHiSegLikelihood(Transport):
 
     Args: as `phiseg-latent` (they must agree; `check_prior` verifies it).
     """
+
+    accepts = frozenset({"latent"})
 
     kind = "map"
     joint = True

@@ -42,6 +42,8 @@ class ProbUNetLatent(Prior):
         norm: normalisation after every conv (None as the paper; "batch", "group", "instance").
     """
 
+    draws = "latent"
+
     def __init__(
         self,
         *,
@@ -90,6 +92,8 @@ class FComb(Transport):
         layers: 1x1 conv + ReLU layers of fcomb before the final 1x1 conv to logits (3).
         beta: weight of KL(posterior || prior) in the loss (1, the official code's value).
     """
+
+    accepts = frozenset({"latent"})
 
     kind = "map"
     joint = True

@@ -57,6 +57,11 @@ class SFMTransport(Transport):
         in_channels: image channels (filled in from the data by the Method).
     """
 
+    @property
+    def accepts(self) -> frozenset[str]:
+        """Any one-channel state; a truncated path noises the prior sample as a mask estimate, so a mask."""
+        return frozenset({"mask"}) if self.path.truncated else frozenset({"noise", "mask"})
+
     kind: ClassVar[str] = "flow"
     default_training: ClassVar[dict] = {"optimizer": "adam", "lr": 1e-4}
 
