@@ -20,7 +20,7 @@ from . import (  # imported to register their components
     samplers,
 )
 from .errors import AmbisegError, CompatibilityError, ConfigError, DataError, UnknownNameError
-from .interfaces import Prior, Sampler, Transport
+from .interfaces import LatentDraw, LatentPrior, Prior, Sampler, Transport
 from .method import Method, Recipe, build, compose, list_components, register_recipe
 from .registry import Registry, load_plugins
 
@@ -33,6 +33,8 @@ __all__ = [
     "Method",
     "Recipe",
     "Prior",
+    "LatentPrior",
+    "LatentDraw",
     "Transport",
     "Sampler",
     "Registry",

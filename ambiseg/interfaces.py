@@ -3,18 +3,30 @@
 A `Prior` draws initial states conditioned on the image, a `Transport` carries a state to a
 segmentation (a one-shot map, a flow velocity field, or a diffusion denoiser), and a
 `Sampler` integrates the transport. Image-only work lives in `condition` so a method runs it
-once per image and reuses it for every sample.
+once per image and reuses it for every sample. A `LatentPrior` is the prior of a conditional
+VAE: its decoder (a transport) trains on its posterior draws through this interface alone.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Prior", "Transport", "Sampler", "Field", "repeat_cond", "TRANSPORT_KINDS", "STATE_KINDS"]
+__all__ = [
+    "Prior",
+    "LatentPrior",
+    "LatentDraw",
+    "Transport",
+    "Sampler",
+    "Field",
+    "repeat_cond",
+    "TRANSPORT_KINDS",
+    "STATE_KINDS",
+]
 
 TRANSPORT_KINDS = ("map", "flow", "diffusion")
 # What a prior's samples are, declared by the prior (`Prior.draws`) and matched against what a
@@ -22,7 +34,7 @@ TRANSPORT_KINDS = ("map", "flow", "diffusion")
 STATE_KINDS = {
     "noise": "standard normal states shaped like a mask [.., C, H, W]",
     "mask": "foreground probabilities in [0, 1] shaped like a mask [.., 1, H, W]",
-    "latent": "a latent code decoded by a likelihood network (with a posterior for training)",
+    "latent": "a latent code decoded by a likelihood network (a LatentPrior, with a posterior for training)",
     "none": "no randomness: every sample starts from the same state",
 }
 
@@ -68,6 +80,44 @@ class Prior(nn.Module, ABC):
         raise NotImplementedError(f"{type(self).__name__} has no training stage of its own")
 
 
+@dataclass
+class LatentDraw:
+    """One posterior draw per image for training a decoder on a `LatentPrior`.
+
+    `z` [B, D] is packed exactly as `LatentPrior.sample` packs one sample (every level
+    flattened and concatenated in `latent_shapes` order), so the decoder reads both alike;
+    `kl` [B, L] is KL(q || p) per image and latent level, so a decoder may weight levels.
+    """
+
+    z: Tensor
+    kl: Tensor
+
+
+class LatentPrior(Prior):
+    """Prior of a conditional VAE: p(z | image), with a posterior q(z | image, mask) for training.
+
+    A decoder transport (`fcomb`, `phiseg-likelihood`) trains and checks its prior through
+    these methods only, so any latent prior of a fitting shape feeds it. `sample` returns z
+    packed like `LatentDraw.z`: [B, num_samples, D] with D = sum of the level sizes.
+    """
+
+    draws = "latent"
+
+    @abstractmethod
+    def posterior_draw(self, images: Tensor, mask: Tensor) -> LatentDraw:
+        """A reparameterised z ~ q(z | image, mask) and its KL to the prior, for `mask` [B, 1, H, W].
+
+        With hierarchical latents the prior of a level may condition on the posterior's
+        samples of coarser levels; the KL is then taken against that prior.
+        """
+
+    @abstractmethod
+    def latent_shapes(self, size: tuple[int, int]) -> tuple[tuple[int, ...], ...]:
+        """Shape of each latent level for images of `size` (H, W), in packing order: e.g.
+        ((6,),) for one global vector, ((C, H/4, W/4), (C, H/8, W/8)) for spatial levels.
+        Decoders read it when composed to check (and size themselves to) the latent."""
+
+
 class Transport(nn.Module, ABC):
     """Carries a prior state to a segmentation.
 
@@ -95,7 +145,11 @@ class Transport(nn.Module, ABC):
         return repeat_cond(cond, repeats)
 
     def check_prior(self, prior: Prior) -> None:
-        """Raise `CompatibilityError` when `prior` cannot feed this transport."""
+        """Raise `CompatibilityError` when `prior` cannot feed this transport.
+
+        Called when a method is composed; a transport whose sizes follow its prior (a decoder
+        of a `LatentPrior`) may build the layers they size here.
+        """
 
     def initial_state(self, x0: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """The sampler's starting state [N, ...] from prior samples `x0` [N, ...]: `x0` itself by default.

@@ -43,11 +43,16 @@ def test_explicit_levels_and_bad_levels():
 
 def test_paper_latent_resolutions_at_128px():
     prior = PHiSegLatent(image_size=128, base_width=2)
-    lik = PHiSegLikelihood(image_size=128, base_width=2)
+    lik = PHiSegLikelihood(image_size=128)
+    with pytest.raises(CompatibilityError, match="compose it"):
+        lik.unpack(torch.zeros(1, 2), (128, 128))
+    lik.check_prior(prior)  # sizes and builds the likelihood from the prior's latents
+    assert lik.options == prior.options
     state = prior.sample(prior.condition(torch.rand(1, 1, 128, 128)), 2)
     assert state.shape == (1, 2, 2 * (32**2 + 16**2 + 8**2 + 4**2 + 2**2))
     zs = lik.unpack(state[0], (128, 128))
     assert [tuple(z.shape[1:]) for z in zs] == [(2, 32, 32), (2, 16, 16), (2, 8, 8), (2, 4, 4), (2, 2, 2)]
+    assert prior.latent_shapes((128, 128)) == tuple(tuple(z.shape[1:]) for z in zs)
 
 
 def test_prior_conditions_each_level_on_the_given_coarser_sample():
@@ -88,16 +93,40 @@ def test_features_once_per_image_and_sampling_shapes():
     assert len(calls) == 1
 
 
-def test_prior_and_likelihood_must_agree():
-    with pytest.raises(CompatibilityError, match="same image_size"):
+def test_likelihood_follows_the_prior_and_refuses_what_contradicts_it():
+    # levels and latent channels are declared once, on the prior; base_width is the likelihood's own
+    method = ambiseg.compose(
+        prior={"name": "phiseg-latent", "base_width": 4, "latent_levels": 1, "latent_channels": 3},
+        transport={"name": "phiseg-likelihood", "base_width": 2},
+        sampler="direct",
+        image_size=16,
+    )
+    assert method.transport.options == {
+        "resolution_levels": 4,
+        "latent_levels": 1,
+        "base_width": 2,
+        "latent_channels": 3,
+    }
+    assert method.sample(torch.rand(1, 1, 16, 16), 2).shape == (1, 2, 16, 16)
+    assert ambiseg.Method.from_config(method.config).transport.options == method.transport.options
+    default = ambiseg.build("phiseg", preset="smoke")
+    assert default.transport.options == default.prior.options
+    assert default.config["transport"]["latent_levels"] is None  # not repeated in the config
+    with pytest.raises(CompatibilityError, match="same image_size, levels") as err:
         ambiseg.compose(
-            prior={"name": "phiseg-latent", "base_width": 4, "image_size": 16},
-            transport={"name": "phiseg-likelihood", "base_width": 8, "image_size": 16},
+            prior={"name": "phiseg-latent", "base_width": 4},
+            transport={"name": "phiseg-likelihood", "latent_levels": 1},
             sampler="direct",
+            image_size=16,
         )
+    assert "\n" not in str(err.value) and "'latent_levels': 1" in str(err.value)
     with pytest.raises(CompatibilityError, match="phiseg-latent"):
         ambiseg.compose(
             prior="noise", transport={"name": "phiseg-likelihood", "base_width": 4, "image_size": 16}, sampler="direct"
+        )
+    with pytest.raises(CompatibilityError, match="spatial latent levels"):
+        ambiseg.compose(
+            prior={"name": "probunet-latent", "widths": (4, 8)}, transport="phiseg-likelihood", sampler="direct"
         )
     method = ambiseg.build("phiseg", image_size=32, prior={"base_width": 2}, transport={"base_width": 2})
     with pytest.raises(ConfigError, match="divisible by 16"):

@@ -74,7 +74,7 @@ def test_features_once_per_image_and_only_fcomb_per_sample():
     assert calls == {"unet": 1, "fcomb": 3}  # 2 samples per image per chunk of at most 4 states
 
 
-def test_fcomb_needs_a_matching_probunet_prior():
+def test_fcomb_needs_a_latent_prior_and_takes_its_latent_dim():
     with pytest.raises(CompatibilityError, match="probunet-latent"):
         ambiseg.compose(
             prior="noise",
@@ -84,6 +84,13 @@ def test_fcomb_needs_a_matching_probunet_prior():
     with pytest.raises(CompatibilityError, match="latent_dim"):
         ambiseg.compose(
             prior=ProbUNetLatent(widths=(4, 8), latent_dim=3),
-            transport=FComb(backbone_options={"widths": (4, 8)}, features=4),
+            transport=FComb(latent_dim=6, backbone_options={"widths": (4, 8)}, features=4),
             sampler="direct",
         )
+    # latent_dim declared once, on the prior: fcomb is built for it when composed
+    method = ambiseg.build("probunet", preset="smoke", prior={"latent_dim": 3})
+    assert method.transport.latent_dim == 3 and method.config["transport"]["latent_dim"] is None
+    assert method.sample(torch.rand(1, 1, 16, 16), 2).shape == (1, 2, 16, 16)
+    assert ambiseg.Method.from_config(method.config).transport.latent_dim == 3
+    with pytest.raises(CompatibilityError, match="compose it"):
+        FComb(backbone_options={"widths": (4, 8)}, features=4)(torch.randn(1, 3), None, torch.randn(1, 4, 8, 8))

@@ -12,6 +12,10 @@ Level count: at 128 px the paper uses R = 7 resolution levels (128 ... 2) and L 
 levels (32 ... 2). For another size, R = 1 + the number of halvings that keep the side an
 integer >= 2 (so the coarsest level is 2 x 2 for powers of two) and L = min(5, R - 2), i.e.
 the finest latent stays at 1/4 of the image: 64 px -> (6, 4), 32 px -> (5, 3), 256 px -> (8, 5).
+
+The likelihood reads its prior through the `LatentPrior` interface only: the level counts and
+latent channels are declared once, on the prior, and the likelihood sizes itself from the
+prior's `latent_shapes` when composed (any prior of such spatial levels feeds it).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..errors import CompatibilityError, ConfigError
-from ..interfaces import Prior, Transport
+from ..interfaces import LatentDraw, LatentPrior, Prior, Transport
 from ..losses import pick_annotator, unpack_batch
 from ..method import Recipe, register_recipe
 from ..registry import priors, transports
@@ -155,7 +159,7 @@ def _net_options(
 
 
 @priors.register("phiseg-latent")
-class PHiSegLatent(Prior):
+class PHiSegLatent(LatentPrior):
     """Hierarchical spatial latents: prior net on the image, posterior net on image + (mask - 0.5).
 
     A state is all levels' z flattened and concatenated (finest first): [N, sum_i C h_i w_i].
@@ -182,6 +186,7 @@ class PHiSegLatent(Prior):
     ) -> None:
         super().__init__()
         self.options = _net_options(image_size, resolution_levels, latent_levels, base_width, latent_channels)
+        self.r, self.l, self.zc = (self.options[k] for k in ("resolution_levels", "latent_levels", "latent_channels"))
         self.prior_net = HierarchicalEncoder(in_channels, **self.options)
         self.posterior_net = HierarchicalEncoder(in_channels + 1, **self.options)
 
@@ -202,6 +207,20 @@ class PHiSegLatent(Prior):
         """Prior Gaussians per level when each level conditions on the given coarser samples `zs`."""
         return self.prior_net.latents(self.prior_net.features(images), given=zs)[1]
 
+    def posterior_draw(self, images: Tensor, mask: Tensor) -> LatentDraw:
+        """Packed posterior z [B, D] and KL [B, L] per level (finest first) against the prior
+        conditioned on the posterior's coarser samples."""
+        zs, posteriors = self.posterior(images, mask)
+        priors_ = self.prior_given(images, zs)
+        kl = torch.stack([q.kl(p) for q, p in zip(posteriors, priors_, strict=True)], dim=1)
+        return LatentDraw(pack_latents(zs), kl)
+
+    def latent_shapes(self, size: tuple[int, int]) -> tuple[tuple[int, ...], ...]:
+        """Level i (finest first) is [latent_channels, H / 2^(i+R-L), W / 2^(i+R-L)]."""
+        h, w = size
+        _check_size(h, w, self.r)
+        return tuple((self.zc, h >> (i + self.r - self.l), w >> (i + self.r - self.l)) for i in range(self.l))
+
 
 def pack_latents(zs: list[Tensor]) -> Tensor:
     """Per-level latents [N, C, h_i, w_i] -> one flat state [N, sum_i C h_i w_i]."""
@@ -212,7 +231,17 @@ def pack_latents(zs: list[Tensor]) -> Tensor:
 class PHiSegLikelihood(Transport):
     """Likelihood net: latents of every level -> per-level logits at full resolution, summed.
 
-    Args: as `phiseg-latent` (they must agree; `check_prior` verifies it).
+    Its prior is any `LatentPrior` whose levels are spatial, finest first, each half the size of
+    the one before: [C, H / 2^(i+k), W / 2^(i+k)] (`phiseg-latent`: k = R - L). The nets are
+    built when composed, sized by the prior's `latent_shapes`; it trains on `posterior_draw`.
+
+    Args:
+        in_channels: image channels (unused: the likelihood sees only latents).
+        image_size: image side at which the prior's latent shapes are read (128 when None).
+        resolution_levels, latent_levels, latent_channels: None (default) follows the prior; a
+            value must match it (kept so that configs that give them still load).
+        base_width: n0 of the likelihood's channel plan (None: the prior's when it is a
+            `phiseg-latent`, else 32).
     """
 
     accepts = frozenset({"latent"})
@@ -228,14 +257,24 @@ class PHiSegLikelihood(Transport):
         image_size: int | None = None,
         resolution_levels: int | None = None,
         latent_levels: int | None = None,
-        base_width: int = 32,
-        latent_channels: int = 2,
+        base_width: int | None = None,
+        latent_channels: int | None = None,
     ) -> None:
         super().__init__()
-        self.options = _net_options(image_size, resolution_levels, latent_levels, base_width, latent_channels)
-        r, lat, zc = self.options["resolution_levels"], self.options["latent_levels"], self.options["latent_channels"]
+        given = {"resolution_levels": resolution_levels, "latent_levels": latent_levels}
+        given |= {"base_width": base_width, "latent_channels": latent_channels}
+        for key, value in given.items():
+            if value is not None and int(value) < 1:
+                raise ConfigError(f"phiseg-likelihood: {key} must be >= 1 (or None: the prior's), got {value}")
+        self.given = {k: int(v) for k, v in given.items() if v is not None}
+        self.size = PAPER_SIZE if image_size is None else int(image_size)
+        self.options: dict[str, int] | None = None  # the built nets' sizes (set when composed)
+
+    def _build(self, r: int, lat: int, zc: int, base_width: int) -> None:
+        """The likelihood nets for R resolution and L latent levels of `zc` channels."""
+        self.options = {"resolution_levels": r, "latent_levels": lat, "base_width": base_width, "latent_channels": zc}
         self.r, self.l, self.zc = r, lat, zc
-        widths = _widths(int(base_width), r)
+        widths = _widths(base_width, r)
         self.post_z = nn.ModuleList(
             nn.Sequential(
                 _conv(zc, widths[i]),
@@ -257,29 +296,62 @@ class PHiSegLikelihood(Transport):
         self.heads = nn.ModuleList(nn.Conv2d(out[i], 1, 1) for i in range(lat))
 
     @staticmethod
-    def _latent(prior: Prior) -> PHiSegLatent:
-        """`prior` as the hierarchical latent this transport decodes, or a `CompatibilityError`."""
-        if not isinstance(prior, PHiSegLatent):
+    def _latent(prior: Prior) -> LatentPrior:
+        """`prior` as a latent prior with a posterior this transport trains on, or a `CompatibilityError`."""
+        if not isinstance(prior, LatentPrior):
             raise CompatibilityError(
-                f"transport phiseg-likelihood decodes hierarchical latents; it needs prior "
+                f"transport phiseg-likelihood decodes hierarchical latents; it needs a LatentPrior such as "
                 f"'phiseg-latent', got {type(prior).__name__}"
             )
         return prior
 
-    def check_prior(self, prior: Prior) -> None:
-        prior = self._latent(prior)
-        if prior.options != self.options:
+    def _levels(self, prior: LatentPrior) -> dict[str, int]:
+        """R, L and C of the prior's latents, read from its `latent_shapes` at `image_size`."""
+        shapes = tuple(tuple(int(n) for n in shape) for shape in prior.latent_shapes((self.size, self.size)))
+        lat = len(shapes)
+        zc, side = (shapes[0][0], shapes[0][1]) if lat and len(shapes[0]) == 3 else (0, 0)
+        k = (self.size // side).bit_length() - 1 if 0 < side <= self.size else 0  # finest level at H / 2^k
+        want = tuple((zc, self.size >> (i + k), self.size >> (i + k)) for i in range(lat))
+        if zc < 1 or side << k != self.size or shapes != want or self.size >> (lat - 1 + k) < 1:
             raise CompatibilityError(
-                f"phiseg-latent has {prior.options} but phiseg-likelihood has {self.options}; "
-                "give both the same image_size, levels, base_width and latent_channels"
+                f"transport phiseg-likelihood decodes spatial latent levels [C, H/2^(i+k), W/2^(i+k)] (finest "
+                f"first), but prior {type(prior).__name__} draws {list(shapes)} for {self.size} px images; pair it "
+                "with a prior of hierarchical latents such as 'phiseg-latent'"
+            )
+        return {"resolution_levels": lat + k, "latent_levels": lat, "latent_channels": zc}
+
+    def check_prior(self, prior: Prior) -> None:
+        """Refuse a prior that is not a `LatentPrior` of fitting spatial levels (or that contradicts
+        the level options given here); build the nets for its levels when not built yet."""
+        found = self._levels(self._latent(prior))
+        wrong = {k: v for k, v in {**self.given, **(self.options or {})}.items() if k in found and found[k] != v}
+        if wrong:
+            raise CompatibilityError(
+                f"phiseg-likelihood has {wrong} but its prior's latents have "
+                f"{ {k: found[k] for k in wrong} }; leave these options unset on phiseg-likelihood (it follows the "
+                "prior) or give both the same image_size, levels and latent_channels"
+            )
+        if self.options is None:
+            base = self.given.get("base_width", prior.options["base_width"] if isinstance(prior, PHiSegLatent) else 32)
+            self._build(found["resolution_levels"], found["latent_levels"], found["latent_channels"], base)
+            ref = next(prior.parameters(), None)
+            if ref is not None:
+                self.to(ref.device, ref.dtype)
+
+    def _built(self) -> None:
+        if self.options is None:
+            raise CompatibilityError(
+                "phiseg-likelihood takes its levels from its prior: compose it with one (ambiseg.compose)"
             )
 
     def condition(self, images: Tensor) -> tuple[int, int]:
+        self._built()
         _check_size(images.shape[-2], images.shape[-1], self.r)
         return int(images.shape[-2]), int(images.shape[-1])
 
     def unpack(self, x: Tensor, size: tuple[int, int]) -> list[Tensor]:
         """Flat states [N, D] -> per-level latents [N, C, h_i, w_i], finest first."""
+        self._built()
         h, w = size
         shapes = [(h >> (i + self.r - self.l), w >> (i + self.r - self.l)) for i in range(self.l)]
         sizes = [self.zc * a * b for a, b in shapes]
@@ -313,10 +385,9 @@ class PHiSegLikelihood(Transport):
         """sum_l CE(sum_{k >= l} logits_k) + sum_l 4^l KL_l, CE summed over pixels, batch means."""
         image, masks = unpack_batch(batch)
         target = pick_annotator(masks)
-        latent = self._latent(prior)
-        zs, posteriors = latent.posterior(image, target)
-        priors_ = latent.prior_given(image, zs)
-        logits = self.decode(zs, (image.shape[-2], image.shape[-1]))
+        size = (image.shape[-2], image.shape[-1])
+        draw = self._latent(prior).posterior_draw(image, target)
+        logits = self.decode(self.unpack(draw.z, size), size)
         accumulated = torch.stack(logits).flip(0).cumsum(0).flip(0)
         ce_levels = torch.stack(
             [
@@ -324,14 +395,10 @@ class PHiSegLikelihood(Transport):
                 for a in accumulated
             ]
         )
-        kl_levels = torch.stack([q.kl(p).mean() for q, p in zip(posteriors, priors_, strict=True)])
+        kl_levels = torch.stack([kl.mean() for kl in draw.kl.unbind(1)])
         weights = 4.0 ** torch.arange(self.l, device=kl_levels.device, dtype=kl_levels.dtype)
         kl = (weights * kl_levels).sum()
         return {"loss": ce_levels.sum() + kl, "ce": ce_levels[0], "kl": kl, "kl_unweighted": kl_levels.sum()}
-
-
-def _both(**options: int) -> dict[str, dict[str, int]]:
-    return {"prior": dict(options), "transport": dict(options)}
 
 
 RECIPE = register_recipe(
@@ -344,16 +411,16 @@ RECIPE = register_recipe(
         train={"joint": {"optimizer": "adam", "lr": 1e-3, "batch_size": 12, "epochs": 100}},
         presets={
             "smoke": {
-                **_both(base_width=4, resolution_levels=3, latent_levels=2),
+                "prior": {"base_width": 4, "resolution_levels": 3, "latent_levels": 2},  # the likelihood follows
                 "train": {"joint": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}},
             },
             "cpu": {
-                **_both(base_width=8),
+                "prior": {"base_width": 8},
                 "train": {"joint": {"steps": 1000, "batch_size": 12, "val_images": 8, "val_samples": 8}},
             },
             # LIDC on 2 CPU cores (64 px crops, 4 latent levels); validation curve in docs/training.md
             "cpu-lidc": {
-                **_both(base_width=8),
+                "prior": {"base_width": 8},
                 "train": {
                     "joint": {"steps": 2000, "batch_size": 12, "val_every": 250, "val_images": 48, "val_samples": 16}
                 },

@@ -6,6 +6,9 @@ posterior net sees the image and a mask and exists for training. The transport c
 features once per image and decodes each z with fcomb (z tiled over H x W, concatenated with
 the features, 1x1 convs), so extra samples cost only fcomb. Trained jointly on
 CE (summed over pixels) + beta KL(posterior || prior).
+
+fcomb reads its prior through the `LatentPrior` interface only: any prior of one flat latent
+feeds it, and its `latent_dim` follows the prior's unless given.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import Tensor, nn
 
 from .. import backbones
 from ..errors import CompatibilityError, ConfigError
-from ..interfaces import Prior, Transport
+from ..interfaces import LatentDraw, LatentPrior, Prior, Transport
 from ..losses import pick_annotator, unpack_batch
 from ..method import Recipe, register_recipe
 from ..registry import priors, transports
@@ -28,9 +31,12 @@ from .latent import DiagonalGaussian, GaussianEncoder
 
 __all__ = ["ProbUNetLatent", "FComb", "RECIPE"]
 
+# Image size at which fcomb reads its prior's `latent_shapes` (a global latent has one at every size).
+REFERENCE_SIZE = (128, 128)
+
 
 @priors.register("probunet-latent")
-class ProbUNetLatent(Prior):
+class ProbUNetLatent(LatentPrior):
     """Prior net p(z | image) and posterior net q(z | image, mask), diagonal Gaussians over [latent_dim].
 
     Args:
@@ -78,14 +84,28 @@ class ProbUNetLatent(Prior):
         log_sigma = repeat(state.log_sigma, "b d -> b n d", n=num_samples)
         return DiagonalGaussian(mu, log_sigma).rsample(generator=generator)
 
+    def posterior_draw(self, images: Tensor, mask: Tensor) -> LatentDraw:
+        """z ~ q(z | image, mask) [B, latent_dim] and KL(q || p) [B, 1]."""
+        posterior = self.posterior(images, mask)
+        z = posterior.rsample()
+        return LatentDraw(z, posterior.kl(self.prior(images)).unsqueeze(1))
+
+    def latent_shapes(self, size: tuple[int, int]) -> tuple[tuple[int, ...], ...]:
+        """One global latent whatever the image size: ((latent_dim,),)."""
+        return ((self.latent_dim,),)
+
 
 @transports.register("fcomb")
 class FComb(Transport):
     """U-Net features (once per image) + fcomb decoder of a global latent z -> logits [N, 1, H, W].
 
+    Its prior is any `LatentPrior` of one flat latent [latent_dim]; it trains on the prior's
+    `posterior_draw`.
+
     Args:
         in_channels: image channels.
-        latent_dim: size of z; must match the prior's.
+        latent_dim: size of z; None (default) takes the prior's when composed and builds fcomb
+            then; a number builds it now and must match the prior's.
         backbone: feature network spec for `ambiseg.backbones.create` ("unet", "smp:Unet:resnet18", ...).
         backbone_options: extra keyword options of the backbone (e.g. {"widths": [16, 32, 64]}).
         features: feature channels the backbone returns (32 in the paper).
@@ -103,7 +123,7 @@ class FComb(Transport):
         self,
         *,
         in_channels: int = 1,
-        latent_dim: int = 6,
+        latent_dim: int | None = None,
         backbone: str = "unet",
         backbone_options: dict[str, Any] | None = None,
         features: int = 32,
@@ -115,32 +135,60 @@ class FComb(Transport):
             raise ConfigError(f"fcomb: backbone_options must be a dict of backbone options, got {backbone_options!r}")
         if int(layers) < 1 or int(features) < 1:
             raise ConfigError(f"fcomb: layers and features must be >= 1, got layers={layers}, features={features}")
-        self.latent_dim, self.beta = int(latent_dim), float(beta)
+        if latent_dim is not None and int(latent_dim) < 1:
+            raise ConfigError(f"fcomb: latent_dim must be >= 1 (or None: the prior's), got {latent_dim}")
+        self.beta, self.features, self.layers = float(beta), int(features), int(layers)
         self.unet = backbones.create(backbone, in_channels, features, **(backbone_options or {}))
-        chans = [features + self.latent_dim] + [features] * int(layers)
+        self.latent_dim: int | None = None
+        self.fcomb: nn.Sequential | None = None
+        if latent_dim is not None:
+            self._build(int(latent_dim))
+
+    def _build(self, latent_dim: int) -> None:
+        """The fcomb decoder for latents [latent_dim] (1x1 convs), on the device of the U-Net."""
+        chans = [self.features + latent_dim] + [self.features] * self.layers
         body: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:], strict=True):
             body += [nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True)]
-        self.fcomb = nn.Sequential(*body, nn.Conv2d(features, 1, 1))
+        fcomb = nn.Sequential(*body, nn.Conv2d(self.features, 1, 1))
+        ref = next(self.unet.parameters(), None)
+        self.latent_dim, self.fcomb = latent_dim, fcomb if ref is None else fcomb.to(ref.device, ref.dtype)
 
     @staticmethod
-    def _latent(prior: Prior) -> ProbUNetLatent:
-        """`prior` as the global latent with a posterior net this transport needs, or a `CompatibilityError`."""
-        if not isinstance(prior, ProbUNetLatent):
+    def _latent(prior: Prior) -> LatentPrior:
+        """`prior` as a latent prior with a posterior this transport trains on, or a `CompatibilityError`."""
+        if not isinstance(prior, LatentPrior):
             raise CompatibilityError(
-                f"transport fcomb decodes a global latent and trains with a posterior net; "
-                f"it needs prior 'probunet-latent', got {type(prior).__name__}"
+                f"transport fcomb decodes a global latent and trains with its posterior; it needs a "
+                f"LatentPrior such as 'probunet-latent', got {type(prior).__name__}"
             )
         return prior
 
     def check_prior(self, prior: Prior) -> None:
-        prior = self._latent(prior)
-        if prior.latent_dim != self.latent_dim:
+        """Refuse a prior that is not a `LatentPrior` of one flat latent [latent_dim]; build fcomb
+        for the prior's latent_dim when it was not given."""
+        shapes = self._latent(prior).latent_shapes(REFERENCE_SIZE)
+        if len(shapes) != 1 or len(shapes[0]) != 1:
             raise CompatibilityError(
-                f"fcomb latent_dim={self.latent_dim} but its prior has "
-                f"latent_dim={prior.latent_dim}; set the same transport.latent_dim and "
+                f"transport fcomb decodes one flat latent [latent_dim], but prior {type(prior).__name__} draws "
+                f"latents shaped {list(shapes)}; pair it with a prior of one flat latent such as 'probunet-latent'"
+            )
+        dim = int(shapes[0][0])
+        if self.latent_dim is None:
+            self._build(dim)
+        elif dim != self.latent_dim:
+            raise CompatibilityError(
+                f"fcomb latent_dim={self.latent_dim} but its prior has latent_dim={dim}; leave "
+                "transport.latent_dim unset (it follows the prior) or set the same transport.latent_dim and "
                 "prior.latent_dim"
             )
+
+    def _decoder(self) -> nn.Sequential:
+        if self.fcomb is None:
+            raise CompatibilityError(
+                "fcomb takes latent_dim from its prior: compose it with one (ambiseg.compose) or give latent_dim"
+            )
+        return self.fcomb
 
     def condition(self, images: Tensor) -> Tensor:
         """U-Net features [B, features, H, W], computed once per image."""
@@ -149,7 +197,7 @@ class FComb(Transport):
     def forward(self, x: Tensor, t: Tensor | None, cond: Tensor) -> Tensor:
         """Logits [N, 1, H, W] of latents `x` [N, latent_dim] on features `cond` [N, features, H, W]."""
         tiled = repeat(x, "n d -> n d h w", h=cond.shape[-2], w=cond.shape[-1])
-        return self.fcomb(torch.cat([cond, tiled], dim=1))
+        return self._decoder()(torch.cat([cond, tiled], dim=1))
 
     def to_probs(self, x: Tensor) -> Tensor:
         return torch.sigmoid(x.squeeze(1))
@@ -158,11 +206,10 @@ class FComb(Transport):
         """Negative ELBO with one annotation drawn per image: CE summed over pixels + beta KL, batch mean."""
         image, masks = unpack_batch(batch)
         target = pick_annotator(masks)
-        latent = self._latent(prior)
-        posterior = latent.posterior(image, target)
-        logits = self(posterior.rsample(), None, self.condition(image))
+        draw = self._latent(prior).posterior_draw(image, target)
+        logits = self(draw.z, None, self.condition(image))
         ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1).mean()
-        kl = posterior.kl(latent.prior(image)).mean()
+        kl = draw.kl.sum(1).mean()
         return {"loss": ce + self.beta * kl, "ce": ce, "kl": kl}
 
 
