@@ -71,10 +71,10 @@ def study(
 def table(rows: list[dict], metric: str, reference: tuple[str, int]) -> str:
     name = f"{reference[0]}-{reference[1]}"
     lines = [
-        f"| method | sampler | steps | NFE | {metric} | minus {name} [95%] | HM-IoU | s / image |",
+        f"| method | sampler | steps | NFE | {metric} | minus {name} [95%] | {_hm_key(rows)} | s / image |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    hm = next(k for k in rows[0]["per_image"] if k.startswith("HM-IoU"))
+    hm = _hm_key(rows)
     for row in rows:
         ref = next(r for r in rows if r["method"] == row["method"] and (r["sampler"], r["steps"]) == reference)
         diff = np.asarray(row["per_image"][metric]) - np.asarray(ref["per_image"][metric])
@@ -93,7 +93,7 @@ def figure(rows: list[dict], metric: str, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hm = next(k for k in rows[0]["per_image"] if k.startswith("HM-IoU"))
+    hm = _hm_key(rows)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for (method, sampler), group in _groups(rows).items():
         nfe = [r["nfe"] for r in group]
@@ -109,6 +109,11 @@ def figure(rows: list[dict], metric: str, out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
+def _hm_key(rows: list[dict]) -> str:
+    """HM-IoU at the largest sample count."""
+    return max((k for k in rows[0]["per_image"] if k.startswith("HM-IoU")), key=lambda k: int(k[6:]))
+
+
 def _groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
@@ -118,7 +123,8 @@ def _groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path)
+    parser.add_argument("checkpoints", nargs="*", type=Path)
+    parser.add_argument("--replot", type=Path, help="re-render the table and figure from a saved OUT.json")
     parser.add_argument("--split", default="val")
     parser.add_argument("--limit", type=int, default=None, help="first N images of the split")
     parser.add_argument(
@@ -138,19 +144,20 @@ def main() -> None:
     settings = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.data)}
     if args.limit:
         settings[f"data.{args.split}.limit"] = args.limit
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = json.loads(args.replot.read_text())["rows"] if args.replot else []
     for path in args.checkpoints:
         rows += study(path, args.split, grid, counts, settings)
     metric = f"GED{max(counts)}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "args": vars(args) | {"out": str(args.out), "checkpoints": [str(p) for p in args.checkpoints]},
-                "rows": rows,
-            }
+    if not args.replot:
+        args.out.with_suffix(".json").write_text(
+            json.dumps(
+                {
+                    "args": vars(args) | {"out": str(args.out), "checkpoints": [str(p) for p in args.checkpoints]},
+                    "rows": rows,
+                }
+            )
         )
-    )
     text = table(rows, metric, reference)
     args.out.with_suffix(".md").write_text(text + "\n")
     figure(rows, metric, args.out.with_suffix(".png"))

@@ -2,7 +2,7 @@
 per image and the mean of each GED, so two code versions (or inference options) can be compared
 on the same model, images and seeds.
 
-    python benchmarks/time_eval.py CKPT --images 20 --samples 100 [--channels-last] [--image-batch 8]
+    python benchmarks/time_eval.py CKPT --images 20 --samples 100 [--steps K] [--channels-last] [--image-batch 8]
 
 Runs with whatever `ambiseg` is importable: point PYTHONPATH at a checkout of another commit
 (`git worktree add /tmp/old COMMIT`) to time that version; options it lacks are not passed.
@@ -29,9 +29,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--image-batch", type=int, default=None)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     parser.add_argument("--label", default="")
     args = parser.parse_args()
-    method, ckpt = load_method(args.checkpoint)
+    overrides = {"sampler": {"steps": args.steps}} if args.steps else None
+    method, ckpt = load_method(args.checkpoint, overrides=overrides)
     spec = DataSpec.from_dict(ckpt.meta["data"]).with_settings({"data.test.limit": args.images})
     data = spec.build("test")
     kwargs = {}
