@@ -117,13 +117,14 @@ class DiffusionTransport(Transport):
         return frozenset({"mask"}) if self.truncated else frozenset({"noise"})
 
     def check_prior(self, prior: Prior) -> None:
-        if self.truncated and prior.draws != "mask":
+        """`accepts` with a hint on the truncation that would fit, and one channel."""
+        if prior.draws not in self.accepts and self.truncated:
             raise CompatibilityError(
                 f"a diffusion truncated at step {self.start_step} starts from a mask estimate in "
                 f"[0, 1] (e.g. prior 'gtr'), not from {prior.draws} states of {type(prior).__name__}; "
                 "drop transport.truncation"
             )
-        if not self.truncated and prior.draws != "noise":
+        if prior.draws not in self.accepts:
             raise CompatibilityError(
                 f"an untruncated diffusion starts from noise x_T: use prior 'noise', or set "
                 f"transport.truncation=k to start from a diffused sample of "

@@ -447,9 +447,7 @@ class Method(nn.Module):
         finally:
             self.train(was_training)
 
-    def _starts(
-        self, images: Tensor, n: int, state: Any, cond: Any, generator: torch.Generator | None
-    ) -> tuple[Tensor, Any]:
+    def _starts(self, n: int, state: Any, cond: Any, generator: torch.Generator | None) -> tuple[Tensor, Any]:
         """Initial states [B*n, ...] and their per-sample conditioning for n samples of each image."""
         x0 = self.prior.sample(state, n, generator=generator).flatten(0, 1)
         per_sample = self.transport.expand(cond, n, generator=generator)
@@ -469,7 +467,7 @@ class Method(nn.Module):
         chunks = []
         for done in range(0, num_samples, per_chunk):
             n = min(per_chunk, num_samples - done)
-            start, per_sample = self._starts(images, n, state, cond, generator)
+            start, per_sample = self._starts(n, state, cond, generator)
             chunks.append(self._integrate(start, per_sample, generator).reshape(b, n, h, w))
         return torch.cat(chunks, dim=1)
 
@@ -484,7 +482,7 @@ class Method(nn.Module):
             image = images[i : i + 1]
             state, cond = self.prior.condition(image), self.transport.condition(image)
             for done in range(0, num_samples, limit):
-                start, per_sample = self._starts(image, min(limit, num_samples - done), state, cond, gen)
+                start, per_sample = self._starts(min(limit, num_samples - done), state, cond, gen)
                 starts.append(start)
                 conds.append(per_sample)
         start, per_sample = torch.cat(starts), _cat_batches(conds)

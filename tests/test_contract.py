@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from smoke_methods import woken_smoke_build
 
 import ambiseg
 from ambiseg import data
@@ -33,15 +34,7 @@ NAMES = methods.names()
 DETERMINISTIC = {"det-unet"}
 
 
-def build(name: str, **overrides: Any) -> ambiseg.Method:
-    """The smoke preset with zero-initialised output layers woken up, so samples vary."""
-    torch.manual_seed(0)
-    method = ambiseg.build(name, preset="smoke", **overrides)
-    with torch.no_grad():
-        for p in method.parameters():
-            if p.ndim > 1 and not p.any():
-                p.normal_(std=0.1)
-    return method
+build = woken_smoke_build  # the smoke preset with zero-initialised output layers woken up, so samples vary
 
 
 def toy_batch(n: int = 3, size: int = 16) -> dict[str, torch.Tensor]:

@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 import torch
-
-import ambiseg
+from smoke_methods import woken_smoke_build
 
 RECORDED_ON = ("2.14.1+cu130", "x86_64", "AVX2")
 EXACT = (torch.__version__, platform.machine(), torch.backends.cpu.get_cpu_capability()) == RECORDED_ON
@@ -42,15 +41,10 @@ CASES["tdpm+ddpm"] = ("tdpm", {"sampler": "ddpm"})
 def fingerprint(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Every stage's loss terms on a fixed batch and the samples of two images, for a seeded build.
 
-    Zero-initialised output layers are woken up (as in test_contract.py) so that the samples
+    Zero-initialised output layers are woken up (`woken_smoke_build`) so that the samples
     depend on every network.
     """
-    torch.manual_seed(0)
-    method = ambiseg.build(name, preset="smoke", **overrides)
-    with torch.no_grad():
-        for p in method.parameters():
-            if p.ndim > 1 and not p.any():
-                p.normal_(std=0.1)
+    method = woken_smoke_build(name, **overrides)
     g = torch.Generator().manual_seed(0)
     batch = {
         "image": torch.rand(3, 1, 16, 16, generator=g),
