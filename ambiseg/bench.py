@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 
 from . import distributed as dist
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import Checkpoint, load_checkpoint, load_weights
 from .data.base import ItemDataset
 from .data.spec import DataSpec
 from .errors import AmbisegError, ConfigError
@@ -131,6 +131,26 @@ def _run_dir(spec: BenchSpec, method: str, seed: int) -> Path:
     return spec.out / "runs" / f"{method}-{spec.data}-{spec.preset}-seed{seed}"
 
 
+def _existing_run(method: Method, data: dict[str, Any], run_dir: Path, spec: BenchSpec) -> Checkpoint | None:
+    """The checkpoint of an earlier run of `method` in `run_dir` that this bench may continue or load
+    (None when there is none or `--retrain`); one of another configuration or data is refused, so
+    the bench stops before spending time on it."""
+    last = run_dir / "last.safetensors"
+    if spec.retrain or not last.exists():
+        return None
+    ckpt = load_checkpoint(last, method=method.name)
+    # Normalised through from_config: a run saved before an option existed (so its config lacks
+    # the key) is the same configuration when that option's default reproduces it.
+    same_config = Method.from_config(ckpt.config).config == method.config
+    what = "configuration" if not same_config else "data" if ckpt.meta.get("data") != data else None
+    if what is not None:
+        raise AmbisegError(
+            f"{run_dir} holds a {method.name} run with another {what}; "
+            "pass --retrain to replace it or choose another --out"
+        )
+    return ckpt
+
+
 def _train_or_load(
     method: Method,
     sets: Mapping[str, ItemDataset],
@@ -145,17 +165,8 @@ def _train_or_load(
     interrupted run; load a finished one. Holds the run directory's lock. Returns seconds."""
     with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():
         last = run_dir / "last.safetensors"
-        if last.exists() and not spec.retrain:
-            ckpt = load_checkpoint(last, method=method.name)
-            # Normalised through from_config: a run saved before an option existed (so its config lacks
-            # the key) is the same configuration when that option's default reproduces it.
-            same_config = Method.from_config(ckpt.config).config == method.config
-            what = "configuration" if not same_config else "data" if ckpt.meta.get("data") != data else None
-            if what is not None:
-                raise AmbisegError(
-                    f"{run_dir} holds a {method.name} run with another {what}; "
-                    "pass --retrain to replace it or choose another --out"
-                )
+        ckpt = _existing_run(method, data, run_dir, spec)
+        if ckpt is not None:
             if ckpt.meta.get("stage_index") == len(method.stages):
                 load_weights(method, ckpt, source=str(last))
                 console.print(f"[dim]{method.name}: loaded the trained checkpoint {last}[/dim]")
@@ -201,6 +212,8 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
                 f"[bold]{method.name}[/bold] on {spec.data} (preset {spec.preset}, seed {seed}, "
                 f"{method.num_parameters():,} parameters, device {device})"
             )
+            run_dir = _run_dir(spec, method.name, seed)
+            _existing_run(method, data_spec.to_dict(), run_dir, spec)  # refuse a mismatch before any work
             untrained = evaluate_method(
                 method,
                 sets["test"],
@@ -210,7 +223,7 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
                 warmup=False,  # plain layout and precision: the options apply to the trained model's timing
                 options=InferenceOptions(max_batch=spec.inference.max_batch, image_batch=spec.inference.image_batch),
             )
-            run_dir = ensure_dir(_run_dir(spec, method.name, seed))
+            ensure_dir(run_dir)
             train_s = _train_or_load(method, sets, data_spec.to_dict(), run_dir, spec, seed, device, console)
             result = evaluate_method(
                 method,
@@ -243,6 +256,8 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
                     "GED": sum(untrained["per_image"][key]) / len(untrained["per_image"][key]),
                     "samples": preset.untrained_samples,
                 },
+                # per test image, so "beats its own untrained weights" is a paired claim with an interval
+                "untrained_per_image": {key: untrained["per_image"][key]},
                 "truth": {k: _mean_rows(v) for k, v in result["truth"].items()},
                 "timing": {
                     "train_s": train_s,

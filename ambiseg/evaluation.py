@@ -109,6 +109,8 @@ class InferenceOptions:
         precision: "fp32", or "bf16" (autocast of sampling on CPU or CUDA).
         channels_last: convert the method's 4-D weights to channels-last memory layout.
         compile: `torch.compile` the transport (the network every sampler step calls).
+        compile_mode: `torch.compile`'s mode when `compile`: "default", "reduce-overhead" (CUDA
+            graphs: fewer kernel launches), "max-autotune" (slow to compile).
     """
 
     max_batch: int | None = None
@@ -116,8 +118,14 @@ class InferenceOptions:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"
 
     def __post_init__(self) -> None:
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(
+                f"--compile-mode is {self.compile_mode!r}{closest(self.compile_mode, COMPILE_MODES)}; "
+                f"choose one of: {', '.join(COMPILE_MODES)}"
+            )
         if self.max_batch is not None and self.max_batch < 1:
             raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
         if self.image_batch < 1:
@@ -134,7 +142,7 @@ class InferenceOptions:
         if self.channels_last:
             method.to(memory_format=torch.channels_last)
         if self.compile:
-            method.transport.compile()
+            method.transport.compile(mode=None if self.compile_mode == "default" else self.compile_mode)
         return method
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -145,6 +153,7 @@ class InferenceOptions:
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def evaluate_method(

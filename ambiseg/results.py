@@ -31,6 +31,7 @@ RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "created": ((str,), True),
     "per_image": ((dict,), True),
     "untrained": ((dict,), False),
+    "untrained_per_image": ((dict,), False),
     "timing": ((dict,), True),
     "timing.train_s": (_NUMBER, True),
     "timing.sample_s_per_image": (_NUMBER, True),
@@ -154,10 +155,11 @@ def check_record(record: dict[str, Any], file: Path | str) -> None:
         dt.datetime.fromisoformat(record["created"])
     except ValueError:
         raise _bad(file, "created", f"is '{record['created'][:40]}', not an ISO date-time") from None
-    for group in ("per_image", "untrained"):
+    for group in ("per_image", "untrained_per_image", "untrained"):
         for key, value in record.get(group, {}).items():
-            values = value if group == "per_image" else [value]
-            if group == "per_image" and not isinstance(value, list):
+            listed = group != "untrained"
+            values = value if listed else [value]
+            if listed and not isinstance(value, list):
                 raise _bad(file, f"{group}.{key}", "is not a list of numbers")
             if any(isinstance(v, bool) or not isinstance(v, _NUMBER) for v in values):
                 raise _bad(file, f"{group}.{key}", "holds a value that is not a number")

@@ -23,7 +23,8 @@ def main() -> None:
     parser.add_argument("--metric", default="GED100")
     parser.add_argument("--against", default="det-unet,union,majority", help="rows to compare every method with")
     args = parser.parse_args()
-    rows = {r["method"]: np.asarray(r["per_image"][args.metric]) for r in read_records([args.folder / "results"])}
+    records = read_records([args.folder / "results"])
+    rows = {r["method"]: np.asarray(r["per_image"][args.metric]) for r in records}
     reference = json.loads((args.folder / "reference.json").read_text())["per_image"]
     rows.update({name: np.asarray(values[args.metric]) for name, values in reference.items()})
     print(f"| method | vs | mean {args.metric} difference | 95% interval |")
@@ -35,6 +36,12 @@ def main() -> None:
             diff = rows[method] - rows[other]
             lo, hi = bootstrap_ci(diff)
             print(f"| {method} | {other} | {diff.mean():+.3f} | [{lo:+.3f}, {hi:+.3f}] |")
+    # trained minus the same method's untrained weights, at the untrained evaluation's sample count
+    for rec in sorted(records, key=lambda r: r["method"]):
+        for key, untrained in rec.get("untrained_per_image", {}).items():
+            diff = np.asarray(rec["per_image"][key]) - np.asarray(untrained)
+            lo, hi = bootstrap_ci(diff)
+            print(f"| {rec['method']} | own untrained weights ({key}) | {diff.mean():+.3f} | [{lo:+.3f}, {hi:+.3f}] |")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ def test_record_has_everything_a_paper_needs(bench_dir):
     assert rec["flops"]["per_image"] > 0 and rec["flops"]["per_sample"] == 0
     assert rec["env"]["versions"]["torch"] and rec["env"]["commit"]
     assert rec["config"]["method"] == "det-unet" and "GED" in rec["untrained"]
+    (untrained,) = rec["untrained_per_image"].values()  # per image, for a paired trained-vs-untrained interval
+    assert len(untrained) == 4 and sum(untrained) / 4 == pytest.approx(rec["untrained"]["GED"])
     files = list((out / "results").glob("*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["seed"] == 0
     for ext in ("md", "csv", "tex", "png"):
@@ -53,6 +55,18 @@ def test_finished_run_is_loaded_not_retrained(bench_dir, tmp_path):
     rows = build_rows(read_records([out]))
     assert len(rows) == 1 and rows[0].seeds == [0]  # newest record per seed counts, the old file stays
     assert len(list((out / "results").glob("*.json"))) == 2
+
+
+def test_a_run_of_another_configuration_is_refused_before_any_evaluation(bench_dir, monkeypatch):
+    out, _ = bench_dir
+    import ambiseg.bench as bench
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated before refusing the run directory")
+
+    monkeypatch.setattr(bench, "evaluate_method", no_evaluation)
+    with pytest.raises(AmbisegError, match="another configuration; pass --retrain"):
+        run_bench(spec(out, overrides={"transport.widths": [8, 8]}))
 
 
 def test_leaderboard_merges_directories_without_dropping(bench_dir, tmp_path):

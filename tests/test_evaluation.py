@@ -178,11 +178,21 @@ def test_results_do_not_depend_on_how_images_are_grouped():
         ({"image_batch": 0}, "--image-batch must be >= 1"),
         ({"max_batch": 0}, "--max-batch must be >= 1"),
         ({"precision": "fp16"}, "--precision is 'fp16'.*fp32, bf16"),
+        ({"compile_mode": "fast"}, "--compile-mode is 'fast'.*default, reduce-overhead, max-autotune"),
     ],
 )
 def test_bad_inference_options_are_one_line(options, message):
     with pytest.raises(ambiseg.ConfigError, match=message):
         evaluation.InferenceOptions(**options)
+
+
+@pytest.mark.parametrize(("mode", "passed"), [("default", None), ("reduce-overhead", "reduce-overhead")])
+def test_compile_mode_reaches_torch_compile(monkeypatch, mode, passed):
+    method = ambiseg.build("atfm", preset="smoke", image_size=16)
+    seen = []
+    monkeypatch.setattr(method.transport, "compile", lambda **kw: seen.append(kw))
+    evaluation.InferenceOptions(compile=True, compile_mode=mode).prepare(method, CPU)
+    assert seen == [{"mode": passed}]
 
 
 def test_an_empty_test_set_is_an_error():

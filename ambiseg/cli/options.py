@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import ConfigError
-from ..evaluation import PRECISIONS, InferenceOptions
+from ..evaluation import COMPILE_MODES, PRECISIONS, InferenceOptions
 
 __all__ = [
     "OutPath",
@@ -147,20 +147,27 @@ def data_set_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def inference_options(func: Callable[..., Any] | None = None, *, image_batch: bool = True) -> Any:
-    """--max-batch, --image-batch (when `image_batch`), --precision, --channels-last, --compile,
+    """--max-batch, --image-batch (when `image_batch`), --precision, --channels-last, --compile, --compile-mode,
     handed to the command as one `inference` argument (an `InferenceOptions`, validated before any work)."""
 
     def deco(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
         def wrapper(
-            *args: Any, max_batch: int | None, precision: str, channels_last: bool, compile_: bool, **kwargs: Any
+            *args: Any,
+            max_batch: int | None,
+            precision: str,
+            channels_last: bool,
+            compile_: bool,
+            compile_mode: str,
+            **kwargs: Any,
         ) -> Any:
             inference = InferenceOptions(
                 max_batch=max_batch,
                 image_batch=kwargs.pop("image_batch", 8),
                 precision=precision,
                 channels_last=channels_last,
-                compile=compile_,
+                compile=compile_ or compile_mode != "default",
+                compile_mode=compile_mode,
             )
             return f(*args, inference=inference, **kwargs)
 
@@ -175,6 +182,13 @@ def inference_options(func: Callable[..., Any] | None = None, *, image_batch: bo
             ),
             click.option("--channels-last", is_flag=True, help="channels-last memory layout for sampling"),
             click.option("--compile", "compile_", is_flag=True, help="torch.compile the transport for sampling"),
+            click.option(
+                "--compile-mode",
+                type=click.Choice(list(COMPILE_MODES)),
+                default="default",
+                show_default=True,
+                help="torch.compile mode (implies --compile; reduce-overhead: CUDA graphs)",
+            ),
         ]
         if image_batch:
             options.insert(
