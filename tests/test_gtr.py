@@ -177,6 +177,16 @@ def test_mean_weight_adds_the_fit_of_the_mean_to_the_annotator_frequency():
         GTRPrior(**TINY, mean_weight=-1)
 
 
+def test_tempered_sampling_accepts_the_mixed_dtypes_of_cuda_autocast():
+    """Under CUDA bf16 autocast the mean head returns bf16 while exp keeps the diagonal (and so the
+    draw) in fp32; the tempered sample must not mix the two in one lerp (a crash found on an H200)."""
+    prior = GTRPrior(**TINY, temperature=0.6).eval()
+    fp32 = _state(rank=1)
+    mixed = GTRState(fp32.mean.bfloat16(), fp32.cov_diag, fp32.cov_factor, fp32.size)
+    out = prior.sample(mixed, 4, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 4, 1, 1, 3) and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
 def test_temperature_scales_the_deviation_from_the_mean_and_not_the_loss():
     images, batch = torch.rand(2, 1, 16, 16), _batch()
     torch.manual_seed(0)

@@ -173,7 +173,8 @@ class GTRPrior(Prior):
         """`num_samples` sources per image: sigmoid(logit samples) [B, num_samples, 1, H, W] in [0, 1]."""
         logits = state.draw(num_samples, generator=generator)
         if self.temperature != 1.0:
-            logits = torch.lerp(state.mean.unsqueeze(1), logits, self.temperature)
+            # CUDA autocast leaves the draw in fp32 (exp runs in fp32) while the mean head gives bf16
+            logits = torch.lerp(state.mean.unsqueeze(1).to(logits.dtype), logits, self.temperature)
         h, w = state.size
         return rearrange(logits, "b n (h w) -> b n 1 h w", h=h, w=w).sigmoid()
 
