@@ -16,16 +16,16 @@ import torch
 from rich.console import Console
 
 from . import distributed as dist
+from .bench_presets import bench_preset
 from .checkpoint import Checkpoint, load_checkpoint, load_weights
 from .data.base import ItemDataset
 from .data.spec import DataSpec
 from .errors import AmbisegError, ConfigError
 from .evaluation import InferenceOptions, PeakMemory, count_flops, evaluate_method
-from .io import ensure_dir, write_json
+from .files import ensure_dir, write_json
 from .leaderboard import to_rich, write_leaderboard
 from .lock import run_lock
 from .method import Method, method_config
-from .presets import bench_preset
 from .registry import methods
 from .results import RECORD_KIND, RECORD_SCHEMA, environment, summarise
 from .train import Trainer, collate, seed_everything

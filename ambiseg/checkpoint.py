@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .errors import AmbisegError, ConfigError, NonFiniteError
-from .io import atomic_path, write_error
+from .files import atomic_path, write_error
+from .registry import canonical_method
 
 __all__ = [
     "Checkpoint",
@@ -178,7 +179,8 @@ def load_checkpoint(path: str | os.PathLike, *, method: str | None = None) -> Ch
             f"checkpoint {path} was written by ambiseg {meta.get('ambiseg_version')}; "
             f"this is ambiseg {__version__} (major versions differ); retrain or use a matching version"
         )
-    if method is not None and meta.get("method") != method:
+    stored = meta.get("method")
+    if method is not None and (canonical_method(stored) if isinstance(stored, str) else stored) != method:
         raise AmbisegError(f"checkpoint {path} is of method '{meta.get('method')}', not '{method}'")
     groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "rng": {}}
     for key, value in tensors.items():

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_paths
+from .files import atomic_paths
+from .registry import canonical_method
 from .results import read_records, summarise
 
 __all__ = ["Row", "build_rows", "to_rich", "to_markdown", "to_csv", "to_latex", "plot", "write_leaderboard", "HEADLINE"]
@@ -50,6 +51,7 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
     """One row per (dataset, preset, method): newest record per seed, per-image values pooled."""
     newest: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     for rec in records:
+        rec = {**rec, "method": canonical_method(rec["method"])}  # a former name joins today's row
         key = (rec["dataset"], rec["preset"], rec["method"], int(rec["seed"]))
         if key not in newest or rec["created"] > newest[key]["created"]:
             newest[key] = rec

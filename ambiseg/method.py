@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .errors import CompatibilityError, ConfigError, closest
 from .interfaces import STATE_KINDS, Prior, Sampler, Transport
-from .registry import REGISTRIES, coerce, methods, priors, samplers, transports
+from .registry import REGISTRIES, canonical_method, coerce, methods, priors, samplers, transports
 
 __all__ = [
     "Method",
@@ -345,7 +345,7 @@ class Method(nn.Module):
             prior,
             transport,
             sampler,
-            name=config.get("method") or "custom",
+            name=canonical_method(config.get("method") or "custom"),
             stages=config.get("stages"),
             train=config.get("train"),
             max_batch=config.get("max_batch") or 64,

@@ -22,6 +22,7 @@ from .errors import AmbisegError, ConfigError, UnknownNameError, closest
 __all__ = [
     "Entry",
     "Registry",
+    "canonical_method",
     "coerce",
     "type_name",
     "load_plugins",
@@ -181,7 +182,8 @@ class Entry:
 
 def _signatures(factory: Callable[..., Any], skip: int) -> list[tuple[inspect.Parameter, Any]]:
     """The factory's keyword parameters with their hints; a class `__init__` taking `**kwargs`
-    is followed to the next base class's `__init__`, so a subclass keeps its parent's options."""
+    is followed to the next base class's `__init__`, so a subclass keeps its parent's options.
+    A parameter named with a leading underscore is how a subclass talks to its base, not an option."""
     if not inspect.isclass(factory):
         target = getattr(factory, "func", factory)
         params = list(inspect.signature(factory).parameters.values())[skip:]
@@ -197,6 +199,8 @@ def _signatures(factory: Callable[..., Any], skip: int) -> list[tuple[inspect.Pa
         hints = _hints(init)
         for p in params:
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) or p.name in seen:
+                continue
+            if p.name.startswith("_"):
                 continue
             seen.add(p.name)
             out.append((p, hints.get(p.name)))
@@ -369,3 +373,9 @@ def load_plugins(*, force: bool = False) -> list[str]:
             raise AmbisegError(f"plug-in '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
         loaded.append(ep.name)
     return loaded
+
+
+def canonical_method(name: str) -> str:
+    """The registered name of method `name` when it is a registered name or alias (a record or
+    checkpoint written under a former name joins today's), else `name` unchanged."""
+    return methods.canonical(name) if name in methods else name

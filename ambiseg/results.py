@@ -14,7 +14,7 @@ import torch
 
 from . import __version__
 from .errors import AmbisegError
-from .io import is_temp_file
+from .files import is_temp_file
 
 __all__ = ["bootstrap_ci", "summarise", "environment", "read_records", "check_record", "RECORD_KIND", "RECORD_SCHEMA"]
 

@@ -29,7 +29,7 @@ from . import distributed as dist
 from .checkpoint import load_checkpoint, load_weights, optimizer_state, restore_rng, save_checkpoint
 from .data.base import ItemDataset
 from .errors import AmbisegError, ConfigError, closest
-from .io import ensure_dir, write_text
+from .files import ensure_dir, write_text
 from .lock import run_lock
 from .method import Method
 

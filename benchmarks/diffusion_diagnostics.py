@@ -17,7 +17,7 @@ import torch
 
 from ambiseg.checkpoint import load_method
 from ambiseg.data import DataSpec
-from ambiseg.io import write_json
+from ambiseg.files import write_json
 
 STEPS = (1, 5, 10, 20, 30, 50, 70, 90, 100)
 

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from ambiseg.data.spec import DataSpec
-from ambiseg.io import atomic_path
+from ambiseg.files import atomic_path
 
 
 def main() -> None:

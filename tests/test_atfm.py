@@ -10,13 +10,13 @@ from ambiseg.errors import ConfigError
 from ambiseg.methods.atfm import PRESET_NAMES
 from ambiseg.registry import methods
 
-RECIPES = ("atfm", "atfm-nosf", "act-gtr", "sfm", "sfm-nosf")
+RECIPES = ("atfm", "atfm-nosf", "act-gtr", "sfm-noise", "sfm-noise-nosf")
 STAGES = {
     "atfm": ("prior", "transport"),
     "atfm-nosf": ("prior", "transport"),
     "act-gtr": ("prior",),
-    "sfm": ("transport",),
-    "sfm-nosf": ("transport",),
+    "sfm-noise": ("transport",),
+    "sfm-noise-nosf": ("transport",),
 }
 
 
@@ -58,7 +58,10 @@ def test_every_recipe_builds_and_samples_probabilities(name):
 
 def test_ssn_is_an_alias_of_act_gtr_and_nosf_recipes_drop_the_sf_term():
     assert ambiseg.build("ssn", preset="smoke").name == "act-gtr"
-    for name in ("atfm-nosf", "sfm-nosf"):
+    # the recipes were "sfm"/"sfm-nosf" (the transport's own name) until 0.1; the old names resolve
+    assert ambiseg.build("sfm", preset="smoke").name == "sfm-noise"
+    assert ambiseg.build("sfm-nosf", preset="smoke").name == "sfm-noise-nosf"
+    for name in ("atfm-nosf", "sfm-noise-nosf"):
         for preset in PRESET_NAMES:
             assert methods.get(name).info["recipe"].config(preset)["transport"]["alpha"] == 0.0
     assert ambiseg.build("atfm", preset="smoke").transport.alpha == 1e-3
@@ -170,7 +173,7 @@ def test_paper_presets_follow_the_public_code_where_the_paper_is_silent(preset):
     assert (config["transport"]["stem_kernel"], config["transport"]["groups"]) == (1, 1)
     for name in ("act-gtr", "atfm-nosf", "tdpm"):  # every recipe with ATFM's GTR stage trains it with batch 6
         assert methods.get(name).info["recipe"].config(preset)["train"]["prior"]["batch_size"] == 6, name
-    for name in ("atfm-nosf", "sfm", "sfm-nosf"):
+    for name in ("atfm-nosf", "sfm-noise", "sfm-noise-nosf"):
         transport = methods.get(name).info["recipe"].config(preset)["transport"]
         assert (transport["stem_kernel"], transport["groups"]) == (1, 1), name
 

@@ -120,3 +120,21 @@ def test_a_finished_run_with_tuple_options_is_recognised(tmp_path):
     first = run_bench(spec(out, methods=["act-gtr"], counts=(2,)))[0]
     second = run_bench(spec(out, methods=["act-gtr"], counts=(2,)))[0]
     assert second["timing"]["train_s"] == first["timing"]["train_s"]
+
+
+def test_records_and_checkpoints_of_a_former_method_name_join_todays(bench_dir):
+    """The recipe `sfm` is `sfm-noise` since 0.2: old records share its row, old runs load as it."""
+    from pathlib import Path
+
+    from ambiseg.checkpoint import load_checkpoint
+    from ambiseg.method import Method
+
+    _, records = bench_dir
+    renamed = [{**records[0], "method": "ssn", "seed": 1}, {**records[0], "method": "act-gtr", "seed": 2}]
+    (row,) = build_rows(renamed)
+    assert row.method == "act-gtr" and row.seeds == [1, 2]
+    old_run = Path(__file__).parents[1] / "benchmarks/results/lidc-cpu-v3/runs/sfm-lidc-cpu-seed0/last.safetensors"
+    ckpt = load_checkpoint(old_run, method="sfm-noise")
+    assert ckpt.config["method"] == "sfm" and Method.from_config(ckpt.config).name == "sfm-noise"
+    with pytest.raises(AmbisegError, match="is of method 'sfm', not 'atfm'"):
+        load_checkpoint(old_run, method="atfm")

@@ -10,7 +10,7 @@ from ambiseg.diffusion import DDIM, DDPM, DiffusionSchedule, DiffusionTransport,
 from ambiseg.errors import CompatibilityError, ConfigError
 from ambiseg.methods import gtr, sfm  # noqa: F401  (register the prior/transport used below)
 
-TINY_CIMD = {"name": "cimd", "steps": 25, "width": 8, "mults": (1, 2), "blocks": 1, "attention": False, "latent_dim": 0}
+TINY_DDPM = {"name": "cond-ddpm", "steps": 25, "width": 8, "mults": (1, 2), "blocks": 1, "attention": False}
 
 
 class Oracle(DiffusionTransport):
@@ -150,15 +150,15 @@ def test_sampler_compatibility_errors():
             prior="noise", transport={"name": "sfm", "width": 8, "mults": (1, 2), "blocks": 1}, sampler="ddpm"
         )
     with pytest.raises(CompatibilityError, match="flow"):
-        ambiseg.compose(prior="noise", transport=TINY_CIMD, sampler="euler")
+        ambiseg.compose(prior="noise", transport=TINY_DDPM, sampler="euler")
     with pytest.raises(CompatibilityError, match="truncation"):
-        ambiseg.compose(prior="gtr", transport=TINY_CIMD, sampler="ddpm")
+        ambiseg.compose(prior="gtr", transport=TINY_DDPM, sampler="ddpm")
     with pytest.raises(CompatibilityError, match="noise"):
-        ambiseg.compose(prior="noise", transport={**TINY_CIMD, "truncation": 5}, sampler="ddpm")
+        ambiseg.compose(prior="noise", transport={**TINY_DDPM, "truncation": 5}, sampler="ddpm")
     with pytest.raises(CompatibilityError, match="schedule"):
         DDIM(2)(lambda x, t, c: x, torch.zeros(1, 1, 2, 2))
     with pytest.raises(ConfigError, match="variance"):
-        ambiseg.compose(prior="noise", transport=TINY_CIMD, sampler={"name": "ddpm", "variance": "smal"})
+        ambiseg.compose(prior="noise", transport=TINY_DDPM, sampler={"name": "ddpm", "variance": "smal"})
 
 
 def test_velocity_conversions_are_exact_inverses_along_the_chain():

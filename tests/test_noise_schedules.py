@@ -11,11 +11,11 @@ import torch
 import ambiseg
 from ambiseg.diffusion import DDIM, DDPM, DiffusionTransport
 from ambiseg.errors import CompatibilityError, ConfigError, UnknownNameError
-from ambiseg.methods.cimd import CIMDTransport
+from ambiseg.methods.cimd import ConditionalDDPM
 from ambiseg.noise_schedules import CosineSchedule, LinearSchedule, cosine_betas, linear_betas
 from ambiseg.registry import noise_schedules
 
-TINY = {"steps": 25, "width": 8, "mults": (1, 2), "blocks": 1, "attention": False, "latent_dim": 0}
+TINY = {"steps": 25, "width": 8, "mults": (1, 2), "blocks": 1, "attention": False}
 
 
 class Oracle(DiffusionTransport):
@@ -66,27 +66,29 @@ def test_bad_cosine_options_are_one_line(options, match):
 
 
 def test_the_transport_schedule_option():
-    assert isinstance(CIMDTransport(**TINY).schedule, LinearSchedule)
-    cosine = CIMDTransport(**TINY, schedule={"name": "cosine", "offset": 0.02})
+    assert isinstance(ConditionalDDPM(**TINY).schedule, LinearSchedule)
+    cosine = ConditionalDDPM(**TINY, schedule={"name": "cosine", "offset": 0.02})
     assert isinstance(cosine.schedule, CosineSchedule) and cosine.schedule.steps == 25
     assert torch.equal(cosine.schedule.betas[1:], cosine_betas(25, offset=0.02))
     # a config written before schedules existed names beta_start/beta_end: same table
-    old = CIMDTransport(**TINY, beta_start=1e-4, beta_end=0.02)
-    assert torch.equal(old.schedule.alpha_bar, CIMDTransport(**TINY).schedule.alpha_bar)
-    assert torch.equal(CIMDTransport(**TINY, beta_end=0.01).schedule.betas[1:], linear_betas(25, start=1e-4, end=0.01))
+    old = ConditionalDDPM(**TINY, beta_start=1e-4, beta_end=0.02)
+    assert torch.equal(old.schedule.alpha_bar, ConditionalDDPM(**TINY).schedule.alpha_bar)
+    assert torch.equal(
+        ConditionalDDPM(**TINY, beta_end=0.01).schedule.betas[1:], linear_betas(25, start=1e-4, end=0.01)
+    )
 
 
 def test_bad_schedule_options_name_the_fix():
     with pytest.raises(UnknownNameError, match="unknown noise schedule 'cosin' \\(did you mean 'cosine'\\?\\)"):
-        CIMDTransport(**TINY, schedule="cosin")
+        ConditionalDDPM(**TINY, schedule="cosin")
     with pytest.raises(ConfigError, match="beta_start belong to the linear schedule, not to 'cosine'"):
-        CIMDTransport(**TINY, schedule="cosine", beta_start=1e-4)
+        ConditionalDDPM(**TINY, schedule="cosine", beta_start=1e-4)
     with pytest.raises(ConfigError, match="'steps' is set outside the spec \\(steps=25\\)"):
-        CIMDTransport(**TINY, schedule={"name": "cosine", "steps": 10})
+        ConditionalDDPM(**TINY, schedule={"name": "cosine", "steps": 10})
     with pytest.raises(ConfigError, match="noise schedule 'cosine' has no option 'ofset'.*did you mean 'offset'"):
-        CIMDTransport(**TINY, schedule={"name": "cosine", "ofset": 0.1})
+        ConditionalDDPM(**TINY, schedule={"name": "cosine", "ofset": 0.1})
     with pytest.raises(ConfigError, match="expected a noise schedule name or a dict"):
-        CIMDTransport(**TINY, schedule=3)
+        ConditionalDDPM(**TINY, schedule=3)
 
 
 @pytest.mark.parametrize("sampler", [DDPM(), DDIM(6)])

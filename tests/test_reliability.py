@@ -26,7 +26,7 @@ from ambiseg.data.lidc import LidcDataset
 from ambiseg.data.validate import decode_png
 from ambiseg.errors import AmbisegError, DataError, NonFiniteError
 from ambiseg.evaluation import evaluate_method
-from ambiseg.io import atomic_path, write_text
+from ambiseg.files import atomic_path, write_text
 from ambiseg.leaderboard import write_leaderboard
 from ambiseg.lock import LOCK_NAME, RunLockedError, run_lock
 

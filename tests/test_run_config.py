@@ -249,7 +249,7 @@ def test_data_seed_is_fixed_across_training_seeds(tmp_path):
 
 def test_lidc_cpu_uses_each_recipes_lidc_preset_where_it_has_one():
     from ambiseg.bench import pick_preset
-    from ambiseg.presets import bench_preset
+    from ambiseg.bench_presets import bench_preset
 
     candidates = bench_preset("cpu").method_presets_for("lidc")
     assert candidates == ("cpu-lidc", "cpu") and bench_preset("cpu").method_presets_for("synthetic") == ("cpu",)

@@ -1,4 +1,4 @@
-"""tdpm: GTR prior + the cimd diffusion transport truncated at step k, trained in two stages."""
+"""tdpm: GTR prior + the cond-ddpm diffusion transport truncated at step k, trained in two stages."""
 
 from __future__ import annotations
 
@@ -6,18 +6,39 @@ import torch
 
 import ambiseg
 from ambiseg import data
-from ambiseg.methods.cimd import CIMDTransport
+from ambiseg.methods.cimd import CIMDTransport, ConditionalDDPM
 from ambiseg.methods.gtr import GTRPrior
 from ambiseg.train import Trainer
 
 
 def test_recipe_is_a_composition_of_existing_parts():
     method = ambiseg.build("tdpm")
-    assert isinstance(method.prior, GTRPrior) and isinstance(method.transport, CIMDTransport)
+    assert isinstance(method.prior, GTRPrior) and type(method.transport) is ConditionalDDPM
     assert method.stages == ("prior", "transport") and method.transport.latent_dim == 0
     assert method.transport.start_step == 300 and method.transport.schedule.steps == 1000
-    same = ambiseg.compose(prior="gtr", transport={"name": "cimd", "latent_dim": 0, "truncation": 300}, sampler="ddpm")
+    same = ambiseg.compose(prior="gtr", transport={"name": "cond-ddpm", "truncation": 300}, sampler="ddpm")
     assert same.config["transport"] == method.config["transport"] and same.stages == method.stages
+
+
+def test_cimd_without_its_latent_is_the_same_network_as_cond_ddpm():
+    """Runs saved before `cond-ddpm` existed name `cimd` with latent_dim=0: they load and sample alike."""
+    torch.manual_seed(0)
+    plain = ambiseg.build("tdpm", preset="smoke")
+    torch.manual_seed(0)
+    old = ambiseg.build(
+        "tdpm", preset="smoke", transport={**plain.config["transport"], "name": "cimd", "latent_dim": 0}
+    )
+    assert (
+        isinstance(old.transport, CIMDTransport)
+        and old.transport.state_dict().keys() == plain.transport.state_dict().keys()
+    )
+    old.load_state_dict(plain.state_dict())
+    image = torch.rand(1, 1, 16, 16)
+    a = plain.sample(image, 2, generator=torch.Generator().manual_seed(3))
+    b = old.sample(image, 2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    options = ambiseg.registry.transports.get("cond-ddpm").make_config().__dataclass_fields__
+    assert "latent_dim" not in options and "_cond_dim" not in options and "width" in options  # no private options
 
 
 def test_sampling_runs_k_denoiser_steps_from_a_gtr_estimate():

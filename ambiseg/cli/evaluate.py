@@ -17,7 +17,7 @@ from ..data.base import AnnotatedDataset
 from ..data.spec import SPLIT_NAMES, DataSpec
 from ..errors import ConfigError, NonFiniteError
 from ..evaluation import InferenceOptions
-from ..io import atomic_path, check_target, ensure_dir, write_json
+from ..files import atomic_path, check_target, ensure_dir, write_json
 from ..method import Method
 from ..registry import datasets
 from ..results import environment, summarise

@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from ..bench import build_for_data, pick_device
+from ..bench_presets import bench_preset
 from ..data.spec import DataSpec
 from ..distributed import distributed_run, is_main
 from ..errors import ConfigError
-from ..io import check_target, ensure_dir, write_json
+from ..files import check_target, ensure_dir, write_json
 from ..lock import run_lock
-from ..presets import bench_preset
 from .app import cli, console
 from .options import OutPath, check_seed, common_set_option, data_options, parse_sets, split_sets
 

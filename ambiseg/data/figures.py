@@ -22,7 +22,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from ..errors import ConfigError
-from ..io import atomic_path
+from ..files import atomic_path
 from .synthetic import MODE_NAMES
 
 __all__ = ["item_figure", "figure_for_item", "save_figure"]

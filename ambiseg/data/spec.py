@@ -13,8 +13,8 @@ import dataclasses
 import os
 from typing import Any
 
+from ..bench_presets import bench_preset
 from ..errors import ConfigError, closest
-from ..presets import bench_preset
 from ..registry import coerce, datasets
 from .base import AnnotatedDataset
 

@@ -5,8 +5,8 @@
 | atfm | gtr | sfm | euler 25 | prior, transport |
 | atfm-nosf | gtr | sfm (alpha = 0) | euler 25 | prior, transport |
 | act-gtr (ssn) | gtr | identity (GTR samples are sigmoid(logits)) | direct | prior |
-| sfm | noise | sfm | euler 25 | transport |
-| sfm-nosf | noise | sfm (alpha = 0) | euler 25 | transport |
+| sfm-noise (alias sfm) | noise | sfm | euler 25 | transport |
+| sfm-noise-nosf (alias sfm-nosf) | noise | sfm (alpha = 0) | euler 25 | transport |
 
 Presets: "smoke" (seconds; plumbing checks), "cpu" (the bench default on 64x64 synthetic data,
 timed on 2 CPU cores, see docs/methods/atfm.md), "paper-lidc" and "paper-isic3" (the paper's
@@ -188,23 +188,26 @@ register_recipe(
 )
 register_recipe(
     Recipe(
-        name="sfm",
+        name="sfm-noise",
         prior={"name": "noise"},
         transport={"name": "sfm"},
         sampler=dict(_EULER),
         stages=("transport",),
         presets=presets(prior=False, transport=True, flow=True),
-        description="SFM alone: flow from N(0, I) noise to a mask",
+        # "sfm" until 0.1: the same name as the transport it uses; kept as an alias
+        aliases=("sfm",),
+        description="SFM alone: the sfm transport flowing from N(0, I) noise to a mask (no GTR)",
     )
 )
 register_recipe(
     Recipe(
-        name="sfm-nosf",
+        name="sfm-noise-nosf",
         prior={"name": "noise"},
         transport={"name": "sfm", "alpha": 0.0},
         sampler=dict(_EULER),
         stages=("transport",),
         presets=presets(prior=False, transport=True, flow=True, alpha=0.0),
-        description="SFM alone without the semantic-consistency loss (alpha = 0)",
+        aliases=("sfm-nosf",),
+        description="SFM alone from noise without the semantic-consistency loss (alpha = 0)",
     )
 )

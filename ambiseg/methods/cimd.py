@@ -9,7 +9,9 @@ denoiser (added to its time embedding); KL(q || p) / 1000 is added to the loss a
 the public code, trained. "Prediction" (the prior net's second input) is the current state
 x_k that the denoiser is asked about: at sampling z is re-evaluated at every step from the
 prior net on (image, x_k) with a standard normal eps_z drawn once per sample in `expand`.
-With `latent_dim=0` it is a plain conditional DDPM (used by the `tdpm` composition).
+The plain conditional DDPM underneath, without the latent, is the transport `cond-ddpm`
+(`ConditionalDDPM`, used by the `tdpm` composition); `cimd` with `latent_dim=0` builds the same
+network and is kept so that older runs load.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ from ..nets import TimeUNet
 from ..registry import transports
 from .latent import GaussianEncoder
 
-__all__ = ["CIMDTransport", "RECIPE"]
+__all__ = ["CIMDTransport", "ConditionalDDPM", "RECIPE"]
 
 
-@transports.register("cimd")
-class CIMDTransport(DiffusionTransport):
-    """Conditional epsilon-prediction denoiser with an optional trained ambiguity latent.
+@transports.register("cond-ddpm")
+class ConditionalDDPM(DiffusionTransport):
+    """A conditional DDPM denoiser: the `TimeUNet` sees the image concatenated with x_k.
 
     Args:
         in_channels: image channels (concatenated with the 1-channel state).
@@ -43,12 +45,11 @@ class CIMDTransport(DiffusionTransport):
             (see `DiffusionTransport`).
         prediction: the network's output, "eps" (CIMD) or "v" (see `DiffusionTransport`).
         width, mults, blocks, attention, groups: the `TimeUNet` denoiser (groups: GroupNorm groups).
-        latent_dim: size of the ambiguity latent z (6); 0 disables the prior/posterior nets.
-        kl_weight: weight of KL(posterior || prior) (1/1000 as in CIMD).
-        encoder_widths, encoder_convs: U-Net encoder of the prior and posterior nets.
     """
 
     default_training = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.0}
+    latent_dim = 0
+    _name = "cond-ddpm"  # in error messages
 
     def __init__(
         self,
@@ -64,11 +65,8 @@ class CIMDTransport(DiffusionTransport):
         blocks: int = 2,
         attention: bool = True,
         groups: int = 8,
-        latent_dim: int = 6,
-        kl_weight: float = 1e-3,
-        encoder_widths: tuple[int, ...] = (32, 64, 128, 192),
-        encoder_convs: int = 3,
         prediction: str = "eps",
+        _cond_dim: int = 0,
     ) -> None:
         super().__init__(
             steps=steps,
@@ -78,9 +76,6 @@ class CIMDTransport(DiffusionTransport):
             truncation=truncation,
             prediction=prediction,
         )
-        if int(latent_dim) < 0:
-            raise ConfigError(f"cimd: latent_dim must be >= 0 (0 disables the ambiguity latent), got {latent_dim}")
-        self.latent_dim, self.kl_weight = int(latent_dim), float(kl_weight)
         self.denoiser = TimeUNet(
             in_channels + 1,
             1,
@@ -89,34 +84,89 @@ class CIMDTransport(DiffusionTransport):
             blocks=blocks,
             attention=attention,
             groups=groups,
-            cond_dim=self.latent_dim or None,
+            cond_dim=_cond_dim or None,
         )
+
+    def denoise(self, x: Tensor, k: Tensor, image: Tensor, z: Tensor | None) -> Tensor:
+        """The network's output [N, 1, H, W] (eps or v, see `prediction`) at states `x` [N, 1, H, W],
+        steps `k` [N], latent `z` [N, latent_dim] (None without a latent)."""
+        return self.denoiser(torch.cat([image, x], dim=1), k.to(x.dtype) / self.schedule.steps, z)
+
+    def expand(self, cond: Tensor, repeats: int, *, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Per-sample images."""
+        return {"image": repeat_cond(cond, repeats)}
+
+    def _check_step(self, t: Tensor | None) -> Tensor:
+        if t is None:
+            raise ConfigError(
+                f"transport '{self._name}' is a diffusion denoiser and needs a step; "
+                "integrate it with a diffusion sampler"
+            )
+        return t
+
+    def forward(self, x: Tensor, t: Tensor | None, cond: dict[str, Any]) -> Tensor:
+        """eps at x_k."""
+        t = self._check_step(t)
+        return self.to_eps(x, t, self.denoise(x, t, cond["image"], None))
+
+    def loss(self, batch: dict[str, Tensor], prior: Prior) -> dict[str, Tensor]:
+        """MSE(output, target) at a uniform step of the (truncated) chain, one annotator per image."""
+        image, masks = unpack_batch(batch)
+        x0 = 2.0 * pick_annotator(masks) - 1.0
+        k = self.train_steps(x0.shape[0], x0.device)
+        eps = torch.randn_like(x0)
+        xk = self.schedule.q_sample(x0, k, eps)
+        mse = F.mse_loss(self.denoise(xk, k, image, None), self.target(x0, eps, k))
+        return {"loss": mse, "mse": mse}
+
+
+@transports.register("cimd")
+class CIMDTransport(ConditionalDDPM):
+    """The conditional denoiser of `ConditionalDDPM` plus CIMD's trained ambiguity latent.
+
+    Args:
+        latent_dim: size of the ambiguity latent z (6); 0 disables the prior/posterior nets
+            (the same network as `cond-ddpm`, accepted so older runs load).
+        kl_weight: weight of KL(posterior || prior) (1/1000 as in CIMD).
+        encoder_widths, encoder_convs: U-Net encoder of the prior and posterior nets.
+        **options: the denoiser and chain (see `ConditionalDDPM`).
+    """
+
+    _name = "cimd"
+
+    def __init__(
+        self,
+        *,
+        latent_dim: int = 6,
+        kl_weight: float = 1e-3,
+        encoder_widths: tuple[int, ...] = (32, 64, 128, 192),
+        encoder_convs: int = 3,
+        **options: Any,
+    ) -> None:
+        if int(latent_dim) < 0:
+            raise ConfigError(f"cimd: latent_dim must be >= 0 (0 disables the ambiguity latent), got {latent_dim}")
+        in_channels = int(options.get("in_channels", 1))
+        super().__init__(**options, _cond_dim=int(latent_dim))
+        self.latent_dim, self.kl_weight = int(latent_dim), float(kl_weight)
         if self.latent_dim:
             enc = partial(GaussianEncoder, widths=tuple(encoder_widths), convs=encoder_convs)
             self.prior_net = enc(in_channels + 1, self.latent_dim)
             self.posterior_net = enc(in_channels + 1, self.latent_dim)
 
-    def denoise(self, x: Tensor, k: Tensor, image: Tensor, z: Tensor | None) -> Tensor:
-        """The network's output [N, 1, H, W] (eps or v, see `prediction`) at states `x` [N, 1, H, W],
-        steps `k` [N], latent `z` [N, latent_dim]."""
-        return self.denoiser(torch.cat([image, x], dim=1), k.to(x.dtype) / self.schedule.steps, z)
-
     def expand(self, cond: Tensor, repeats: int, *, generator: torch.Generator | None = None) -> dict[str, Any]:
         """Per-sample images and, with a latent, the standard normal eps_z [N, latent_dim] of each sample."""
-        image = repeat_cond(cond, repeats)
-        eps_z = None
+        out = super().expand(cond, repeats, generator=generator)
+        out["eps_z"] = None
         if self.latent_dim:
-            eps_z = torch.randn(
+            image = out["image"]
+            out["eps_z"] = torch.randn(
                 image.shape[0], self.latent_dim, generator=generator, device=image.device, dtype=image.dtype
             )
-        return {"image": image, "eps_z": eps_z}
+        return out
 
     def forward(self, x: Tensor, t: Tensor | None, cond: dict[str, Any]) -> Tensor:
         """eps at x_k; z = mu + sigma * eps_z from the prior net on (image, x_k)."""
-        if t is None:
-            raise ConfigError(
-                "transport 'cimd' is a diffusion denoiser and needs a step; integrate it with a diffusion sampler"
-            )
+        t = self._check_step(t)
         image, z = cond["image"], None
         if self.latent_dim:
             prior = self.prior_net(torch.cat([image, x], dim=1))
@@ -124,21 +174,19 @@ class CIMDTransport(DiffusionTransport):
         return self.to_eps(x, t, self.denoise(x, t, image, z))
 
     def loss(self, batch: dict[str, Tensor], prior: Prior) -> dict[str, Tensor]:
-        """MSE(eps_hat, eps) at a uniform step of the (truncated) chain + kl_weight KL, one annotator per image."""
+        """MSE(output, target) at a uniform step of the (truncated) chain + kl_weight KL, one annotator per image."""
+        if not self.latent_dim:
+            return super().loss(batch, prior)
         image, masks = unpack_batch(batch)
         x0 = 2.0 * pick_annotator(masks) - 1.0
         k = self.train_steps(x0.shape[0], x0.device)
         eps = torch.randn_like(x0)
         xk = self.schedule.q_sample(x0, k, eps)
-        terms: dict[str, Tensor] = {}
-        z = None
-        if self.latent_dim:
-            posterior = self.posterior_net(torch.cat([image, x0], dim=1))
-            z = posterior.rsample()
-            terms["kl"] = posterior.kl(self.prior_net(torch.cat([image, xk], dim=1))).mean()
+        posterior = self.posterior_net(torch.cat([image, x0], dim=1))
+        z = posterior.rsample()
+        kl = posterior.kl(self.prior_net(torch.cat([image, xk], dim=1))).mean()
         mse = F.mse_loss(self.denoise(xk, k, image, z), self.target(x0, eps, k))
-        loss = mse + self.kl_weight * terms["kl"] if self.latent_dim else mse
-        return {"loss": loss, "mse": mse, **terms}
+        return {"loss": mse + self.kl_weight * kl, "mse": mse, "kl": kl}
 
 
 _TRAIN = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "epochs": 200}

@@ -1,7 +1,7 @@
 """`tdpm`: a truncated diffusion model composed from existing parts, no new component.
 
 The GTR prior (stage "prior") gives a mask estimate; the conditional diffusion transport
-`cimd`, without its ambiguity latent and truncated at step k, diffuses that estimate to x_k
+`cond-ddpm` (CIMD's denoiser without its ambiguity latent), truncated at step k, diffuses that estimate to x_k
 and denoises from k to 0 (stage "transport" trains the denoiser on steps 1..k only). This is
 the truncated-diffusion idea (Zheng et al., ICLR 2023) that ATFM starts from. The GTR stage of
 every preset is ATFM's, so `tdpm` and `atfm` differ only in what carries the GTR sample.
@@ -61,7 +61,7 @@ RECIPE = register_recipe(
     Recipe(
         name="tdpm",
         prior={"name": "gtr"},
-        transport={"name": "cimd", "latent_dim": 0, "truncation": 300},
+        transport={"name": "cond-ddpm", "truncation": 300},
         sampler={"name": "ddpm"},
         stages=("prior", "transport"),
         train={
@@ -69,6 +69,6 @@ RECIPE = register_recipe(
             "transport": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "epochs": 200},
         },
         presets=_presets(),
-        description="Truncated diffusion = GTR prior + the cimd diffusion transport started at step k (a composition)",
+        description="Truncated diffusion = GTR prior + a conditional DDPM denoiser started at step k (a composition)",
     )
 )
