@@ -211,9 +211,16 @@ def _read_meta(text: str, path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_weights(model: torch.nn.Module, ckpt: Checkpoint, *, source: str = "checkpoint") -> None:
+def load_weights(
+    model: torch.nn.Module,
+    ckpt: Checkpoint,
+    *,
+    source: str = "checkpoint",
+    fix: str = "build the method from the checkpoint's config",
+) -> None:
     """Load `ckpt`'s weights into `model`, refusing a mismatch of names or shapes with the first
-    difference, and weights holding NaN or inf (they would be scored as empty masks)."""
+    difference (and `fix`, what the caller's user should do), and weights holding NaN or inf
+    (they would be scored as empty masks)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(ckpt.model))
     extra = sorted(set(ckpt.model) - set(own))
@@ -221,13 +228,13 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint, *, source: str = "che
         which = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
         raise AmbisegError(
             f"{source} does not fit this method's configuration ({which}; "
-            f"{len(missing)} missing, {len(extra)} unexpected tensors); build the method from the checkpoint's config"
+            f"{len(missing)} missing, {len(extra)} unexpected tensors); {fix}"
         )
     for key, value in own.items():
         if value.shape != ckpt.model[key].shape:
             raise AmbisegError(
                 f"{source} does not fit this method's configuration: {key} has shape "
-                f"{tuple(ckpt.model[key].shape)} there but {tuple(value.shape)} here"
+                f"{tuple(ckpt.model[key].shape)} there but {tuple(value.shape)} here; {fix}"
             )
     bad = next((k for k, v in ckpt.model.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
@@ -245,9 +252,20 @@ def load_method(path: str | os.PathLike, *, overrides: dict[str, Any] | None = N
     from .method import Method, apply_overrides
 
     ckpt = load_checkpoint(path)
-    method = Method.from_config(apply_overrides(ckpt.config, overrides) if overrides else ckpt.config)
     try:
-        load_weights(method, ckpt, source=str(path))
+        method = Method.from_config(apply_overrides(ckpt.config, overrides) if overrides else ckpt.config)
+    except ConfigError as err:
+        if overrides or not str(err).startswith("unknown "):
+            raise
+        raise ConfigError(
+            f"{path}: {err}; the run used a component this installation lacks: install its plug-in"
+        ) from None
+    # built from the checkpoint's own config, so without overrides a mismatch is the file's fault
+    damaged = (
+        "its tensors disagree with the config stored beside them (an edited or damaged file): restore or retrain it"
+    )
+    try:
+        load_weights(method, ckpt, source=str(path), fix=damaged)
     except AmbisegError as err:
         if not overrides:
             raise

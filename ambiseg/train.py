@@ -254,7 +254,13 @@ class Trainer:
                 )
         if not isinstance(meta.get("history", []), list) or not isinstance(meta.get("best", {}), dict):
             raise TrainingError(f"{path}: training state 'history'/'best' is malformed; the checkpoint is damaged")
-        load_weights(self.method, ckpt, source=str(path))
+        load_weights(
+            self.method,
+            ckpt,
+            source=str(path),
+            fix="resume with the options the run was trained with (drop the --set that changes the network) "
+            "or train into a new --out",
+        )
         try:
             opt_state = optimizer_state(ckpt)
             if opt_state is not None and meta["stage_index"] < stages:

@@ -132,7 +132,7 @@ def damage(path: Path, **meta_changes) -> None:
     "argv, change, expected",
     [
         (["train", "probunet"], {}, "of method 'det-unet', not 'probunet'"),
-        (["train", "det-unet", "--set", "transport.widths=[4,8]"], {}, "does not fit"),
+        (["train", "det-unet", "--set", "transport.widths=[4,8]"], {}, "does not fit this method's configuration"),
         (["train", "det-unet", "--seed", "3"], {}, "trained with seed 0, not 3"),
         (["train", "det-unet"], {"step": "abc"}, "training state 'step' is 'abc'"),
         (["train", "det-unet"], {"stage_index": 7}, "training state 'stage_index' is 7"),
@@ -161,6 +161,19 @@ def test_a_refused_resume_keeps_config_json(run, tmp_path, capsys, argv, change,
     code, err = run_cli([*argv, *SMOKE, "--resume", "--out", str(out)], capsys)
     assert one_line_error(code, err) and expected in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    if "--set" in argv:  # the fix named is the resume's, not eval's "build from the checkpoint's config"
+        assert "drop the --set that changes the network" in err, err
+
+
+def test_a_checkpoint_whose_config_disagrees_with_its_tensors_is_called_damaged(run, tmp_path, capsys):
+    from safetensors import safe_open
+
+    path = copy_run(run, tmp_path / "run") / "last.safetensors"
+    with safe_open(str(path), framework="pt") as fh:
+        config = json.loads(fh.metadata()["ambiseg"])["config"]
+    damage(path, config={**config, "transport": {**config["transport"], "widths": [4, 8]}})
+    code, err = run_cli(["eval", str(path), "--samples", "2"], capsys)
+    assert one_line_error(code, err) and "disagree with the config stored beside them" in err, err
 
 
 # ---- 4. non-finite weights or samples are an error, never a score -------------------------------
@@ -342,3 +355,29 @@ def test_atomic_path_turns_a_failed_write_into_one_error_and_keeps_the_file(tmp_
         with atomic_path(target):
             raise OSError(errno.ENOSPC, "disk full")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_a_checkpoint_naming_a_component_not_installed_says_so(run, tmp_path, capsys):
+    from safetensors import safe_open
+
+    path = copy_run(run, tmp_path / "run") / "last.safetensors"
+    with safe_open(str(path), framework="pt") as fh:
+        config = json.loads(fh.metadata()["ambiseg"])["config"]
+    damage(path, config={**config, "transport": {**config["transport"], "name": "my-plugin-map"}})
+    code, err = run_cli(["eval", str(path), "--samples", "2"], capsys)
+    assert one_line_error(code, err) and "unknown transport 'my-plugin-map'" in err and "install its plug-in" in err, (
+        err
+    )
+
+
+@pytest.mark.parametrize(("stage_index", "expected"), [(99, "training state 'stage_index' is 99"), (0, None)])
+def test_eval_refuses_a_damaged_stage_and_flags_an_unfinished_run(run, tmp_path, capsys, stage_index, expected):
+    path = copy_run(run, tmp_path / "run") / "last.safetensors"
+    damage(path, stage_index=stage_index)
+    out = tmp_path / "metrics.json"
+    code, err = run_cli(["eval", str(path), "--samples", "2", "--out", str(out)], capsys)
+    if expected is not None:
+        assert one_line_error(code, err) and expected in err, err
+        return
+    assert code == 0 and "holds an unfinished run" in err, err
+    assert json.loads(out.read_text())["stages_finished"] == 0

@@ -15,7 +15,7 @@ from ..bench import evaluate_method, pick_device
 from ..checkpoint import Checkpoint, load_method
 from ..data.base import AnnotatedDataset
 from ..data.spec import SPLIT_NAMES, DataSpec
-from ..errors import ConfigError, NonFiniteError
+from ..errors import AmbisegError, ConfigError, NonFiniteError
 from ..evaluation import InferenceOptions
 from ..files import atomic_path, check_target, ensure_dir, write_json
 from ..method import Method
@@ -48,6 +48,17 @@ def _load_run(path: Path, sets: tuple[str, ...]) -> tuple[Method, Checkpoint, di
             "here only sampling options (prior.*, transport.*, sampler.*, max_batch) and data.* apply"
         )
     method, ckpt = load_method(path, overrides=settings)
+    stages, done = len(method.stages), ckpt.meta.get("stage_index")
+    if done is not None and (type(done) is not int or not 0 <= done <= stages):
+        raise AmbisegError(
+            f"{path}: training state 'stage_index' is {done!r}, not an integer in 0..{stages}; the checkpoint is damaged"
+        )
+    if done is not None and done < stages:  # legitimate for learning curves, never to be mistaken for a result
+        click.echo(
+            f"note: {path} holds an unfinished run (stage {method.stages[done]!r} of "
+            f"{', '.join(method.stages)} not finished); its scores are not the trained method's",
+            err=True,
+        )
     return method, ckpt, settings
 
 
@@ -207,6 +218,7 @@ def eval_cmd(
             {
                 "checkpoint": str(checkpoint),
                 "method": method.name,
+                "stages_finished": ckpt.meta.get("stage_index"),
                 "data": spec.to_dict(),
                 "split": split,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(),
