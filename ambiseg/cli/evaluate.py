@@ -51,7 +51,8 @@ def _load_run(path: Path, sets: tuple[str, ...]) -> tuple[Method, Checkpoint, di
     stages, done = len(method.stages), ckpt.meta.get("stage_index")
     if done is not None and (type(done) is not int or not 0 <= done <= stages):
         raise AmbisegError(
-            f"{path}: training state 'stage_index' is {done!r}, not an integer in 0..{stages}; the checkpoint is damaged"
+            f"{path}: training state 'stage_index' is {done!r}, not an integer in 0..{stages}; "
+            "the checkpoint is damaged"
         )
     if done is not None and done < stages:  # legitimate for learning curves, never to be mistaken for a result
         click.echo(
