@@ -26,8 +26,10 @@ from .files import ensure_dir, write_json
 from .leaderboard import to_rich, write_leaderboard
 from .lock import run_lock
 from .method import Method, method_config
+from .protocols import Protocol, get_protocol
+from .reference import reference_records
 from .registry import methods
-from .results import RECORD_KIND, RECORD_SCHEMA, environment, summarise
+from .results import RECORD_KIND, RECORD_SCHEMA, REFERENCE_KIND, environment, read_records, summarise
 from .train import Trainer, collate, seed_everything
 
 __all__ = [
@@ -121,10 +123,30 @@ class BenchSpec:
     retrain: bool = False
     progress: bool = True
     inference: InferenceOptions = field(default_factory=InferenceOptions)
+    protocol: str | None = None
+    references: bool = True
 
     def data_spec(self) -> DataSpec:
-        """The data every method of this bench trains and is scored on."""
-        return DataSpec(name=self.data, root=self.root, preset=self.preset).with_settings(self.data_settings)
+        """The data every method of this bench trains and is scored on (the protocol's settings
+        over the preset's; a `--set data.*` that contradicts the protocol is refused)."""
+        settings = dict(self.data_settings)
+        if self.protocol is not None:
+            protocol = get_protocol(self.protocol)
+            if self.data != protocol.dataset:
+                raise ConfigError(f"protocol {protocol.name} is defined on --data {protocol.dataset}, not {self.data}")
+            clash = next((k for k, v in settings.items() if protocol.data_settings.get(k, v) != v), None)
+            if clash is not None:
+                raise ConfigError(
+                    f"--set {clash}={settings[clash]} contradicts protocol {protocol.name} "
+                    f"({clash}={protocol.data_settings[clash]}); drop it or drop --protocol"
+                )
+            if tuple(self.counts) != protocol.counts:
+                raise ConfigError(
+                    f"protocol {protocol.name} scores {','.join(map(str, protocol.counts))} samples, "
+                    f"not {','.join(map(str, self.counts))}; drop --samples"
+                )
+            settings.update(protocol.data_settings)
+        return DataSpec(name=self.data, root=self.root, preset=self.preset).with_settings(settings)
 
 
 def _run_dir(spec: BenchSpec, method: str, seed: int) -> Path:
@@ -140,8 +162,9 @@ def _existing_run(method: Method, data: dict[str, Any], run_dir: Path, spec: Ben
         return None
     ckpt = load_checkpoint(last, method=method.name)
     # Normalised through from_config: a run saved before an option existed (so its config lacks
-    # the key) is the same configuration when that option's default reproduces it.
-    same_config = Method.from_config(ckpt.config).config == method.config
+    # the key) is the same configuration when that option's default reproduces it. The sampler
+    # is not trained: a run sampled another way now (e.g. fewer steps) is the same trained run.
+    same_config = _trained_part(Method.from_config(ckpt.config).config) == _trained_part(method.config)
     what = "configuration" if not same_config else "data" if ckpt.meta.get("data") != data else None
     if what is not None:
         raise AmbisegError(
@@ -149,6 +172,30 @@ def _existing_run(method: Method, data: dict[str, Any], run_dir: Path, spec: Ben
             "pass --retrain to replace it or choose another --out"
         )
     return ckpt
+
+
+def _trained_part(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "sampler"}
+
+
+def _finished_record(spec: BenchSpec, method: Method, seed: int, data: dict[str, Any]) -> dict[str, Any] | None:
+    """A record in `spec.out` of this very evaluation (method config, data, seed, counts, protocol,
+    preset): a bench that stopped after some methods continues with the rest instead of redoing them."""
+    folder = spec.out / "results"
+    if spec.retrain or not folder.is_dir() or not dist.is_main():
+        return None
+    for rec in read_records([folder], allow_empty=True):
+        if (
+            rec["method"] == method.name
+            and rec["seed"] == seed
+            and rec.get("config") == method.config
+            and rec.get("data") == data
+            and rec.get("counts") == list(spec.counts)
+            and (rec.get("protocol") or {}).get("name") == spec.protocol
+            and not rec.get("reference")
+        ):
+            return rec
+    return None
 
 
 def _train_or_load(
@@ -200,6 +247,9 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
     data_spec = spec.data_spec()
     device = pick_device(spec.device)
     sets = data_spec.build_splits()
+    protocol = get_protocol(spec.protocol) if spec.protocol is not None else None
+    if protocol is not None:
+        protocol.check_test_ids(list(getattr(sets["test"], "ids", [])), where=f"{spec.data} at {spec.root}")
     ensure_dir(spec.out)
     names = ([BASELINE] if spec.baseline and BASELINE not in spec.methods else []) + list(spec.methods)
     method_preset = preset.method_presets_for(spec.data)
@@ -208,6 +258,11 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
         for name in names:
             seed_everything(seed)
             method = build_for_data(name, sets["train"], preset=method_preset, overrides=spec.overrides)
+            done = _finished_record(spec, method, seed, data_spec.to_dict())
+            if done is not None:
+                console.print(f"[dim]{method.name} seed {seed}: already evaluated in {spec.out / 'results'}[/dim]")
+                records.append(done)
+                continue
             console.print(
                 f"[bold]{method.name}[/bold] on {spec.data} (preset {spec.preset}, seed {seed}, "
                 f"{method.num_parameters():,} parameters, device {device})"
@@ -244,6 +299,7 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
                 "method": method.name,
                 "dataset": spec.data,
                 "preset": spec.preset,
+                "protocol": protocol.to_dict() if protocol is not None else None,
                 "seed": seed,
                 "root": spec.root,
                 "data": data_spec.to_dict(),
@@ -285,11 +341,35 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
             records.append(record)
     if not dist.is_main():
         return records
+    if spec.references:
+        _write_references(spec, sets["test"], data_spec.to_dict(), protocol, device, console)
     rows, paths = write_leaderboard([spec.out], spec.out)
     for table in to_rich(rows):
         console.print(table)
     console.print(f"leaderboard written to {paths['md']} (also .csv, .tex, .png)")
     return records
+
+
+def _write_references(
+    spec: BenchSpec,
+    test_set: ItemDataset,
+    data: dict[str, Any],
+    protocol: Protocol | None,
+    device: torch.device,
+    console: Console,
+) -> None:
+    """The reference rows of this test set (majority vote, union, empty, raters), once per output."""
+    folder = ensure_dir(spec.out / "results")
+    name = f"reference-{spec.data}-{spec.preset}.json"
+    target = folder / name
+    if target.exists():
+        return
+    console.print(f"[dim]reference rows from the annotations of {len(test_set)} test images[/dim]")
+    rows = reference_records(test_set, counts=spec.counts, device=device)
+    for rec in rows:
+        rec.update(dataset=spec.data, preset=spec.preset, data=data, root=spec.root)
+        rec["protocol"] = protocol.to_dict() if protocol is not None else None
+    write_json(target, {"kind": REFERENCE_KIND, "schema": RECORD_SCHEMA, "records": rows})
 
 
 def _mean_rows(rows: list[Any]) -> Any:

@@ -1,8 +1,12 @@
 """Merge bench records into a leaderboard: Markdown, CSV, LaTeX and a GED-vs-time figure.
 
-Records are grouped by (dataset, preset, method); per seed the newest record counts, and the
-per-image values of all seeds are pooled for the mean and its 95% bootstrap interval. Record
-files are never deleted or rewritten, so merging never drops earlier results.
+Records are grouped by (protocol, dataset, preset, method); per seed the newest record counts,
+and the per-image values of all seeds are pooled for the mean and its 95% bootstrap interval.
+Records of different protocols (or none) never share a table. Each row also carries its paired
+per-image difference to ATFM (`vs atfm`, seeds matched) with a bootstrap interval, so "better" is
+a claim with a number. Reference rows (majority vote, union, empty, raters; `ambiseg.reference`)
+sit below the methods. Record files are never deleted or rewritten, so merging never drops
+earlier results.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import math
 import re
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .files import atomic_paths
 from .registry import canonical_method
-from .results import read_records, summarise
+from .results import bootstrap_ci, read_records, summarise
 
 __all__ = ["Row", "build_rows", "to_rich", "to_markdown", "to_csv", "to_latex", "plot", "write_leaderboard", "HEADLINE"]
 
@@ -27,6 +33,7 @@ __all__ = ["Row", "build_rows", "to_rich", "to_markdown", "to_csv", "to_latex", 
 # Families in LARGEST_ONLY show only their largest sample count.
 HEADLINE = ("GED", "Diversity", "HM-IoU", "MDM", "CI", "NCC", "TrueGED", "ModeTV")
 LARGEST_ONLY = ("Diversity", "TrueGED", "ModeTV")
+ANCHOR = "atfm"  # every row's paired difference is taken against this method
 
 
 @dataclass
@@ -45,21 +52,44 @@ class Row:
     flops_per_sample: float | None
     peak_mb: float | None
     device: str
+    protocol: str | None = None
+    reference: bool = False
+    vs_anchor: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> mean, lo, hi
+    per_seed: dict[int, dict[str, list[float]]] = field(default_factory=dict, repr=False)
+
+
+def _paired(row: Row, anchor: Row, key: str) -> dict[str, float] | None:
+    """Mean and 95% bootstrap interval of row minus anchor on `key`, image by image on the seeds
+    both have (a reference row, which has no seeds of its own, against every anchor seed)."""
+    seeds = sorted(anchor.per_seed) if row.reference else sorted(set(row.per_seed) & set(anchor.per_seed))
+    diffs = []
+    for seed in seeds:
+        mine = row.per_seed[row.seeds[0] if row.reference else seed].get(key)
+        theirs = anchor.per_seed[seed].get(key)
+        if mine is None or theirs is None or len(mine) != len(theirs):
+            return None
+        diffs.append(np.asarray(mine) - np.asarray(theirs))
+    if not diffs:
+        return None
+    diff = np.concatenate(diffs)
+    lo, hi = bootstrap_ci(diff)
+    return {"mean": float(diff.mean()), "lo": lo, "hi": hi}
 
 
 def build_rows(records: list[dict[str, Any]]) -> list[Row]:
-    """One row per (dataset, preset, method): newest record per seed, per-image values pooled."""
-    newest: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    """One row per (protocol, dataset, preset, method): newest record per seed, per-image values pooled."""
+    newest: dict[tuple[str, str, str, str, int], dict[str, Any]] = {}
     for rec in records:
         rec = {**rec, "method": canonical_method(rec["method"])}  # a former name joins today's row
-        key = (rec["dataset"], rec["preset"], rec["method"], int(rec["seed"]))
+        protocol = (rec.get("protocol") or {}).get("name") or ""
+        key = (protocol, rec["dataset"], rec["preset"], rec["method"], int(rec["seed"]))
         if key not in newest or rec["created"] > newest[key]["created"]:
             newest[key] = rec
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
-    for (dataset, preset, method, _), rec in sorted(newest.items()):
-        groups[(dataset, preset, method)].append(rec)
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for (protocol, dataset, preset, method, _), rec in sorted(newest.items()):
+        groups[(protocol, dataset, preset, method)].append(rec)
     rows = []
-    for (dataset, preset, method), recs in groups.items():
+    for (protocol, dataset, preset, method), recs in groups.items():
         pooled: dict[str, list[float]] = defaultdict(list)
         untrained: dict[str, list[float]] = defaultdict(list)
         for rec in recs:
@@ -83,9 +113,21 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
                 flops_per_sample=recs[0].get("flops", {}).get("per_sample"),
                 peak_mb=max((r.get("memory", {}).get("peak_mb") or 0.0) for r in recs) or None,
                 device=recs[0]["env"]["device_name"] or recs[0]["env"]["device"],
+                protocol=protocol or None,
+                reference=bool(recs[0].get("reference")),
+                per_seed={int(r["seed"]): r["per_image"] for r in recs},
             )
         )
-    rows.sort(key=lambda r: (r.dataset, r.preset, _sort_value(r), r.method))
+    for section in _sections(rows).values():
+        anchor = next((r for r in section if r.method == ANCHOR), None)
+        for r in section:
+            if anchor is None or r is anchor:
+                continue
+            for metric in (_headline(r), "HM-IoU32"):
+                paired = _paired(r, anchor, metric) if metric is not None else None
+                if metric is not None and paired is not None:
+                    r.vs_anchor[metric] = paired
+    rows.sort(key=lambda r: (r.protocol or "", r.dataset, r.preset, r.reference, _sort_value(r), r.method))
     return rows
 
 
@@ -137,6 +179,8 @@ def _table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     header = ["method", *cols]
     if untrained:
         header.append(f"GED{'/'.join(map(str, sorted(counts)))} untrained")
+    paired = sorted({k for r in rows for k in r.vs_anchor}, key=_split_key)
+    header += [f"{k} vs {ANCHOR}" for k in paired]
     header += [
         "train s",
         f"sample s / {rows[0].samples_timed}" if rows else "sample s",
@@ -154,24 +198,35 @@ def _table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
             line.append(f"{_fmt(m['mean'])} [{_fmt(m['lo'])}, {_fmt(m['hi'])}]" if m else "-")
         if untrained:
             line.append(_fmt(r.untrained.get("GED")))
-        line += [
-            f"{r.train_s:.1f}",
-            f"{r.sample_s:.3f}",
-            _human(r.params),
-            _human(r.flops_per_image),
-            _human(r.flops_per_sample),
-            _fmt(r.peak_mb, 0),
-            ",".join(map(str, r.seeds)),
-        ]
+        for k in paired:
+            d = r.vs_anchor.get(k)
+            line.append(f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d else "-")
+        if r.reference:  # computed from the annotations: nothing trained, sampled or timed
+            line += ["-"] * 6 + [",".join(map(str, r.seeds))]
+        else:
+            line += [
+                f"{r.train_s:.1f}",
+                f"{r.sample_s:.3f}",
+                _human(r.params),
+                _human(r.flops_per_image),
+                _human(r.flops_per_sample),
+                _fmt(r.peak_mb, 0),
+                ",".join(map(str, r.seeds)),
+            ]
         body.append(line)
     return header, body
 
 
-def _sections(rows: list[Row]) -> dict[tuple[str, str], list[Row]]:
-    out: dict[tuple[str, str], list[Row]] = defaultdict(list)
+def _sections(rows: list[Row]) -> dict[tuple[str, str, str], list[Row]]:
+    """Rows by (protocol, dataset, preset): one table each, never mixed."""
+    out: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
     for r in rows:
-        out[(r.dataset, r.preset)].append(r)
+        out[(r.protocol or "", r.dataset, r.preset)].append(r)
     return out
+
+
+def _title(protocol: str, dataset: str, preset: str) -> str:
+    return f"{'protocol ' + protocol + ' / ' if protocol else ''}{dataset} / preset {preset}"
 
 
 CONSOLE_DROP = ("HM-IoU16", "CI32", "NCC32", "params", "FLOPs/image", "FLOPs/sample", "peak MB", "seeds")
@@ -182,10 +237,10 @@ def to_rich(rows: list[Row]) -> list[Any]:
     from rich.table import Table
 
     tables = []
-    for (dataset, preset), group in _sections(rows).items():
+    for (protocol, dataset, preset), group in _sections(rows).items():
         header, body = _table(group)
         keep = [i for i, name in enumerate(header) if name not in CONSOLE_DROP]
-        table = Table(title=f"{dataset} / preset {preset} / {group[0].device}")
+        table = Table(title=f"{_title(protocol, dataset, preset)} / {group[0].device}")
         for i in keep:
             table.add_column(header[i], justify="left" if i == 0 else "right")
         for line in body:
@@ -196,16 +251,18 @@ def to_rich(rows: list[Row]) -> list[Any]:
 
 def to_markdown(rows: list[Row]) -> str:
     parts = []
-    for (dataset, preset), group in _sections(rows).items():
+    for (protocol, dataset, preset), group in _sections(rows).items():
         header, body = _table(group)
-        parts.append(f"### {dataset} — preset `{preset}` — {group[0].device}\n")
+        parts.append(f"### {_title(protocol, dataset, preset)} — {group[0].device}\n")
         parts.append("| " + " | ".join(header) + " |")
         parts.append("|" + "---|" * len(header))
         parts += ["| " + " | ".join(line) + " |" for line in body]
         parts.append("")
     parts.append(
         "Metrics: mean over test images [95% bootstrap interval]; lower GED is better, higher HM-IoU/MDM "
-        "is better. Diversity = E d(S, S'). sample s = seconds to draw the samples of one image (warm)."
+        "is better. Diversity = E d(S, S'). sample s = seconds to draw the samples of one image (warm). "
+        f"'vs {ANCHOR}': the row minus {ANCHOR}, image by image on shared seeds [95% bootstrap interval]; "
+        "ref: rows are computed from the annotations alone."
     )
     return "\n".join(parts) + "\n"
 
@@ -214,13 +271,17 @@ def to_csv(rows: list[Row]) -> str:
     cols = _columns(rows, every=True)
     buf = io.StringIO()
     writer = csv.writer(buf)
+    paired = sorted({k for r in rows for k in r.vs_anchor}, key=_split_key)
     writer.writerow(
         [
+            "protocol",
             "dataset",
             "preset",
             "method",
+            "reference",
             "seeds",
             *[f"{c}{s}" for c in cols for s in ("", "_lo", "_hi")],
+            *[f"{k}_vs_{ANCHOR}{s}" for k in paired for s in ("", "_lo", "_hi")],
             "untrained_GED",
             "untrained_samples",
             "train_s",
@@ -237,12 +298,17 @@ def to_csv(rows: list[Row]) -> str:
         for c in cols:
             m = r.metrics.get(c, {})
             values += [m.get("mean", ""), m.get("lo", ""), m.get("hi", "")]
+        for k in paired:
+            d = r.vs_anchor.get(k, {})
+            values += [d.get("mean", ""), d.get("lo", ""), d.get("hi", "")]
         unt = r.untrained.get("GED", "")
         writer.writerow(
             [
+                r.protocol or "",
                 r.dataset,
                 r.preset,
                 r.method,
+                int(r.reference),
                 " ".join(map(str, r.seeds)),
                 *values,
                 unt,
@@ -261,9 +327,9 @@ def to_csv(rows: list[Row]) -> str:
 
 def to_latex(rows: list[Row]) -> str:
     parts = []
-    for (dataset, preset), group in _sections(rows).items():
+    for (protocol, dataset, preset), group in _sections(rows).items():
         cols = [c for c in _columns(group) if not c.startswith(("Diversity", "TrueGED", "ModeTV"))]
-        parts.append(f"% {dataset}, preset {preset}")
+        parts.append(f"% {_title(protocol, dataset, preset)}")
         parts.append("\\begin{tabular}{l" + "c" * (len(cols) + 1) + "}")
         parts.append("\\toprule")
         parts.append("Method & " + " & ".join(cols) + " & Time (s) \\\\")
@@ -285,10 +351,13 @@ def plot(rows: list[Row], path: str | Path) -> None:
     sections = _sections(rows)
     fig = Figure(figsize=(5.5 * len(sections), 4.2))
     axes = fig.subplots(1, len(sections), squeeze=False)
-    for ax, ((dataset, preset), group) in zip(axes[0], sections.items(), strict=True):
+    for ax, ((protocol, dataset, preset), group) in zip(axes[0], sections.items(), strict=True):
         key = _headline(group[0]) or "GED"
         for r in group:
-            if key in r.metrics:
+            if r.reference and key in r.metrics:  # no time: a horizontal line for scale
+                ax.axhline(r.metrics[key]["mean"], color="grey", lw=0.8, ls=":")
+                ax.annotate(r.method, (0.01, r.metrics[key]["mean"]), xycoords=("axes fraction", "data"), fontsize=7)
+            elif key in r.metrics:
                 m = r.metrics[key]
                 ax.errorbar(
                     r.sample_s, m["mean"], yerr=[[m["mean"] - m["lo"]], [m["hi"] - m["mean"]]], fmt="o", capsize=3
@@ -297,7 +366,7 @@ def plot(rows: list[Row], path: str | Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel(f"seconds for {group[0].samples_timed} samples of one image")
         ax.set_ylabel(f"{key} (lower is better)")
-        ax.set_title(f"{dataset} / {preset}")
+        ax.set_title(_title(protocol, dataset, preset))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)

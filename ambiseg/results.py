@@ -16,9 +16,19 @@ from . import __version__
 from .errors import AmbisegError
 from .files import is_temp_file
 
-__all__ = ["bootstrap_ci", "summarise", "environment", "read_records", "check_record", "RECORD_KIND", "RECORD_SCHEMA"]
+__all__ = [
+    "bootstrap_ci",
+    "summarise",
+    "environment",
+    "read_records",
+    "check_record",
+    "RECORD_KIND",
+    "REFERENCE_KIND",
+    "RECORD_SCHEMA",
+]
 
 RECORD_KIND = "ambiseg-bench-record"
+REFERENCE_KIND = "ambiseg-reference-rows"  # one file holding the reference rows of a test set
 RECORD_SCHEMA = 1  # records written before the schema field existed are read as schema 1
 
 _NUMBER = (int, float)
@@ -32,6 +42,8 @@ RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "per_image": ((dict,), True),
     "untrained": ((dict,), False),
     "untrained_per_image": ((dict,), False),
+    "protocol": ((dict, type(None)), False),
+    "protocol.name": ((str,), False),
     "timing": ((dict,), True),
     "timing.train_s": (_NUMBER, True),
     "timing.sample_s_per_image": (_NUMBER, True),
@@ -165,8 +177,9 @@ def check_record(record: dict[str, Any], file: Path | str) -> None:
                 raise _bad(file, f"{group}.{key}", "holds a value that is not a number")
 
 
-def read_records(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """Every bench record in `paths` (files or directories, searched recursively).
+def read_records(paths: list[str | Path], *, allow_empty: bool = False) -> list[dict[str, Any]]:
+    """Every bench record in `paths` (files or directories, searched recursively), reference
+    rows included (their files hold several records, each marked `reference`).
 
     A file that is not a bench record, or a record of another schema or with a malformed field,
     is refused with its name: a leaderboard never mixes in unrelated JSON by accident. Temporary
@@ -188,15 +201,26 @@ def read_records(paths: list[str | Path]) -> list[dict[str, Any]]:
             record = json.loads(file.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise AmbisegError(f"{file} is not a results file (not JSON: {exc})") from None
-        if not isinstance(record, dict) or record.get("kind") != RECORD_KIND:
+        if (
+            isinstance(record, dict)
+            and record.get("kind") == REFERENCE_KIND
+            and isinstance(record.get("records"), list)
+        ):
+            inner = record["records"]
+        elif isinstance(record, dict) and record.get("kind") == RECORD_KIND:
+            inner = [record]
+        else:
             raise AmbisegError(
                 f'{file} is not a results file (no "kind": "{RECORD_KIND}"); '
                 "pass the output directory of `ambiseg bench` or its results/*.json"
             )
-        check_record(record, file)
-        record["_file"] = str(file)
-        records.append(record)
-    if not records:
+        for one in inner:
+            if not isinstance(one, dict):
+                raise AmbisegError(f"{file}: a reference row is not a JSON object")
+            check_record(one, file)
+            one["_file"] = str(file)
+            records.append(one)
+    if not records and not allow_empty:
         raise AmbisegError(
             f"no bench records found in {', '.join(map(str, paths))}; run `ambiseg bench --out DIR` first"
         )

@@ -1,5 +1,8 @@
 """Reference rows computed from the annotations alone, so a LIDC table shows its scale.
 
+`ambiseg bench` writes these rows itself (`ambiseg.reference`, rows `ref:*`) beside its records;
+this script writes them for a split of your choice into one JSON (the v2/v3 `reference.json`).
+
 Every row is scored like a method (ambiseg.metrics.evaluate, S samples per image):
 - `majority`: the pixel-wise majority of the raters (strictly more than half), every sample;
 - `majority-tie`: at least half of the raters (2 of 4);
@@ -22,25 +25,17 @@ import torch
 from ambiseg import metrics
 from ambiseg.cli.options import parse_sets
 from ambiseg.data import DataSpec
+from ambiseg.reference import reference_samples
 from ambiseg.results import summarise
 
 COUNTS = (16, 32, 100)
 
 
 def rows_for(masks: torch.Tensor, total: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Each reference row's samples [1, total, H, W] for one image's rater masks [A, H, W]."""
-    votes = masks.float().sum(0)
-    a = masks.shape[0]
-    fixed = {
-        "majority": votes > a / 2,
-        "majority-tie": votes >= a / 2,
-        "union": votes > 0,
-        "empty": torch.zeros_like(votes, dtype=torch.bool),
-    }
-    out = {name: mask.expand(total, *mask.shape)[None] for name, mask in fixed.items()}
-    pick = torch.randint(a, (total,), generator=generator)
-    out["raters"] = masks[pick].bool()[None]
-    return out
+    """Each reference row's samples [1, total, H, W] (`ambiseg.reference`) plus `majority-tie`."""
+    rows = {name.removeprefix("ref:"): samples for name, samples in reference_samples(masks, total, generator).items()}
+    rows["majority-tie"] = (masks.float().sum(0) >= masks.shape[0] / 2).expand(total, *masks.shape[1:])[None]
+    return rows
 
 
 def main() -> None:

@@ -40,21 +40,30 @@ def test_record_has_everything_a_paper_needs(bench_dir):
     assert rec["config"]["method"] == "det-unet" and "GED" in rec["untrained"]
     (untrained,) = rec["untrained_per_image"].values()  # per image, for a paired trained-vs-untrained interval
     assert len(untrained) == 4 and sum(untrained) / 4 == pytest.approx(rec["untrained"]["GED"])
-    files = list((out / "results").glob("*.json"))
+    files = list((out / "results").glob("det-unet-*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["seed"] == 0
+    refs = json.loads((out / "results" / "reference-synthetic-smoke.json").read_text())["records"]
+    assert [r["method"] for r in refs] == ["ref:majority", "ref:union", "ref:empty", "ref:raters"]
+    assert all(len(r["per_image"]["GED8"]) == 4 and r["reference"] for r in refs)
+    assert refs[2]["metrics"]["Diversity8"]["mean"] == 0.0  # one fixed mask per image
     for ext in ("md", "csv", "tex", "png"):
         assert (out / f"leaderboard.{ext}").stat().st_size > 0
     assert "| det-unet |" in (out / "leaderboard.md").read_text()
 
 
-def test_finished_run_is_loaded_not_retrained(bench_dir, tmp_path):
-    out, records = bench_dir
-    again = run_bench(spec(out))[0]
-    assert again["timing"]["train_s"] == records[0]["timing"]["train_s"]  # read from the checkpoint
-    assert again["metrics"]["GED8"] == records[0]["metrics"]["GED8"]  # same seed, same numbers
-    rows = build_rows(read_records([out]))
+def test_a_finished_evaluation_is_kept_and_a_finished_run_is_loaded(bench_dir, tmp_path):
+    import shutil
+
+    out = shutil.copytree(bench_dir[0], tmp_path / "copy")  # the module's fixture stays as it was
+    records = bench_dir[1]
+    again = run_bench(spec(out))[0]  # resumable: the same evaluation is not done twice
+    assert again["created"] == records[0]["created"] and len(list((out / "results").glob("det-unet-*"))) == 1
+    other = run_bench(spec(out, counts=(4,)))[0]  # another evaluation of the same trained run
+    assert other["timing"]["train_s"] == records[0]["timing"]["train_s"]  # read from the checkpoint
+    assert other["per_image"]["GED4"] == records[0]["per_image"]["GED4"]  # same seed, same numbers
+    rows = [r for r in build_rows(read_records([out])) if not r.reference]
     assert len(rows) == 1 and rows[0].seeds == [0]  # newest record per seed counts, the old file stays
-    assert len(list((out / "results").glob("*.json"))) == 2
+    assert len(list((out / "results").glob("det-unet-*.json"))) == 2
 
 
 def test_a_run_of_another_configuration_is_refused_before_any_evaluation(bench_dir, monkeypatch):
@@ -75,11 +84,17 @@ def test_leaderboard_merges_directories_without_dropping(bench_dir, tmp_path):
     run_bench(spec(other, seeds=(1,)))
     merged = tmp_path / "merged"
     rows, paths = write_leaderboard([out, other], merged)
-    assert len(rows) == 1 and rows[0].seeds == [0, 1]
+    assert rows[0].method == "det-unet" and sorted(r.method for r in rows[1:] if r.reference) == [
+        "ref:empty",
+        "ref:majority",
+        "ref:raters",
+        "ref:union",
+    ]
+    assert rows[0].seeds == [0, 1] and all(r.seeds == [0] for r in rows[1:])  # one test set, one reference
     assert rows[0].metrics["GED8"]["n"] == 8  # per-image values of both seeds pooled
     with open(paths["csv"]) as fh:
         table = list(csv.DictReader(fh))
-    assert table[0]["method"] == "det-unet" and table[0]["seeds"] == "0 1"
+    assert table[0]["method"] == "det-unet" and table[0]["seeds"] == "0 1" and table[1]["reference"] == "1"
     assert "\\begin{tabular}" in paths["tex"].read_text()
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from ..bench import BenchSpec, pick_device, run_bench
 from ..distributed import distributed_run
 from ..errors import ConfigError
 from ..evaluation import InferenceOptions
 from ..leaderboard import to_rich, write_leaderboard
+from ..protocols import get_protocol
 from .app import cli, console
 from .options import (
     OutPath,
@@ -37,6 +39,11 @@ from .options import (
 @click.option("--no-baseline", is_flag=True, help="leave out the deterministic U-Net reference row")
 @click.option("--retrain", is_flag=True, help="train again even when OUT holds a finished run")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.option(
+    "--protocol",
+    default=None,
+    help="a named evaluation protocol (e.g. lidc-v1: split, test slices, sample counts; sets --data)",
+)
 def bench_cmd(
     methods: str,
     data_name: str,
@@ -51,8 +58,13 @@ def bench_cmd(
     no_baseline: bool,
     retrain: bool,
     no_progress: bool,
+    protocol: str | None,
 ) -> None:
-    """Train, sample, evaluate and time METHODS on one dataset; print and write the leaderboard."""
+    """Train, sample, evaluate and time METHODS on one dataset; print and write the leaderboard.
+
+    A bench stopped part-way continues where it stopped: finished evaluations (same method
+    config, data, seed, counts, protocol) are kept, finished trainings loaded, interrupted ones
+    resumed."""
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for seed in parse_ints(seeds, "--seeds"):
         check_seed(seed, "--seeds")
@@ -63,6 +75,10 @@ def bench_cmd(
     if twice is not None:  # it would be evaluated twice and counted as two seeds
         raise ConfigError(f"--methods names '{twice}' twice (aliases included) in '{methods}'; give each method once")
     overrides, data_settings = split_sets(parse_sets(sets))
+    if protocol is not None:
+        defined_on = get_protocol(protocol).dataset  # an unknown name fails here, before any work
+        if click.get_current_context().get_parameter_source("data_name") is ParameterSource.DEFAULT:
+            data_name = defined_on
     with distributed_run(pick_device(device), console) as dev:
         spec = BenchSpec(
             methods=names,
@@ -79,6 +95,7 @@ def bench_cmd(
             retrain=retrain,
             progress=not no_progress,
             inference=inference,
+            protocol=protocol,
         )
         run_bench(spec, console=console)
 

@@ -332,6 +332,7 @@ class LidcDataset(AnnotatedDataset):
         fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
         num_annotators: int | None = None,
         limit: int | None = None,
+        spread: bool = False,
         crop: int | None = None,
     ) -> None:
         """
@@ -344,6 +345,7 @@ class LidcDataset(AnnotatedDataset):
             num_annotators: keep slices with at least this many masks (their first ones);
                 default: every slice must have the same number of masks.
             limit: keep a seeded random subset of this many slices of the split.
+            spread: the `limit` subset holds a slice of every patient of the split (then random).
             crop: keep the central `crop` x `crop` pixels (the crops are centred on the nodule;
                 at 64 of 128 px, 0.15% of the lesion pixels of the seed-0 training split fall
                 outside, see docs/training.md); None keeps the whole slice.
@@ -357,11 +359,10 @@ class LidcDataset(AnnotatedDataset):
         self.name, self.split = "lidc", check_split(split)
         self.source = open_source(root)
         records = self._pick_annotators(self.source.records(), num_annotators, where=str(root))
-        keep = subset(
-            split_indices([r.group for r in records], split, seed=seed, fractions=fractions, where=f"lidc at {root}"),
-            limit,
-            seed=seed,
+        chosen = split_indices(
+            [r.group for r in records], split, seed=seed, fractions=fractions, where=f"lidc at {root}"
         )
+        keep = subset(chosen, limit, seed=seed, groups=[records[i].group for i in chosen] if spread else None)
         self.records = [records[i] for i in keep]
         self.ids = [r.id for r in self.records]
         self.groups = [r.group for r in self.records]

@@ -74,11 +74,33 @@ def split_indices(
     return chosen
 
 
-def subset(indices: Sequence[int], limit: int | None, *, seed: int) -> list[int]:
-    """At most `limit` of `indices`, drawn without replacement by a seeded generator, kept in order."""
+def subset(indices: Sequence[int], limit: int | None, *, seed: int, groups: Sequence[str] | None = None) -> list[int]:
+    """At most `limit` of `indices`, drawn without replacement by a seeded generator, kept in order.
+
+    With `groups` (the group of each of `indices`, e.g. its patient) the draw spans every group:
+    one seeded pick per group first, then the rest of `limit` at random from what is left, so a
+    test subset has a slice of every test patient.
+    """
     if limit is None or limit >= len(indices):
         return list(indices)
     if limit < 1:
         raise ConfigError(f"limit must be a positive number of items, got {limit}")
-    keep = np.random.default_rng([seed, 1]).choice(len(indices), size=limit, replace=False)
-    return [indices[i] for i in sorted(keep)]
+    rng = np.random.default_rng([seed, 1])
+    if groups is None:
+        keep = rng.choice(len(indices), size=limit, replace=False)
+        return [indices[i] for i in sorted(keep)]
+    if len(groups) != len(indices):
+        raise ConfigError(f"subset: {len(groups)} groups for {len(indices)} indices")
+    names = sorted(set(groups))
+    if limit < len(names):
+        raise ConfigError(
+            f"limit={limit} cannot span all {len(names)} groups (patients) of the split; "
+            f"use limit >= {len(names)} or drop spread"
+        )
+    members: dict[str, list[int]] = {name: [] for name in names}
+    for position, group in enumerate(groups):
+        members[group].append(position)
+    first = {int(rng.choice(members[name])) for name in names}
+    rest = np.array([i for i in range(len(indices)) if i not in first])
+    more = rng.choice(rest, size=limit - len(first), replace=False).tolist() if limit > len(first) else []
+    return [indices[i] for i in sorted(first | {int(i) for i in more})]

@@ -1,0 +1,104 @@
+"""Evaluation protocols, spread test subsets, reference rows and paired differences in the leaderboard."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from test_bench import spec
+from test_data_lidc import REAL_ZIP
+
+from ambiseg.bench import BenchSpec, run_bench
+from ambiseg.data.spec import DataSpec
+from ambiseg.data.splits import subset
+from ambiseg.errors import ConfigError, DataError
+from ambiseg.leaderboard import build_rows, to_markdown
+from ambiseg.protocols import PROTOCOLS, get_protocol, ids_digest
+from ambiseg.reference import reference_samples
+from ambiseg.results import read_records
+
+
+def test_a_spread_subset_holds_every_group_and_is_seeded():
+    groups = [f"p{i % 7}" for i in range(60)]
+    indices = list(range(100, 160))
+    picked = subset(indices, 10, seed=3, groups=groups)
+    assert len(picked) == 10 and picked == sorted(picked)
+    assert {groups[i - 100] for i in picked} == set(groups)  # all 7 patients
+    assert picked == subset(indices, 10, seed=3, groups=groups) != subset(indices, 10, seed=4, groups=groups)
+    with pytest.raises(ConfigError, match="cannot span all 7 groups"):
+        subset(indices, 5, seed=0, groups=groups)
+
+
+def test_protocol_names_and_test_ids_are_checked():
+    with pytest.raises(ConfigError, match="unknown protocol 'lidc-v9'.*lidc-v1"):
+        get_protocol("lidc-v9")
+    protocol = PROTOCOLS["lidc-v1"]
+    with pytest.raises(DataError, match="is not protocol lidc-v1's"):
+        protocol.check_test_ids(["LIDC-IDRI-0001/nodule-0/slice-0"] * 500, where="here")
+
+
+def test_a_protocol_refuses_what_contradicts_it():
+    base = dict(methods=["det-unet"], preset="smoke", out="unused", protocol="lidc-v1")
+    with pytest.raises(ConfigError, match="defined on --data lidc, not synthetic"):
+        BenchSpec(**base).data_spec()
+    with pytest.raises(ConfigError, match="data.test.limit=20 contradicts protocol lidc-v1"):
+        BenchSpec(**base, data="lidc", data_settings={"data.test.limit": 20}).data_spec()
+    with pytest.raises(ConfigError, match="scores 16,32,100 samples, not 4"):
+        BenchSpec(**base, data="lidc", counts=(4,)).data_spec()
+
+
+@pytest.mark.skipif(not REAL_ZIP.is_file(), reason=f"real LIDC zip not found at {REAL_ZIP}")
+def test_lidc_v1_is_the_same_500_slices_of_all_test_patients_for_every_preset():
+    protocol = get_protocol("lidc-v1")
+    for preset in ("cpu", "paper"):
+        data = BenchSpec(methods=["det-unet"], data="lidc", root=str(REAL_ZIP), preset=preset, protocol="lidc-v1")
+        test = data.data_spec().build("test")
+        assert ids_digest(test.ids) == protocol.test_ids_sha256 and len(test) == 500
+        assert len(set(test.groups)) == 142  # every test patient of the seed-0 split
+    full = DataSpec(name="lidc", root=str(REAL_ZIP), preset="paper").build("test")
+    assert len(set(full.groups)) == 142
+
+
+def test_reference_samples_follow_the_votes():
+    masks = np.zeros((4, 2, 2), dtype=np.uint8)
+    masks[:3, 0, 0] = 1  # 3 of 4 raters
+    masks[:2, 0, 1] = 1  # a tie
+    masks[0, 1, 1] = 1  # one rater
+    import torch
+
+    out = reference_samples(torch.from_numpy(masks), 5, torch.Generator().manual_seed(0))
+    assert out["ref:majority"][0, 0].tolist() == [[True, False], [False, False]]
+    assert out["ref:union"][0, 0].tolist() == [[True, True], [False, True]]
+    assert not out["ref:empty"].any() and out["ref:raters"].shape == (1, 5, 2, 2)
+    assert all(any(torch.equal(s, torch.from_numpy(m).bool()) for m in masks) for s in out["ref:raters"][0])
+
+
+def test_paired_difference_to_atfm_matches_the_per_image_values(tmp_path):
+    out = tmp_path / "b"
+    run_bench(spec(out, methods=["det-unet"]))
+    (record,) = [r for r in read_records([out]) if r["method"] == "det-unet"]
+    fake = []
+    for seed, shift in ((0, 0.1), (1, 0.3)):  # an "atfm" with two seeds; det-unet has seed 0 only
+        atfm = copy.deepcopy(record)
+        atfm.update(method="atfm", seed=seed)
+        atfm["per_image"]["GED8"] = [v - shift for v in record["per_image"]["GED8"]]
+        fake.append(atfm)
+    rows = {r.method: r for r in build_rows([record, *fake, *[r for r in read_records([out]) if r.get("reference")]])}
+    assert rows["det-unet"].vs_anchor["GED8"]["mean"] == pytest.approx(0.1)  # paired on seed 0 only
+    majority = rows["ref:majority"]
+    expected = np.mean(
+        [m - a for a_rec in fake for m, a in zip(majority.per_seed[0]["GED8"], a_rec["per_image"]["GED8"], strict=True)]
+    )
+    assert majority.vs_anchor["GED8"]["mean"] == pytest.approx(expected)  # against both atfm seeds
+    assert "GED8 vs atfm" in to_markdown(list(rows.values()))
+
+
+def test_records_of_two_protocols_never_share_a_table(tmp_path):
+    out = tmp_path / "b"
+    (record,) = run_bench(spec(out, methods=["det-unet"]))
+    other = {**copy.deepcopy(record), "protocol": {"name": "lidc-v1"}, "created": "2099-01-01T00:00:00+00:00"}
+    rows = [r for r in build_rows([record, other]) if r.method == "det-unet"]
+    assert sorted(str(r.protocol) for r in rows) == ["None", "lidc-v1"]
+    text = to_markdown(rows)
+    assert text.count("### ") == 2 and "### protocol lidc-v1 / synthetic / preset smoke" in text
