@@ -165,7 +165,8 @@ def _existing_run(method: Method, data: dict[str, Any], run_dir: Path, spec: Ben
     # the key) is the same configuration when that option's default reproduces it. The sampler
     # is not trained: a run sampled another way now (e.g. fewer steps) is the same trained run.
     same_config = _trained_part(Method.from_config(ckpt.config).config) == _trained_part(method.config)
-    what = "configuration" if not same_config else "data" if ckpt.meta.get("data") != data else None
+    same_data = _training_data(ckpt.meta.get("data")) == _training_data(data)
+    what = "configuration" if not same_config else "data" if not same_data else None
     if what is not None:
         raise AmbisegError(
             f"{run_dir} holds a {method.name} run with another {what}; "
@@ -176,6 +177,14 @@ def _existing_run(method: Method, data: dict[str, Any], run_dir: Path, spec: Ben
 
 def _trained_part(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "sampler"}
+
+
+def _training_data(data: Any) -> Any:
+    """The data spec without its test split's options (which test images score a run does not
+    change what it was trained on)."""
+    if not isinstance(data, dict) or not isinstance(data.get("splits"), dict):
+        return data
+    return {**data, "splits": {k: v for k, v in data["splits"].items() if k != "test"}}
 
 
 def _finished_record(spec: BenchSpec, method: Method, seed: int, data: dict[str, Any]) -> dict[str, Any] | None:

@@ -56,9 +56,9 @@ PROTOCOLS = {
     "lidc-v1": Protocol(
         name="lidc-v1",
         dataset="lidc",
-        # patients split 60/20/20 with seed 0; 48 validation slices for checkpoint selection;
-        # 500 test slices spanning all 142 test patients (one seeded slice each, then seeded)
-        data_settings={"data.seed": 0, "data.val.limit": 48, "data.test.limit": 500, "data.test.spread": True},
+        # patients split 60/20/20 with seed 0; 500 test slices spanning all 142 test patients (one
+        # seeded slice each, then seeded). Training and validation data are the bench preset's.
+        data_settings={"data.seed": 0, "data.test.limit": 500, "data.test.spread": True},
         test_images=500,
         test_ids_sha256="e9ad54a6495f0f19438ce4a673d00ebe7e755c64b56569f234453b41a723dffc",
         conventions=(

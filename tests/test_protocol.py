@@ -102,3 +102,12 @@ def test_records_of_two_protocols_never_share_a_table(tmp_path):
     assert sorted(str(r.protocol) for r in rows) == ["None", "lidc-v1"]
     text = to_markdown(rows)
     assert text.count("### ") == 2 and "### protocol lidc-v1 / synthetic / preset smoke" in text
+
+
+def test_a_run_scored_on_another_test_subset_is_loaded_not_retrained(tmp_path):
+    out = tmp_path / "b"
+    (first,) = run_bench(spec(out, references=False))
+    (second,) = run_bench(spec(out, references=False, data_settings={"data.test.limit": 2}))
+    assert second["timing"]["train_s"] == first["timing"]["train_s"] and len(second["per_image"]["GED8"]) == 2
+    with pytest.raises(Exception, match="another data"):
+        run_bench(spec(out, references=False, data_settings={"data.train.limit": 8}))
