@@ -111,3 +111,15 @@ def test_a_run_scored_on_another_test_subset_is_loaded_not_retrained(tmp_path):
     assert second["timing"]["train_s"] == first["timing"]["train_s"] and len(second["per_image"]["GED8"]) == 2
     with pytest.raises(Exception, match="another data"):
         run_bench(spec(out, references=False, data_settings={"data.train.limit": 8}))
+
+
+def test_citation_file_is_valid_and_names_this_version():
+    from pathlib import Path
+
+    import yaml
+
+    import ambiseg
+
+    cff = yaml.safe_load((Path(__file__).parents[1] / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["version"] == ambiseg.__version__
+    assert cff["title"] and cff["message"] and cff["authors"] and "protocol" in cff["message"]
