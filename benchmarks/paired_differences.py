@@ -4,6 +4,8 @@ Each method's per-image GED100 minus the other row's on the same test images (bo
 images, `ambiseg.results.bootstrap_ci`): an interval below zero means the method is better.
 
     python benchmarks/paired_differences.py benchmarks/results/lidc-cpu-v2 --metric GED100
+
+Records of one seed per method (the v2/v3 folders, or one seed of a protocol folder).
 """
 
 from __future__ import annotations
@@ -23,10 +25,17 @@ def main() -> None:
     parser.add_argument("--metric", default="GED100")
     parser.add_argument("--against", default="det-unet,union,majority", help="rows to compare every method with")
     args = parser.parse_args()
-    records = read_records([args.folder / "results"])
+    everything = read_records([args.folder / "results"])
+    records = [r for r in everything if not r.get("reference")]
     rows = {r["method"]: np.asarray(r["per_image"][args.metric]) for r in records}
-    reference = json.loads((args.folder / "reference.json").read_text())["per_image"]
-    rows.update({name: np.asarray(values[args.metric]) for name, values in reference.items()})
+    if (args.folder / "reference.json").exists():  # v2/v3 folders: benchmarks/reference_rows.py
+        reference = json.loads((args.folder / "reference.json").read_text())["per_image"]
+        reference = {name: values[args.metric] for name, values in reference.items()}
+    else:  # rows the bench wrote (ref:*), named here without the prefix
+        reference = {
+            r["method"].removeprefix("ref:"): r["per_image"][args.metric] for r in everything if r.get("reference")
+        }
+    rows.update({name: np.asarray(values) for name, values in reference.items()})
     print(f"| method | vs | mean {args.metric} difference | 95% interval |")
     print("|---|---|---|---|")
     for method in sorted(r for r in rows if r not in reference):

@@ -83,8 +83,9 @@ def test_torchrun_bench_writes_once_and_evaluates_like_one_process(tmp_path):
         "--out",
         str(out),
     )
-    records = list((out / "results").glob("*.json"))
+    records = list((out / "results").glob("det-unet-*.json"))
     assert len(records) == 1  # rank 0 only
+    assert len(list((out / "results").glob("reference-*.json"))) == 1
     record = json.loads(records[0].read_text())
     method, _ = load_method(out / "runs" / "det-unet-synthetic-smoke-seed0" / "last.safetensors")
     test = data.build("synthetic", split="test", size=32, sizes=(16, 4, 4), seed=0)

@@ -1,0 +1,60 @@
+"""The condensed table of a protocol's leaderboard for docs/leaderboard.md, from its records.
+
+    python benchmarks/protocol_table.py benchmarks/results/lidc-v1
+
+Columns: GED16, GED100 [95%], diversity, HM-IoU32 [95%], the paired difference to ATFM on
+GED100 and HM-IoU32 [95%], GED16 untrained, trained minus untrained GED16 [95%] (records that
+store per-image untrained values), train s, sample s per 100 samples, seeds. Reference rows last.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ambiseg.leaderboard import build_rows
+from ambiseg.results import bootstrap_ci, read_records
+
+
+def _ci(m: dict[str, float] | None, signed: bool = False) -> str:
+    if not m:
+        return ""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(m['mean'])} [{f.format(m['lo'])}, {f.format(m['hi'])}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args()
+    records = read_records([args.folder])
+    untrained: dict[str, list[np.ndarray]] = {}
+    for rec in records:
+        for key, values in rec.get("untrained_per_image", {}).items():
+            untrained.setdefault(rec["method"], []).append(np.asarray(rec["per_image"][key]) - np.asarray(values))
+    print(
+        "| method | GED16 | GED100 [95%] | diversity | HM-IoU32 [95%] | GED100 vs atfm | HM-IoU32 vs atfm | "
+        "GED16 untrained | trained - untrained GED16 | train s | sample s / 100 | seeds |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in build_rows(records):
+        m = r.metrics
+        gain = ""
+        if r.method in untrained:
+            diff = np.concatenate(untrained[r.method])
+            lo, hi = bootstrap_ci(diff)
+            gain = f"{diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        timing = ("", "") if r.reference else (f"{r.train_s:.0f}", f"{r.sample_s:.2f}")
+        print(
+            f"| {r.method} | {m['GED16']['mean']:.3f} | {_ci(m.get('GED100'))} | {m['Diversity100']['mean']:.3f} | "
+            f"{_ci(m.get('HM-IoU32'))} | {_ci(r.vs_anchor.get('GED100'), True)} | "
+            f"{_ci(r.vs_anchor.get('HM-IoU32'), True)} | "
+            f"{'' if r.reference else format(r.untrained.get('GED', float('nan')), '.3f')} | {gain} | "
+            f"{timing[0]} | {timing[1]} | {','.join(map(str, r.seeds))} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
