@@ -59,6 +59,7 @@ def test_the_tutorial_runs_as_written(tmp_path, write_plugin):
     assert sorted(p.name.split("-smoke")[0] for p in (work / "runs/tutorial/results").glob("*.json")) == [
         "det-unet-synthetic",
         "power-atfm-synthetic",
+        "reference-synthetic",  # the bench's reference rows (majority, union, empty, raters)
         "uniform-cimd-synthetic",
     ]
 
@@ -67,7 +68,7 @@ def test_the_tutorial_runs_as_written(tmp_path, write_plugin):
     args = command.split("#")[0].split()[1:]
     result = run([sys.executable, "-m", "ambiseg", *args], work, plugins)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list((work / "runs/tutorial-cli/results").glob("*.json"))) == 3
+    assert len(list((work / "runs/tutorial-cli/results").glob("*.json"))) == 4  # three methods + reference rows
 
     # the generic contract tests collect the plug-in's path and prior and pass on them
     result = run(
