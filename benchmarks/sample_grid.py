@@ -46,7 +46,10 @@ def main() -> None:
     image = item["image"][0].numpy()
     rows: list[tuple[str, np.ndarray]] = []
     for path in ckpts:
-        method, _ = load_method(path)
+        method, ckpt = load_method(path)
+        if ckpt.meta.get("stage_index") != len(method.stages):
+            print(f"skipped {path}: an unfinished run")
+            continue
         generator = torch.Generator().manual_seed(args.seed * 100_003 + args.index)
         with torch.inference_mode():
             samples = method.sample(item["image"][None], args.samples, generator=generator)[0]
