@@ -110,14 +110,22 @@ class ConditionalDDPM(DiffusionTransport):
         return self.to_eps(x, t, self.denoise(x, t, cond["image"], None))
 
     def loss(self, batch: dict[str, Tensor], prior: Prior) -> dict[str, Tensor]:
-        """MSE(output, target) at a uniform step of the (truncated) chain, one annotator per image."""
+        """MSE(output, target) at a uniform step of the (truncated) chain, one annotator per image,
+        plus the latent's penalty and terms (`latent_terms`; none without a latent)."""
         image, masks = unpack_batch(batch)
         x0 = 2.0 * pick_annotator(masks) - 1.0
         k = self.train_steps(x0.shape[0], x0.device)
         eps = torch.randn_like(x0)
         xk = self.schedule.q_sample(x0, k, eps)
-        mse = F.mse_loss(self.denoise(xk, k, image, None), self.target(x0, eps, k))
-        return {"loss": mse, "mse": mse}
+        z, penalty, terms = self.latent_terms(image, x0, xk)
+        mse = F.mse_loss(self.denoise(xk, k, image, z), self.target(x0, eps, k))
+        return {"loss": mse if penalty is None else mse + penalty, "mse": mse, **terms}
+
+    def latent_terms(
+        self, image: Tensor, x0: Tensor, xk: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, dict[str, Tensor]]:
+        """The training latent z for the denoiser, the loss penalty it adds and its logged terms."""
+        return None, None, {}
 
 
 @transports.register("cimd")
@@ -173,20 +181,16 @@ class CIMDTransport(ConditionalDDPM):
             z = prior.mu + prior.sigma * cond["eps_z"]
         return self.to_eps(x, t, self.denoise(x, t, image, z))
 
-    def loss(self, batch: dict[str, Tensor], prior: Prior) -> dict[str, Tensor]:
-        """MSE(output, target) at a uniform step of the (truncated) chain + kl_weight KL, one annotator per image."""
+    def latent_terms(
+        self, image: Tensor, x0: Tensor, xk: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, dict[str, Tensor]]:
+        """z from the posterior on (image, x0); kl_weight KL(posterior || prior on (image, x_k))."""
         if not self.latent_dim:
-            return super().loss(batch, prior)
-        image, masks = unpack_batch(batch)
-        x0 = 2.0 * pick_annotator(masks) - 1.0
-        k = self.train_steps(x0.shape[0], x0.device)
-        eps = torch.randn_like(x0)
-        xk = self.schedule.q_sample(x0, k, eps)
+            return super().latent_terms(image, x0, xk)
         posterior = self.posterior_net(torch.cat([image, x0], dim=1))
         z = posterior.rsample()
         kl = posterior.kl(self.prior_net(torch.cat([image, xk], dim=1))).mean()
-        mse = F.mse_loss(self.denoise(xk, k, image, z), self.target(x0, eps, k))
-        return {"loss": mse + self.kl_weight * kl, "mse": mse, "kl": kl}
+        return z, self.kl_weight * kl, {"kl": kl}
 
 
 _TRAIN = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "epochs": 200}
