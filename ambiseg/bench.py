@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,6 +279,7 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
             )
             run_dir = _run_dir(spec, method.name, seed)
             _existing_run(method, data_spec.to_dict(), run_dir, spec)  # refuse a mismatch before any work
+            started = time.perf_counter()
             untrained = evaluate_method(
                 method,
                 sets["test"],
@@ -287,8 +289,10 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
                 warmup=False,  # plain layout and precision: the options apply to the trained model's timing
                 options=InferenceOptions(max_batch=spec.inference.max_batch, image_batch=spec.inference.image_batch),
             )
+            untrained_eval_s = time.perf_counter() - started
             ensure_dir(run_dir)
             train_s = _train_or_load(method, sets, data_spec.to_dict(), run_dir, spec, seed, device, console)
+            eval_started = time.perf_counter()
             result = evaluate_method(
                 method,
                 sets["test"],
@@ -298,6 +302,7 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
                 warmup=preset.warmup,
                 options=spec.inference,
             )
+            eval_s = time.perf_counter() - eval_started
             image = collate([sets["test"][0]])["image"].to(device)
             flops = count_flops(method, image) if preset.flops else None
             key = f"GED{preset.untrained_samples}"
@@ -326,6 +331,11 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
                 "truth": {k: _mean_rows(v) for k, v in result["truth"].items()},
                 "timing": {
                     "train_s": train_s,
+                    # wall seconds of the whole (method, seed): the untrained and trained evaluations with their
+                    # metrics, and the training (or the checkpoint load, when the run was trained earlier)
+                    "untrained_eval_s": untrained_eval_s,
+                    "eval_s": eval_s,
+                    "total_s": time.perf_counter() - started,
                     "sample_s_per_image": sum(result["sample_seconds"]) / len(result["sample_seconds"]),
                     "samples_per_image": result["samples_per_image"],
                     "sample_s": result["sample_seconds"],

@@ -5,6 +5,7 @@
 Columns: GED16, GED100 [95%], diversity, HM-IoU32 [95%], the paired difference to ATFM on
 GED100 and HM-IoU32 [95%], GED16 untrained, trained minus untrained GED16 [95%] (records that
 store per-image untrained values), train s, sample s per 100 samples, seeds. Reference rows last.
+Below the table: the track's CPU time, training and evaluation, summed over the records.
 """
 
 from __future__ import annotations
@@ -54,6 +55,25 @@ def main() -> None:
             f"{'' if r.reference else format(r.untrained.get('GED', float('nan')), '.3f')} | {gain} | "
             f"{timing[0]} | {timing[1]} | {','.join(map(str, r.seeds))} |"
         )
+    print()
+    print(cpu_time(records))
+
+
+def cpu_time(records: list[dict]) -> str:
+    """The track's wall time summed over (method, seed) records: training, and evaluation where recorded."""
+    newest: dict[tuple[str, int], dict] = {}  # a re-evaluation repeats its run's train_s: count each run once
+    for r in sorted((r for r in records if not r.get("reference")), key=lambda r: r["created"]):
+        newest[(r["method"], r["seed"])] = r
+    runs = list(newest.values())
+    train = sum(r["timing"]["train_s"] for r in runs)
+    timed = [r for r in runs if "eval_s" in r["timing"]]
+    evaluation = sum(r["timing"]["eval_s"] + r["timing"]["untrained_eval_s"] for r in timed)
+    line = f"CPU time: training {train / 3600:.2f} h over {len(runs)} runs"
+    line += f"; evaluation {evaluation / 3600:.2f} h over {len(timed)} of them"
+    if len(timed) < len(runs):
+        line += f" ({len(runs) - len(timed)} records predate the evaluation timing)"
+    threads = sorted({r["env"]["threads"] for r in runs})
+    return line + f" (torch threads per run: {', '.join(map(str, threads))})."
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ def test_record_has_everything_a_paper_needs(bench_dir):
     assert rec["metrics"]["Diversity8"]["mean"] == 0.0  # a deterministic model never varies
     assert rec["timing"]["samples_per_image"] == 8 and rec["timing"]["sample_s_per_image"] > 0
     assert rec["timing"]["train_s"] > 0 and rec["params"] > 0
+    timing = rec["timing"]  # the wall time of the whole (method, seed), for the track's total CPU time
+    assert 0 < timing["untrained_eval_s"] and 0 < timing["eval_s"]
+    assert timing["total_s"] >= timing["untrained_eval_s"] + timing["train_s"] + timing["eval_s"]
     assert rec["flops"]["per_image"] > 0 and rec["flops"]["per_sample"] == 0
     assert rec["env"]["versions"]["torch"] and rec["env"]["commit"]
     assert rec["config"]["method"] == "det-unet" and "GED" in rec["untrained"]
