@@ -10,6 +10,7 @@ VAE: its decoder (a transport) trains on its posterior draws through this interf
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,18 +42,21 @@ STATE_KINDS = {
 Field = Any  # a callable (x [N, ...], t [N] or None, cond) -> Tensor [N, ...]
 
 
-def repeat_cond(cond: Any, repeats: int) -> Any:
-    """Repeat every per-image entry of `cond` `repeats` times along dim 0 (image-major order).
-
-    Tensors, tuples/lists and dicts of tensors are handled; anything else passes unchanged.
-    """
+def map_tensors(fn: Callable[[Tensor], Tensor], cond: Any) -> Any:
+    """`fn` applied to every tensor in `cond` (a tensor, or tuples/lists/dicts of them, nested);
+    anything else (None, sizes) passes unchanged."""
     if isinstance(cond, Tensor):
-        return cond.repeat_interleave(repeats, dim=0)
+        return fn(cond)
     if isinstance(cond, (tuple, list)):
-        return type(cond)(repeat_cond(c, repeats) for c in cond)
+        return type(cond)(map_tensors(fn, c) for c in cond)
     if isinstance(cond, dict):
-        return {k: repeat_cond(v, repeats) for k, v in cond.items()}
+        return {k: map_tensors(fn, v) for k, v in cond.items()}
     return cond
+
+
+def repeat_cond(cond: Any, repeats: int) -> Any:
+    """Repeat every per-image entry of `cond` `repeats` times along dim 0 (image-major order)."""
+    return map_tensors(lambda t: t.repeat_interleave(repeats, dim=0), cond)
 
 
 class Prior(nn.Module, ABC):

@@ -17,13 +17,14 @@ import dataclasses
 import json
 import typing
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from .errors import CompatibilityError, ConfigError, closest
-from .interfaces import STATE_KINDS, Prior, Sampler, Transport
+from .interfaces import STATE_KINDS, Prior, Sampler, Transport, map_tensors
 from .registry import REGISTRIES, canonical_method, coerce, methods, priors, samplers, transports
 
 __all__ = [
@@ -214,17 +215,6 @@ def _cat_batches(parts: list[Any]) -> Any:
         f"cannot batch a transport's per-sample conditioning across images: its {type(first).__name__} "
         "values differ between images; return tensors (or dicts/tuples of tensors) from Transport.expand"
     )
-
-
-def _slice_batch(cond: Any, start: int, stop: int) -> Any:
-    """Rows start:stop of per-sample conditioning built by `_cat_batches`."""
-    if isinstance(cond, Tensor):
-        return cond[start:stop]
-    if isinstance(cond, dict):
-        return {key: _slice_batch(value, start, stop) for key, value in cond.items()}
-    if isinstance(cond, (tuple, list)):
-        return type(cond)(_slice_batch(value, start, stop) for value in cond)
-    return cond
 
 
 def _positive_int(value: Any, where: str) -> int:
@@ -486,10 +476,8 @@ class Method(nn.Module):
                 starts.append(start)
                 conds.append(per_sample)
         start, per_sample = torch.cat(starts), _cat_batches(conds)
-        probs = [
-            self._integrate(start[i : i + limit], _slice_batch(per_sample, i, i + limit), None)
-            for i in range(0, start.shape[0], limit)
-        ]
+        rows = [slice(i, i + limit) for i in range(0, start.shape[0], limit)]
+        probs = [self._integrate(start[r], map_tensors(itemgetter(r), per_sample), None) for r in rows]
         return torch.cat(probs).reshape(b, num_samples, h, w)
 
     def num_parameters(self) -> int:
