@@ -1,7 +1,8 @@
 """Merge bench records into a leaderboard: Markdown, CSV, LaTeX and a GED-vs-time figure.
 
 Records are grouped by (protocol, dataset, preset, method); per seed the newest record counts,
-and the per-image values of all seeds are pooled for the mean and its 95% bootstrap interval.
+and the per-image values of all seeds give the mean and its 95% bootstrap interval, resampling
+test images and seeds (`ambiseg.results.bootstrap_ci`).
 Records of different protocols (or none) never share a table. Each row also carries its paired
 per-image difference to ATFM (`vs atfm`, seeds matched) with a bootstrap interval, so "better" is
 a claim with a number. Reference rows (majority vote, union, empty, raters; `ambiseg.reference`)
@@ -25,7 +26,7 @@ import numpy as np
 
 from .files import atomic_paths
 from .registry import canonical_method
-from .results import bootstrap_ci, read_records, summarise
+from .results import bootstrap_ci, by_seed, read_records, summarise
 
 __all__ = ["Row", "build_rows", "to_rich", "to_markdown", "to_csv", "to_latex", "plot", "write_leaderboard", "HEADLINE"]
 
@@ -69,9 +70,9 @@ def _paired(row: Row, anchor: Row, key: str) -> dict[str, float] | None:
         if mine is None or theirs is None or len(mine) != len(theirs):
             return None
         diffs.append(np.asarray(mine) - np.asarray(theirs))
-    if not diffs:
+    if not diffs or len({d.size for d in diffs}) != 1:
         return None
-    diff = np.concatenate(diffs)
+    diff = np.stack(diffs)  # [seeds, images]: images and seeds resampled
     lo, hi = bootstrap_ci(diff)
     return {"mean": float(diff.mean()), "lo": lo, "hi": hi}
 
@@ -90,11 +91,11 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
         groups[(protocol, dataset, preset, method)].append(rec)
     rows = []
     for (protocol, dataset, preset, method), recs in groups.items():
-        pooled: dict[str, list[float]] = defaultdict(list)
+        per_seed: dict[str, list[list[float]]] = defaultdict(list)
         untrained: dict[str, list[float]] = defaultdict(list)
         for rec in recs:
             for k, v in rec["per_image"].items():
-                pooled[k] += v
+                per_seed[k].append(v)
             for k, v in rec.get("untrained", {}).items():
                 untrained[k].append(v)
         rows.append(
@@ -103,7 +104,7 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
                 preset=preset,
                 method=method,
                 seeds=[int(r["seed"]) for r in recs],
-                metrics=summarise(pooled),
+                metrics=summarise({k: by_seed(v) for k, v in per_seed.items()}),
                 untrained={k: statistics.fmean(v) for k, v in untrained.items()},
                 train_s=statistics.fmean([r["timing"]["train_s"] for r in recs]),
                 sample_s=statistics.fmean([r["timing"]["sample_s_per_image"] for r in recs]),

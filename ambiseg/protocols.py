@@ -65,7 +65,7 @@ PROTOCOLS = {
             "samples thresholded at 0.5; d = 1 - IoU (two empty masks: IoU 1); GED squared (no root), "
             "a V-statistic over all ordered pairs, self-pairs included; HM-IoU: samples and raters tiled "
             "to lcm(S, A) and matched by the Hungarian algorithm; 95% intervals by bootstrap over test "
-            "images, seeds pooled (docs/metrics.md)"
+            "images and training seeds, both resampled (docs/metrics.md)"
         ),
     ),
 }

@@ -18,6 +18,7 @@ from .files import is_temp_file
 
 __all__ = [
     "bootstrap_ci",
+    "by_seed",
     "summarise",
     "environment",
     "read_records",
@@ -59,23 +60,53 @@ RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
 
 
 def bootstrap_ci(
-    values: np.ndarray, *, resamples: int = 2000, level: float = 0.95, seed: int = 0
+    values: np.ndarray | list[float], *, resamples: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (over images)."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
+    """Percentile bootstrap interval of the mean of `values`.
+
+    `values` holds one value per test image [images], or [seeds, images] when the same test images
+    were scored by models trained with several seeds. Then images and seeds are both resampled
+    (every seed takes the same draw of images, then seeds are drawn with replacement), so the
+    interval covers both the test set and the training seed: three seeds of 500 images do not
+    count as 1,500 independent images. Non-finite values are dropped (a whole image column in 2-D).
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 1:
+        arr = arr[np.isfinite(arr)]
+    elif arr.ndim == 2:
+        arr = arr[:, np.isfinite(arr).all(axis=0)]
+    else:
+        raise ValueError(f"bootstrap_ci: expected [images] or [seeds, images] values, got shape {arr.shape}")
+    n = arr.shape[-1]
+    if n == 0:
         return float("nan"), float("nan")
-    if values.size == 1:
-        return float(values[0]), float(values[0])
+    if arr.ndim == 1 and n == 1:
+        return float(arr[0]), float(arr[0])
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    images = rng.integers(0, n, size=(resamples, n))
+    if arr.ndim == 1:
+        means = arr[images].mean(axis=1)
+    else:
+        per_seed = arr[:, images].mean(axis=2)  # [seeds, resamples]: each seed's mean on each image draw
+        seeds = rng.integers(0, arr.shape[0], size=(resamples, arr.shape[0]))
+        means = per_seed[seeds, np.arange(resamples)[:, None]].mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
 
 
-def summarise(per_image: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    """`{metric: {mean, lo, hi, n}}` from per-image values."""
+def by_seed(per_seed: list[list[float]]) -> np.ndarray:
+    """Per-image values of several seeds as [seeds, images] when every seed scored the same number
+    of images (one test set), else pooled into one [values] row (records of different test sets)."""
+    if len({len(v) for v in per_seed}) == 1:
+        return np.asarray(per_seed, dtype=np.float64)
+    return np.concatenate([np.asarray(v, dtype=np.float64) for v in per_seed])
+
+
+def summarise(per_image: dict[str, list[float]] | dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """`{metric: {mean, lo, hi, n}}` from per-image values ([images], or [seeds, images]: see
+    `bootstrap_ci`); n counts the values."""
     out = {}
     for key, values in per_image.items():
         arr = np.asarray(values, dtype=np.float64)

@@ -1,11 +1,11 @@
 """Paired per-image differences between bench records and reference rows, with 95% intervals.
 
-Each method's per-image GED100 minus the other row's on the same test images (bootstrap over
-images, `ambiseg.results.bootstrap_ci`): an interval below zero means the method is better.
+Each method's per-image GED100 minus the other row's on the same test images: an interval below
+zero means the method is better. With several seeds the differences are [seeds, images] (seeds
+both rows have; a reference row serves every seed) and the bootstrap resamples images and seeds
+(`ambiseg.results.bootstrap_ci`).
 
     python benchmarks/paired_differences.py benchmarks/results/lidc-cpu-v2 --metric GED100
-
-Records of one seed per method (the v2/v3 folders, or one seed of a protocol folder).
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ import numpy as np
 from ambiseg.results import bootstrap_ci, read_records
 
 
+def _line(method: str, other: str, diff: np.ndarray) -> str:
+    lo, hi = bootstrap_ci(diff)
+    return f"| {method} | {other} | {diff.mean():+.3f} | [{lo:+.3f}, {hi:+.3f}] |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path, help="holds results/*.json and reference.json")
@@ -26,8 +31,12 @@ def main() -> None:
     parser.add_argument("--against", default="det-unet,union,majority", help="rows to compare every method with")
     args = parser.parse_args()
     everything = read_records([args.folder / "results"])
-    records = [r for r in everything if not r.get("reference")]
-    rows = {r["method"]: np.asarray(r["per_image"][args.metric]) for r in records}
+    records: dict[tuple[str, int], dict] = {}  # newest record per (method, seed)
+    for r in sorted((r for r in everything if not r.get("reference")), key=lambda r: r["created"]):
+        records[(r["method"], int(r["seed"]))] = r
+    rows: dict[str, dict[int, np.ndarray]] = {}  # method -> seed -> per-image values
+    for (method, seed), r in records.items():
+        rows.setdefault(method, {})[seed] = np.asarray(r["per_image"][args.metric])
     if (args.folder / "reference.json").exists():  # v2/v3 folders: benchmarks/reference_rows.py
         reference = json.loads((args.folder / "reference.json").read_text())["per_image"]
         reference = {name: values[args.metric] for name, values in reference.items()}
@@ -35,22 +44,25 @@ def main() -> None:
         reference = {
             r["method"].removeprefix("ref:"): r["per_image"][args.metric] for r in everything if r.get("reference")
         }
-    rows.update({name: np.asarray(values) for name, values in reference.items()})
+    fixed = {name: np.asarray(values) for name, values in reference.items()}
     print(f"| method | vs | mean {args.metric} difference | 95% interval |")
     print("|---|---|---|---|")
-    for method in sorted(r for r in rows if r not in reference):
+    for method in sorted(rows):
+        mine = rows[method]
         for other in args.against.split(","):
-            if other == method or other not in rows:
+            if other == method or (other not in rows and other not in fixed):
                 continue
-            diff = rows[method] - rows[other]
-            lo, hi = bootstrap_ci(diff)
-            print(f"| {method} | {other} | {diff.mean():+.3f} | [{lo:+.3f}, {hi:+.3f}] |")
+            seeds = sorted(mine) if other in fixed else sorted(set(mine) & set(rows[other]))
+            if seeds:
+                theirs = [fixed[other] if other in fixed else rows[other][s] for s in seeds]
+                print(_line(method, other, np.stack([mine[s] - t for s, t in zip(seeds, theirs, strict=True)])))
     # trained minus the same method's untrained weights, at the untrained evaluation's sample count
-    for rec in sorted(records, key=lambda r: r["method"]):
-        for key, untrained in rec.get("untrained_per_image", {}).items():
-            diff = np.asarray(rec["per_image"][key]) - np.asarray(untrained)
-            lo, hi = bootstrap_ci(diff)
-            print(f"| {rec['method']} | own untrained weights ({key}) | {diff.mean():+.3f} | [{lo:+.3f}, {hi:+.3f}] |")
+    untrained: dict[tuple[str, str], list[np.ndarray]] = {}
+    for (method, _), rec in sorted(records.items()):
+        for key, values in rec.get("untrained_per_image", {}).items():
+            untrained.setdefault((method, key), []).append(np.asarray(rec["per_image"][key]) - np.asarray(values))
+    for (method, key), diffs in untrained.items():
+        print(_line(method, f"own untrained weights ({key})", np.stack(diffs)))
 
 
 if __name__ == "__main__":

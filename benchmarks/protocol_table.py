@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ambiseg.leaderboard import build_rows
-from ambiseg.results import bootstrap_ci, read_records
+from ambiseg.results import bootstrap_ci, by_seed, read_records
 
 
 def _ci(m: dict[str, float] | None, signed: bool = False) -> str:
@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     records = read_records([args.folder])
     untrained: dict[str, list[np.ndarray]] = {}
-    for rec in records:
+    for rec in newest_runs(records):
         for key, values in rec.get("untrained_per_image", {}).items():
             untrained.setdefault(rec["method"], []).append(np.asarray(rec["per_image"][key]) - np.asarray(values))
     print(
@@ -44,7 +44,7 @@ def main() -> None:
         m = r.metrics
         gain = ""
         if r.method in untrained:
-            diff = np.concatenate(untrained[r.method])
+            diff = by_seed(untrained[r.method])  # [seeds, images]: images and seeds resampled
             lo, hi = bootstrap_ci(diff)
             gain = f"{diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
         timing = ("", "") if r.reference else (f"{r.train_s:.0f}", f"{r.sample_s:.2f}")
@@ -59,12 +59,17 @@ def main() -> None:
     print(cpu_time(records))
 
 
-def cpu_time(records: list[dict]) -> str:
-    """The track's wall time summed over (method, seed) records: training, and evaluation where recorded."""
-    newest: dict[tuple[str, int], dict] = {}  # a re-evaluation repeats its run's train_s: count each run once
+def newest_runs(records: list[dict]) -> list[dict]:
+    """The newest record of each (method, seed), reference rows left out: the record the table uses."""
+    newest: dict[tuple[str, int], dict] = {}
     for r in sorted((r for r in records if not r.get("reference")), key=lambda r: r["created"]):
         newest[(r["method"], r["seed"])] = r
-    runs = list(newest.values())
+    return list(newest.values())
+
+
+def cpu_time(records: list[dict]) -> str:
+    """The track's wall time summed over (method, seed) records: training, and evaluation where recorded."""
+    runs = newest_runs(records)  # a re-evaluation repeats its run's train_s: count each run once
     train = sum(r["timing"]["train_s"] for r in runs)
     timed = [r for r in runs if "eval_s" in r["timing"]]
     evaluation = sum(r["timing"]["eval_s"] + r["timing"]["untrained_eval_s"] for r in timed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from ambiseg.bench import BenchSpec, run_bench
@@ -94,7 +95,10 @@ def test_leaderboard_merges_directories_without_dropping(bench_dir, tmp_path):
         "ref:union",
     ]
     assert rows[0].seeds == [0, 1] and all(r.seeds == [0] for r in rows[1:])  # one test set, one reference
-    assert rows[0].metrics["GED8"]["n"] == 8  # per-image values of both seeds pooled
+    assert rows[0].metrics["GED8"]["n"] == 8  # per-image values of both seeds
+    both = np.stack([rows[0].per_seed[seed]["GED8"] for seed in (0, 1)])
+    ged = rows[0].metrics["GED8"]
+    assert (ged["lo"], ged["hi"]) == bootstrap_ci(both)  # images and seeds resampled, not 8 pooled images
     with open(paths["csv"]) as fh:
         table = list(csv.DictReader(fh))
     assert table[0]["method"] == "det-unet" and table[0]["seeds"] == "0 1" and table[1]["reference"] == "1"
@@ -117,12 +121,30 @@ def test_a_file_that_is_not_a_record_is_refused(tmp_path):
 
 
 def test_bootstrap_interval_brackets_the_mean():
-    import numpy as np
-
     values = np.arange(20, dtype=float)
     lo, hi = bootstrap_ci(values)
     assert lo < values.mean() < hi and hi - lo < 10
     assert bootstrap_ci(np.array([2.0])) == (2.0, 2.0)
+
+
+def test_seeds_on_the_same_images_are_not_counted_as_more_images():
+    values = np.random.default_rng(1).normal(size=500)
+    one = bootstrap_ci(values)
+    assert bootstrap_ci(values[None]) == one  # [1, images] is the one-seed case
+    # three seeds that agree image by image carry no more information than one: the same interval
+    # (pooling them as 1,500 images would narrow it by sqrt(3))
+    assert bootstrap_ci(np.stack([values] * 3)) == pytest.approx(one)
+    pooled = bootstrap_ci(np.concatenate([values] * 3))
+    assert pooled[1] - pooled[0] < 0.7 * (one[1] - one[0])
+    # seeds that disagree (a training-seed offset) widen it: the seed is resampled too
+    shifted = bootstrap_ci(np.stack([values - 0.3, values, values + 0.3]))
+    assert shifted[1] - shifted[0] > 1.5 * (one[1] - one[0])
+    # a non-finite value drops its image for every seed
+    holed = np.stack([values] * 3)
+    holed[1, 7] = np.nan
+    assert bootstrap_ci(holed) == bootstrap_ci(np.stack([np.delete(values, 7)] * 3))
+    with pytest.raises(ValueError, match="seeds, images"):
+        bootstrap_ci(np.zeros((2, 2, 2)))
 
 
 def test_same_seed_gives_the_same_numbers_when_trained_again(bench_dir, tmp_path):

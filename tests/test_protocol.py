@@ -16,7 +16,7 @@ from ambiseg.errors import ConfigError, DataError
 from ambiseg.leaderboard import build_rows, to_markdown
 from ambiseg.protocols import PROTOCOLS, get_protocol, ids_digest
 from ambiseg.reference import reference_samples
-from ambiseg.results import read_records
+from ambiseg.results import bootstrap_ci, read_records
 
 
 def test_a_spread_subset_holds_every_group_and_is_seeded():
@@ -91,6 +91,8 @@ def test_paired_difference_to_atfm_matches_the_per_image_values(tmp_path):
         [m - a for a_rec in fake for m, a in zip(majority.per_seed[0]["GED8"], a_rec["per_image"]["GED8"], strict=True)]
     )
     assert majority.vs_anchor["GED8"]["mean"] == pytest.approx(expected)  # against both atfm seeds
+    diffs = np.stack([np.subtract(majority.per_seed[0]["GED8"], a["per_image"]["GED8"]) for a in fake])
+    assert (majority.vs_anchor["GED8"]["lo"], majority.vs_anchor["GED8"]["hi"]) == bootstrap_ci(diffs)
     assert "GED8 vs atfm" in to_markdown(list(rows.values()))
 
 
