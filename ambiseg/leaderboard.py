@@ -327,17 +327,36 @@ def to_csv(rows: list[Row]) -> str:
 
 
 def to_latex(rows: list[Row]) -> str:
+    """booktabs tables, one per section: metric means, the headline GED's 95% interval and paired
+    difference to ATFM, sampling time and seeds; reference rows below a rule, untimed."""
     parts = []
     for (protocol, dataset, preset), group in _sections(rows).items():
-        cols = [c for c in _columns(group) if not c.startswith(("Diversity", "TrueGED", "ModeTV"))]
-        parts.append(f"% {_title(protocol, dataset, preset)}")
-        parts.append("\\begin{tabular}{l" + "c" * (len(cols) + 1) + "}")
+        cols = [c for c in _columns(group) if not c.startswith(("TrueGED", "ModeTV"))]
+        head = _headline(group[0])
+        paired = head is not None and any(head in r.vs_anchor for r in group)
+        extra = ([f"{head} 95\\% CI"] if head else []) + ([f"$\\Delta${head} vs {ANCHOR}"] if paired else [])
+        seeds = sorted({s for r in group if not r.reference for s in r.seeds})
+        parts.append(f"% {_title(protocol, dataset, preset)}; seeds {','.join(map(str, seeds))}")
+        parts.append(
+            f"% means over test images and seeds; intervals: 95% bootstrap over images and seeds; time: seconds "
+            f"for {group[0].samples_timed} samples of one image"
+        )
+        parts.append("\\begin{tabular}{l" + "c" * (len(cols) + len(extra) + 1) + "}")
         parts.append("\\toprule")
-        parts.append("Method & " + " & ".join(cols) + " & Time (s) \\\\")
+        parts.append("Method & " + " & ".join([*cols, *extra]) + " & Time (s) \\\\")
         parts.append("\\midrule")
-        for r in group:
+        for i, r in enumerate(group):
+            if r.reference and (i == 0 or not group[i - 1].reference):
+                parts.append("\\midrule")
             cells = [_fmt(r.metrics[c]["mean"]) if c in r.metrics else "-" for c in cols]
-            parts.append(f"{r.method.replace('_', chr(92) + '_')} & " + " & ".join(cells) + f" & {r.sample_s:.2f} \\\\")
+            if head:
+                m = r.metrics.get(head)
+                cells.append(f"[{_fmt(m['lo'])}, {_fmt(m['hi'])}]" if m else "-")
+            if paired:
+                d = r.vs_anchor.get(head or "")
+                cells.append(f"${d['mean']:+.3f}$ $[{d['lo']:+.3f}, {d['hi']:+.3f}]$" if d else "-")  # math: real minus
+            cells.append("-" if r.reference else f"{r.sample_s:.2f}")
+            parts.append(f"{r.method.replace('_', chr(92) + '_')} & " + " & ".join(cells) + " \\\\")
         parts.append("\\bottomrule")
         parts.append("\\end{tabular}\n")
     return "\n".join(parts)

@@ -102,7 +102,12 @@ def test_leaderboard_merges_directories_without_dropping(bench_dir, tmp_path):
     with open(paths["csv"]) as fh:
         table = list(csv.DictReader(fh))
     assert table[0]["method"] == "det-unet" and table[0]["seeds"] == "0 1" and table[1]["reference"] == "1"
-    assert "\\begin{tabular}" in paths["tex"].read_text()
+    tex = paths["tex"].read_text()
+    assert "\\begin{tabular}" in tex and "% protocol" not in tex and "seeds 0,1" in tex
+    lines = tex.splitlines()
+    first_ref = next(i for i, line in enumerate(lines) if line.startswith("ref:"))
+    assert lines[first_ref - 1] == "\\midrule" and lines[first_ref].endswith("& - \\\\")  # below a rule, untimed
+    assert "GED8 95\\% CI" in tex and "\\Delta" not in tex  # no atfm row here: no paired column
 
 
 def test_a_file_that_is_not_a_record_is_refused(tmp_path):

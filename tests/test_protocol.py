@@ -13,7 +13,7 @@ from ambiseg.bench import BenchSpec, run_bench
 from ambiseg.data.spec import DataSpec
 from ambiseg.data.splits import subset
 from ambiseg.errors import ConfigError, DataError
-from ambiseg.leaderboard import build_rows, to_markdown
+from ambiseg.leaderboard import build_rows, to_latex, to_markdown
 from ambiseg.protocols import PROTOCOLS, get_protocol, ids_digest
 from ambiseg.reference import reference_samples
 from ambiseg.results import bootstrap_ci, read_records
@@ -94,6 +94,9 @@ def test_paired_difference_to_atfm_matches_the_per_image_values(tmp_path):
     diffs = np.stack([np.subtract(majority.per_seed[0]["GED8"], a["per_image"]["GED8"]) for a in fake])
     assert (majority.vs_anchor["GED8"]["lo"], majority.vs_anchor["GED8"]["hi"]) == bootstrap_ci(diffs)
     assert "GED8 vs atfm" in to_markdown(list(rows.values()))
+    tex = to_latex(list(rows.values()))
+    d = majority.vs_anchor["GED8"]
+    assert "$\\Delta$GED8 vs atfm" in tex and f"${d['mean']:+.3f}$ $[{d['lo']:+.3f}, {d['hi']:+.3f}]$" in tex
 
 
 def test_records_of_two_protocols_never_share_a_table(tmp_path):
