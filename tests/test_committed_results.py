@@ -1,0 +1,56 @@
+"""The committed lidc-v1 checkpoints still reproduce their records' per-image values.
+
+A change that alters what a trained checkpoint samples (a refactor of the sampler, the prior's
+draws, the metrics, the test subset) breaks the leaderboard's claim that `ambiseg eval`
+reproduces each row; this catches it on the first test images of the protocol.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_data_lidc import REAL_ZIP
+
+from ambiseg.bench import BenchSpec
+from ambiseg.checkpoint import load_method
+from ambiseg.evaluation import evaluate_method
+from ambiseg.results import read_records
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lidc-v1"
+IMAGES = 3
+
+
+class _First:
+    """The first `n` items of a dataset, in order (image i keeps its generator seed)."""
+
+    def __init__(self, dataset, n: int) -> None:
+        self.dataset, self.n = dataset, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.dataset[i]
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    if not REAL_ZIP.is_file():
+        pytest.skip(f"real LIDC zip not found at {REAL_ZIP}")
+    spec = BenchSpec(methods=["atfm"], data="lidc", root=str(REAL_ZIP), preset="cpu", protocol="lidc-v1")
+    return _First(spec.data_spec().build("test"), IMAGES)
+
+
+@pytest.mark.parametrize("method", ["det-unet", "act-gtr", "atfm"])
+def test_a_committed_checkpoint_reproduces_its_record(method, test_images):
+    (record,) = [r for r in read_records([RESULTS / "results"]) if r["method"] == method and r["seed"] == 0][-1:]
+    run = RESULTS / "runs" / f"{method}-lidc-cpu-seed0" / "last.safetensors"
+    model, _ = load_method(run, overrides={"sampler": record["config"]["sampler"]})
+    assert model.config["sampler"] == record["config"]["sampler"]
+    result = evaluate_method(
+        model, test_images, counts=tuple(record["counts"]), seed=0, device=torch.device("cpu"), warmup=False
+    )
+    for key, values in result["per_image"].items():
+        assert values == pytest.approx(record["per_image"][key][:IMAGES], abs=1e-6), key
