@@ -1,0 +1,41 @@
+#!/bin/bash
+# The whole lidc-v1 track: every method x seeds, shared by WORKERS one-thread bench processes
+# that each take the next (method, seed) from a queue. Resumable: the bench skips an evaluation
+# it already holds in OUT and loads a finished training, so rerunning continues where it stopped.
+#
+#   benchmarks/lidc_v1_track.sh                       # 2 workers, seeds 0,1,2, every method
+#   WORKERS=1 SEEDS="1 2" METHODS="atfm probunet" benchmarks/lidc_v1_track.sh
+#
+# Logs: $OUT/logs/worker<i>.log (appended: the start and end of each run, the bench output). AMBISEG may name another
+# command that runs the ambiseg CLI (e.g. a frozen copy, so edits to the checkout do not reach a run).
+set -euo pipefail
+ROOT=${ROOT:-../shared/data/lidc-idri-slices.zip}
+OUT=${OUT:-benchmarks/results/lidc-v1}
+WORKERS=${WORKERS:-2}
+SEEDS=${SEEDS:-"0 1 2"}
+METHODS=${METHODS:-"det-unet act-gtr probunet sfm-noise atfm atfm-nosf phiseg tdpm cimd"}
+AMBISEG=${AMBISEG:-ambiseg}
+[ -e "$ROOT" ] || { echo "lidc_v1_track.sh: no LIDC data at $ROOT; set ROOT=<lidc-idri-slices.zip>" >&2; exit 2; }
+
+mkdir -p "$OUT/logs"
+queue=$(mktemp)
+trap 'rm -f "$queue" "$queue.lock"' EXIT
+for seed in $SEEDS; do for method in $METHODS; do echo "$method $seed" >> "$queue"; done; done
+
+next() {  # pops the queue's first line under a lock; empty when the queue is done
+  flock "$queue.lock" bash -c 'line=$(head -n 1 "$1"); [ -z "$line" ] || sed -i 1d "$1"; echo "$line"' _ "$queue"
+}
+
+worker() {
+  local line
+  while line=$(next) && [ -n "$line" ]; do
+    set -- $line
+    echo "== $1 seed $2 $(date -u +%FT%TZ)"
+    OMP_NUM_THREADS=1 $AMBISEG bench --protocol lidc-v1 --methods "$1" --seeds "$2" --root "$ROOT" --preset cpu \
+      --no-baseline --no-progress --out "$OUT" || echo "== $1 seed $2 failed rc=$?"
+    echo "== $1 seed $2 done $(date -u +%FT%TZ)"
+  done
+}
+
+for i in $(seq "$WORKERS"); do worker >> "$OUT/logs/worker$i.log" 2>&1 & done
+wait
