@@ -43,7 +43,7 @@ def test_images():
     return _First(spec.data_spec().build("test"), IMAGES)
 
 
-@pytest.mark.parametrize("method", ["det-unet", "act-gtr", "atfm", "probunet"])
+@pytest.mark.parametrize("method", ["det-unet", "act-gtr", "atfm", "probunet", "phiseg"])
 def test_a_committed_checkpoint_reproduces_its_record(method, test_images):
     (record,) = [r for r in read_records([RESULTS / "results"]) if r["method"] == method and r["seed"] == 0][-1:]
     run = RESULTS / "runs" / f"{method}-lidc-cpu-seed0" / "last.safetensors"
