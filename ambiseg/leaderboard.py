@@ -373,16 +373,18 @@ def plot(rows: list[Row], path: str | Path) -> None:
     axes = fig.subplots(1, len(sections), squeeze=False)
     for ax, ((protocol, dataset, preset), group) in zip(axes[0], sections.items(), strict=True):
         key = _headline(group[0]) or "GED"
+        methods = 0
         for r in group:
             if r.reference and key in r.metrics:  # no time: a horizontal line for scale
                 ax.axhline(r.metrics[key]["mean"], color="grey", lw=0.8, ls=":")
                 ax.annotate(r.method, (0.01, r.metrics[key]["mean"]), xycoords=("axes fraction", "data"), fontsize=7)
             elif key in r.metrics:
                 m = r.metrics[key]
-                ax.errorbar(
-                    r.sample_s, m["mean"], yerr=[[m["mean"] - m["lo"]], [m["hi"] - m["mean"]]], fmt="o", capsize=3
-                )
-                ax.annotate(r.method, (r.sample_s, m["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+                yerr = [[m["mean"] - m["lo"]], [m["hi"] - m["mean"]]]
+                marker = "osD^v"[methods // 10 % 5]  # matplotlib cycles 10 colours: past them, another marker
+                ax.errorbar(r.sample_s, m["mean"], yerr=yerr, fmt=marker, capsize=3, label=r.method)
+                methods += 1
+        ax.legend(fontsize=7, loc="upper right", title="95% intervals", title_fontsize=7)  # close points stay legible
         ax.set_xscale("log")
         ax.set_xlabel(f"seconds for {group[0].samples_timed} samples of one image")
         ax.set_ylabel(f"{key} (lower is better)")
