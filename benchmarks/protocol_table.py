@@ -29,8 +29,12 @@ def _ci(m: dict[str, float] | None, signed: bool = False) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path)
+    parser.add_argument("--seeds", default=None, help="only these training seeds, e.g. 0 or 0,1 (default: all)")
     args = parser.parse_args()
     records = read_records([args.folder])
+    if args.seeds is not None:
+        keep = {int(seed) for seed in args.seeds.split(",")}
+        records = [r for r in records if r.get("reference") or int(r["seed"]) in keep]
     untrained: dict[str, list[np.ndarray]] = {}
     for rec in newest_runs(records):
         for key, values in rec.get("untrained_per_image", {}).items():
