@@ -28,7 +28,18 @@ from .files import atomic_paths
 from .registry import canonical_method
 from .results import bootstrap_ci, by_seed, read_records, summarise
 
-__all__ = ["Row", "build_rows", "to_rich", "to_markdown", "to_csv", "to_latex", "plot", "write_leaderboard", "HEADLINE"]
+__all__ = [
+    "Row",
+    "build_rows",
+    "newest_records",
+    "to_rich",
+    "to_markdown",
+    "to_csv",
+    "to_latex",
+    "plot",
+    "write_leaderboard",
+    "HEADLINE",
+]
 
 # headline families of the Markdown/LaTeX/console tables, in order; the CSV has every metric.
 # Families in LARGEST_ONLY show only their largest sample count.
@@ -77,17 +88,29 @@ def _paired(row: Row, anchor: Row, key: str) -> dict[str, float] | None:
     return {"mean": float(diff.mean()), "lo": lo, "hi": hi}
 
 
-def build_rows(records: list[dict[str, Any]]) -> list[Row]:
-    """One row per (protocol, dataset, preset, method): newest record per seed, per-image values pooled."""
+def _run_key(rec: dict[str, Any]) -> tuple[str, str, str, str, int]:
+    """(protocol, dataset, preset, today's method name, seed): one (method, seed) of one table."""
+    protocol = (rec.get("protocol") or {}).get("name") or ""
+    return protocol, rec["dataset"], rec["preset"], canonical_method(rec["method"]), int(rec["seed"])
+
+
+def newest_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest record of each (protocol, dataset, preset, method, seed), in that order: the
+    records a table counts (a re-evaluation replaces the older record; a record under a former
+    method name counts as today's). The records are returned as they are."""
     newest: dict[tuple[str, str, str, str, int], dict[str, Any]] = {}
     for rec in records:
-        rec = {**rec, "method": canonical_method(rec["method"])}  # a former name joins today's row
-        protocol = (rec.get("protocol") or {}).get("name") or ""
-        key = (protocol, rec["dataset"], rec["preset"], rec["method"], int(rec["seed"]))
+        key = _run_key(rec)
         if key not in newest or rec["created"] > newest[key]["created"]:
             newest[key] = rec
+    return [newest[key] for key in sorted(newest)]
+
+
+def build_rows(records: list[dict[str, Any]]) -> list[Row]:
+    """One row per (protocol, dataset, preset, method): newest record per seed, per-image values pooled."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
-    for (protocol, dataset, preset, method, _), rec in sorted(newest.items()):
+    for rec in newest_records(records):
+        protocol, dataset, preset, method, _ = _run_key(rec)
         groups[(protocol, dataset, preset, method)].append(rec)
     rows = []
     for (protocol, dataset, preset, method), recs in groups.items():

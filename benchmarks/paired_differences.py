@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ambiseg.leaderboard import newest_records
 from ambiseg.results import bootstrap_ci, read_records
 
 
@@ -31,9 +32,7 @@ def main() -> None:
     parser.add_argument("--against", default="det-unet,union,majority", help="rows to compare every method with")
     args = parser.parse_args()
     everything = read_records([args.folder / "results"])
-    records: dict[tuple[str, int], dict] = {}  # newest record per (method, seed)
-    for r in sorted((r for r in everything if not r.get("reference")), key=lambda r: r["created"]):
-        records[(r["method"], int(r["seed"]))] = r
+    records = {(r["method"], int(r["seed"])): r for r in newest_records(everything) if not r.get("reference")}
     rows: dict[str, dict[int, np.ndarray]] = {}  # method -> seed -> per-image values
     for (method, seed), r in records.items():
         rows.setdefault(method, {})[seed] = np.asarray(r["per_image"][args.metric])

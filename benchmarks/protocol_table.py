@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ambiseg.leaderboard import build_rows
+from ambiseg.leaderboard import build_rows, newest_records
 from ambiseg.results import bootstrap_ci, by_seed, read_records
 
 
@@ -64,11 +64,8 @@ def main() -> None:
 
 
 def newest_runs(records: list[dict]) -> list[dict]:
-    """The newest record of each (method, seed), reference rows left out: the record the table uses."""
-    newest: dict[tuple[str, int], dict] = {}
-    for r in sorted((r for r in records if not r.get("reference")), key=lambda r: r["created"]):
-        newest[(r["method"], r["seed"])] = r
-    return list(newest.values())
+    """The newest record of each (method, seed), reference rows left out: the records the table uses."""
+    return [r for r in newest_records(records) if not r.get("reference")]
 
 
 def cpu_time(records: list[dict]) -> str:

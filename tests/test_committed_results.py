@@ -16,6 +16,7 @@ from test_data_lidc import REAL_ZIP
 from ambiseg.bench import BenchSpec
 from ambiseg.checkpoint import load_method
 from ambiseg.evaluation import evaluate_method
+from ambiseg.leaderboard import newest_records
 from ambiseg.results import read_records
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lidc-v1"
@@ -45,7 +46,9 @@ def test_images():
 
 @pytest.mark.parametrize("method", ["det-unet", "act-gtr", "atfm", "probunet", "phiseg"])
 def test_a_committed_checkpoint_reproduces_its_record(method, test_images):
-    (record,) = [r for r in read_records([RESULTS / "results"]) if r["method"] == method and r["seed"] == 0][-1:]
+    (record,) = [
+        r for r in newest_records(read_records([RESULTS / "results"])) if (r["method"], r["seed"]) == (method, 0)
+    ]
     run = RESULTS / "runs" / f"{method}-lidc-cpu-seed0" / "last.safetensors"
     model, _ = load_method(run, overrides={"sampler": record["config"]["sampler"]})
     assert model.config["sampler"] == record["config"]["sampler"]
