@@ -13,7 +13,8 @@ ROOT=${ROOT:-../shared/data/lidc-idri-slices.zip}
 OUT=${OUT:-benchmarks/results/lidc-v1}
 WORKERS=${WORKERS:-2}
 SEEDS=${SEEDS:-"0 1 2"}
-METHODS=${METHODS:-"det-unet act-gtr probunet sfm-noise atfm atfm-nosf phiseg tdpm cimd"}
+# longest first: an evaluation cannot resume mid-way, so cimd's (~95 min on one thread) should start early
+METHODS=${METHODS:-"cimd tdpm atfm atfm-nosf phiseg sfm-noise probunet act-gtr det-unet"}
 AMBISEG=${AMBISEG:-ambiseg}
 [ -e "$ROOT" ] || { echo "lidc_v1_track.sh: no LIDC data at $ROOT; set ROOT=<lidc-idri-slices.zip>" >&2; exit 2; }
 
