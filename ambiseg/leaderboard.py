@@ -97,12 +97,13 @@ def _run_key(rec: dict[str, Any]) -> tuple[str, str, str, str, int]:
 def newest_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The newest record of each (protocol, dataset, preset, method, seed), in that order: the
     records a table counts (a re-evaluation replaces the older record; a record under a former
-    method name counts as today's). The records are returned as they are."""
+    method name counts as today's and is returned under today's name, so callers keying by
+    `method` see one method, not two)."""
     newest: dict[tuple[str, str, str, str, int], dict[str, Any]] = {}
     for rec in records:
         key = _run_key(rec)
         if key not in newest or rec["created"] > newest[key]["created"]:
-            newest[key] = rec
+            newest[key] = {**rec, "method": key[3]}
     return [newest[key] for key in sorted(newest)]
 
 
