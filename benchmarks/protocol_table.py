@@ -5,7 +5,8 @@
 Columns: GED16, GED100 [95%], diversity, HM-IoU32 [95%], the paired difference to ATFM on
 GED100 and HM-IoU32 [95%], GED16 untrained, trained minus untrained GED16 [95%] (records that
 store per-image untrained values), train s, sample s per 100 samples, seeds. Reference rows last.
-Below the table: the track's CPU time, training and evaluation, summed over the records.
+Below it: each method's GED100 and HM-IoU32 seed by seed (how far one training run moves a row),
+and the track's CPU time, training and evaluation, summed over the records.
 """
 
 from __future__ import annotations
@@ -60,12 +61,32 @@ def main() -> None:
             f"{timing[0]} | {timing[1]} | {','.join(map(str, r.seeds))} |"
         )
     print()
+    print(per_seed_table(records))
+    print()
     print(cpu_time(records))
 
 
 def newest_runs(records: list[dict]) -> list[dict]:
     """The newest record of each (method, seed), reference rows left out: the records the table uses."""
     return [r for r in newest_records(records) if not r.get("reference")]
+
+
+def per_seed_table(records: list[dict], metrics: tuple[str, ...] = ("GED100", "HM-IoU32")) -> str:
+    """Markdown: one row per method, each seed's mean of `metrics` ("GED100 / HM-IoU32") and the
+    largest seed-to-seed move of the first metric."""
+    values: dict[str, dict[int, list[float]]] = {}
+    for rec in newest_runs(records):
+        values.setdefault(rec["method"], {})[int(rec["seed"])] = [rec["metrics"][k]["mean"] for k in metrics]
+    seeds = sorted({seed for per_seed in values.values() for seed in per_seed})
+    lines = [
+        f"| method | {' | '.join(f'seed {seed}' for seed in seeds)} | range of {metrics[0]} |",
+        "|---" * (len(seeds) + 2) + "|",
+    ]
+    for method, per_seed in values.items():
+        cells = [" / ".join(f"{v:.3f}" for v in per_seed[seed]) if seed in per_seed else "" for seed in seeds]
+        first = [v[0] for v in per_seed.values()]
+        lines.append(f"| {method} | {' | '.join(cells)} | {max(first) - min(first):.3f} |")
+    return f"{' / '.join(metrics)} by training seed:\n\n" + "\n".join(lines)
 
 
 def cpu_time(records: list[dict]) -> str:

@@ -44,10 +44,34 @@ def test_images():
     return _First(spec.data_spec().build("test"), IMAGES)
 
 
-# seed 0's checkpoints include v3 runs; seed 1's were trained by the track's code (commit c703406)
+METHODS = ("atfm", "act-gtr", "sfm-noise", "atfm-nosf", "probunet", "phiseg", "cimd", "tdpm", "det-unet")
+
+
+def test_the_committed_track_is_complete():
+    """Every method of the protocol has a record of each of seeds 0, 1, 2 and the checkpoint it names."""
+    runs = [r for r in newest_records(read_records([RESULTS / "results"])) if not r.get("reference")]
+    assert {r["protocol"]["name"] for r in runs} == {"lidc-v1"}
+    assert sorted((r["method"], r["seed"]) for r in runs) == sorted((m, s) for m in METHODS for s in (0, 1, 2))
+    root = RESULTS.parents[2]
+    for rec in runs:
+        assert (root / rec["checkpoint"]).is_file(), rec["checkpoint"]
+        assert len(rec["per_image"]["GED100"]) == 500, (rec["method"], rec["seed"])
+
+
+# seed 0's checkpoints include v3 runs; seeds 1 and 2 were trained by the track's code (commit c703406)
 @pytest.mark.parametrize(
     ("method", "seed"),
-    [("det-unet", 0), ("act-gtr", 0), ("atfm", 0), ("probunet", 0), ("phiseg", 0), ("atfm", 1), ("probunet", 1)],
+    [
+        ("det-unet", 0),
+        ("act-gtr", 0),
+        ("atfm", 0),
+        ("probunet", 0),
+        ("phiseg", 0),
+        ("atfm", 1),
+        ("probunet", 1),
+        ("act-gtr", 2),
+        ("det-unet", 2),
+    ],
 )
 def test_a_committed_checkpoint_reproduces_its_record(method, seed, test_images):
     (record,) = [
