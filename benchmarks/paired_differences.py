@@ -6,6 +6,7 @@ both rows have; a reference row serves every seed) and the bootstrap resamples i
 (`ambiseg.results.bootstrap_ci`).
 
     python benchmarks/paired_differences.py benchmarks/results/lidc-cpu-v2 --metric GED100
+    python benchmarks/paired_differences.py benchmarks/results/lidc-v1 --seeds 0    # one seed's differences
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="holds results/*.json and reference.json")
     parser.add_argument("--metric", default="GED100")
     parser.add_argument("--against", default="det-unet,union,majority", help="rows to compare every method with")
+    parser.add_argument("--seeds", default=None, help="only these training seeds, e.g. 0 or 0,1 (default: all)")
     args = parser.parse_args()
     everything = read_records([args.folder / "results"])
+    if args.seeds is not None:
+        keep = {int(seed) for seed in args.seeds.split(",")}
+        everything = [r for r in everything if r.get("reference") or int(r["seed"]) in keep]
     records = {(r["method"], int(r["seed"])): r for r in newest_records(everything) if not r.get("reference")}
     rows: dict[str, dict[int, np.ndarray]] = {}  # method -> seed -> per-image values
     for (method, seed), r in records.items():
