@@ -19,6 +19,7 @@ from .files import is_temp_file
 __all__ = [
     "bootstrap_ci",
     "by_seed",
+    "of_seeds",
     "summarise",
     "environment",
     "read_records",
@@ -102,6 +103,18 @@ def by_seed(per_seed: list[list[float]]) -> np.ndarray:
     if len({len(v) for v in per_seed}) == 1:
         return np.asarray(per_seed, dtype=np.float64)
     return np.concatenate([np.asarray(v, dtype=np.float64) for v in per_seed])
+
+
+def of_seeds(records: list[dict[str, Any]], seeds: str | None) -> list[dict[str, Any]]:
+    """The records of the training seeds in `seeds` ("0" or "0,1"; None: all); reference rows,
+    which hold for every seed, are always kept."""
+    if seeds is None:
+        return records
+    try:
+        keep = {int(seed) for seed in seeds.split(",")}
+    except ValueError:
+        raise AmbisegError(f"seeds must be comma-separated integers such as 0,1, got '{seeds}'") from None
+    return [r for r in records if r.get("reference") or int(r["seed"]) in keep]
 
 
 def summarise(per_image: dict[str, list[float]] | dict[str, np.ndarray]) -> dict[str, dict[str, float]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ambiseg.leaderboard import newest_records
-from ambiseg.results import bootstrap_ci, read_records
+from ambiseg.results import bootstrap_ci, of_seeds, read_records
 
 
 def _line(method: str, other: str, diff: np.ndarray) -> str:
@@ -33,10 +33,7 @@ def main() -> None:
     parser.add_argument("--against", default="det-unet,union,majority", help="rows to compare every method with")
     parser.add_argument("--seeds", default=None, help="only these training seeds, e.g. 0 or 0,1 (default: all)")
     args = parser.parse_args()
-    everything = read_records([args.folder / "results"])
-    if args.seeds is not None:
-        keep = {int(seed) for seed in args.seeds.split(",")}
-        everything = [r for r in everything if r.get("reference") or int(r["seed"]) in keep]
+    everything = of_seeds(read_records([args.folder / "results"]), args.seeds)
     records = {(r["method"], int(r["seed"])): r for r in newest_records(everything) if not r.get("reference")}
     rows: dict[str, dict[int, np.ndarray]] = {}  # method -> seed -> per-image values
     for (method, seed), r in records.items():

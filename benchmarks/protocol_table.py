@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ambiseg.leaderboard import build_rows, newest_records
-from ambiseg.results import bootstrap_ci, by_seed, read_records
+from ambiseg.results import bootstrap_ci, by_seed, of_seeds, read_records
 
 
 def _ci(m: dict[str, float] | None, signed: bool = False) -> str:
@@ -32,10 +32,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seeds", default=None, help="only these training seeds, e.g. 0 or 0,1 (default: all)")
     args = parser.parse_args()
-    records = read_records([args.folder])
-    if args.seeds is not None:
-        keep = {int(seed) for seed in args.seeds.split(",")}
-        records = [r for r in records if r.get("reference") or int(r["seed"]) in keep]
+    records = of_seeds(read_records([args.folder]), args.seeds)
     untrained: dict[str, list[np.ndarray]] = {}
     for rec in newest_runs(records):
         for key, values in rec.get("untrained_per_image", {}).items():

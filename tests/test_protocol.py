@@ -12,11 +12,11 @@ from test_data_lidc import REAL_ZIP
 from ambiseg.bench import BenchSpec, run_bench
 from ambiseg.data.spec import DataSpec
 from ambiseg.data.splits import subset
-from ambiseg.errors import ConfigError, DataError
+from ambiseg.errors import AmbisegError, ConfigError, DataError
 from ambiseg.leaderboard import build_rows, to_latex, to_markdown
 from ambiseg.protocols import PROTOCOLS, get_protocol, ids_digest
 from ambiseg.reference import reference_samples
-from ambiseg.results import bootstrap_ci, read_records
+from ambiseg.results import bootstrap_ci, of_seeds, read_records
 
 
 def test_a_spread_subset_holds_every_group_and_is_seeded():
@@ -97,6 +97,15 @@ def test_paired_difference_to_atfm_matches_the_per_image_values(tmp_path):
     tex = to_latex(list(rows.values()))
     d = majority.vs_anchor["GED8"]
     assert "$\\Delta$GED8 vs atfm" in tex and f"${d['mean']:+.3f}$ $[{d['lo']:+.3f}, {d['hi']:+.3f}]$" in tex
+
+
+def test_of_seeds_keeps_the_named_seeds_and_every_reference_row():
+    records = [{"method": "a", "seed": 0}, {"method": "a", "seed": 2}, {"method": "ref:x", "seed": 0, "reference": 1}]
+    assert of_seeds(records, None) == records
+    assert [r["seed"] for r in of_seeds(records, "2")] == [2, 0]  # seed 2 and the reference row
+    assert of_seeds(records, "1") == [records[2]]
+    with pytest.raises(AmbisegError, match="comma-separated integers.*'0;1'"):
+        of_seeds(records, "0;1")
 
 
 def test_records_of_two_protocols_never_share_a_table(tmp_path):
