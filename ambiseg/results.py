@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import platform
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -105,16 +106,12 @@ def by_seed(per_seed: list[list[float]]) -> np.ndarray:
     return np.concatenate([np.asarray(v, dtype=np.float64) for v in per_seed])
 
 
-def of_seeds(records: list[dict[str, Any]], seeds: str | None) -> list[dict[str, Any]]:
-    """The records of the training seeds in `seeds` ("0" or "0,1"; None: all); reference rows,
-    which hold for every seed, are always kept."""
+def of_seeds(records: list[dict[str, Any]], seeds: Collection[int] | None) -> list[dict[str, Any]]:
+    """The records of the training seeds in `seeds` (None: all); reference rows, which hold for
+    every seed, are always kept."""
     if seeds is None:
         return records
-    try:
-        keep = {int(seed) for seed in seeds.split(",")}
-    except ValueError:
-        raise AmbisegError(f"seeds must be comma-separated integers such as 0,1, got '{seeds}'") from None
-    return [r for r in records if r.get("reference") or int(r["seed"]) in keep]
+    return [r for r in records if r.get("reference") or int(r["seed"]) in seeds]
 
 
 def summarise(per_image: dict[str, list[float]] | dict[str, np.ndarray]) -> dict[str, dict[str, float]]:

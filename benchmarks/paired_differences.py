@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ambiseg.cli.options import parse_ints
 from ambiseg.leaderboard import newest_records
 from ambiseg.results import bootstrap_ci, of_seeds, read_records
 
@@ -33,7 +34,8 @@ def main() -> None:
     parser.add_argument("--against", default="det-unet,union,majority", help="rows to compare every method with")
     parser.add_argument("--seeds", default=None, help="only these training seeds, e.g. 0 or 0,1 (default: all)")
     args = parser.parse_args()
-    everything = of_seeds(read_records([args.folder / "results"]), args.seeds)
+    seeds = None if args.seeds is None else parse_ints(args.seeds, "--seeds")
+    everything = of_seeds(read_records([args.folder / "results"]), seeds)
     records = {(r["method"], int(r["seed"])): r for r in newest_records(everything) if not r.get("reference")}
     rows: dict[str, dict[int, np.ndarray]] = {}  # method -> seed -> per-image values
     for (method, seed), r in records.items():

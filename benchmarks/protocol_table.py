@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ambiseg.cli.options import parse_ints
 from ambiseg.leaderboard import build_rows, newest_records
 from ambiseg.results import bootstrap_ci, by_seed, of_seeds, read_records
 
@@ -32,7 +33,8 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seeds", default=None, help="only these training seeds, e.g. 0 or 0,1 (default: all)")
     args = parser.parse_args()
-    records = of_seeds(read_records([args.folder]), args.seeds)
+    seeds = None if args.seeds is None else parse_ints(args.seeds, "--seeds")
+    records = of_seeds(read_records([args.folder]), seeds)
     untrained: dict[str, list[np.ndarray]] = {}
     for rec in newest_runs(records):
         for key, values in rec.get("untrained_per_image", {}).items():

@@ -17,6 +17,7 @@ from ambiseg.bench import BenchSpec
 from ambiseg.checkpoint import load_method
 from ambiseg.evaluation import evaluate_method
 from ambiseg.leaderboard import newest_records
+from ambiseg.protocols import get_protocol
 from ambiseg.results import read_records
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lidc-v1"
@@ -47,11 +48,18 @@ def test_images():
 METHODS = ("atfm", "act-gtr", "sfm-noise", "atfm-nosf", "probunet", "phiseg", "cimd", "tdpm", "det-unet")
 
 
-def test_the_committed_track_is_complete():
-    """Every method of the protocol has a record of each of seeds 0, 1, 2 and the checkpoint it names."""
-    runs = [r for r in newest_records(read_records([RESULTS / "results"])) if not r.get("reference")]
+@pytest.fixture(scope="module")
+def runs() -> list[dict]:
+    """The newest record of each (method, seed) of the committed track, reference rows left out."""
+    return [r for r in newest_records(read_records([RESULTS / "results"])) if not r.get("reference")]
+
+
+def test_the_committed_track_is_complete(runs):
+    """Every method has a record of each of the protocol's seeds (0, 1, 2) and the checkpoint it names."""
+    seeds = get_protocol("lidc-v1").seeds
+    assert seeds == (0, 1, 2)
     assert {r["protocol"]["name"] for r in runs} == {"lidc-v1"}
-    assert sorted((r["method"], r["seed"]) for r in runs) == sorted((m, s) for m in METHODS for s in (0, 1, 2))
+    assert sorted((r["method"], r["seed"]) for r in runs) == sorted((m, s) for m in METHODS for s in seeds)
     root = RESULTS.parents[2]
     for rec in runs:
         assert (root / rec["checkpoint"]).is_file(), rec["checkpoint"]
@@ -73,10 +81,8 @@ def test_the_committed_track_is_complete():
         ("det-unet", 2),
     ],
 )
-def test_a_committed_checkpoint_reproduces_its_record(method, seed, test_images):
-    (record,) = [
-        r for r in newest_records(read_records([RESULTS / "results"])) if (r["method"], r["seed"]) == (method, seed)
-    ]
+def test_a_committed_checkpoint_reproduces_its_record(method, seed, test_images, runs):
+    (record,) = [r for r in runs if (r["method"], r["seed"]) == (method, seed)]
     run = RESULTS / "runs" / f"{method}-lidc-cpu-seed{seed}" / "last.safetensors"
     model, _ = load_method(run, overrides={"sampler": record["config"]["sampler"]})
     assert model.config["sampler"] == record["config"]["sampler"]

@@ -10,6 +10,7 @@ from test_bench import spec
 from test_data_lidc import REAL_ZIP
 
 from ambiseg.bench import BenchSpec, run_bench
+from ambiseg.cli.options import parse_ints
 from ambiseg.data.spec import DataSpec
 from ambiseg.data.splits import subset
 from ambiseg.errors import AmbisegError, ConfigError, DataError
@@ -102,10 +103,10 @@ def test_paired_difference_to_atfm_matches_the_per_image_values(tmp_path):
 def test_of_seeds_keeps_the_named_seeds_and_every_reference_row():
     records = [{"method": "a", "seed": 0}, {"method": "a", "seed": 2}, {"method": "ref:x", "seed": 0, "reference": 1}]
     assert of_seeds(records, None) == records
-    assert [r["seed"] for r in of_seeds(records, "2")] == [2, 0]  # seed 2 and the reference row
-    assert of_seeds(records, "1") == [records[2]]
+    assert [r["seed"] for r in of_seeds(records, parse_ints("2", "--seeds"))] == [2, 0]  # seed 2 and the reference
+    assert of_seeds(records, parse_ints("1", "--seeds")) == [records[2]]
     with pytest.raises(AmbisegError, match="comma-separated integers.*'0;1'"):
-        of_seeds(records, "0;1")
+        parse_ints("0;1", "--seeds")
 
 
 def test_records_of_two_protocols_never_share_a_table(tmp_path):
