@@ -176,6 +176,17 @@ def _existing_run(method: Method, data: dict[str, Any], run_dir: Path, spec: Ben
     return ckpt
 
 
+def _same_config(recorded: Any, config: dict[str, Any]) -> bool:
+    """A record's config is this one when rebuilding it gives this one (an option added since it was
+    written takes its default, which reproduces the old behaviour)."""
+    if recorded == config:
+        return True
+    try:
+        return isinstance(recorded, dict) and Method.from_config(recorded).config == config
+    except AmbisegError:
+        return False
+
+
 def _trained_part(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "sampler"}
 
@@ -198,7 +209,7 @@ def _finished_record(spec: BenchSpec, method: Method, seed: int, data: dict[str,
         if (
             rec["method"] == method.name
             and rec["seed"] == seed
-            and rec.get("config") == method.config
+            and _same_config(rec.get("config"), method.config)
             and rec.get("data") == data
             and rec.get("counts") == list(spec.counts)
             and (rec.get("protocol") or {}).get("name") == spec.protocol

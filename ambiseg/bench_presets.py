@@ -26,7 +26,8 @@ class BenchPreset:
     warmup: bool = True
     flops: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
-    dataset_method_presets: dict[str, str] = field(default_factory=dict)  # e.g. lidc -> "cpu-lidc"
+    # e.g. lidc -> "cpu-lidc", or several, most specific first
+    dataset_method_presets: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
 
     def method_preset_for(self, dataset: str) -> str:
         return self.method_preset.format(dataset={"isic3": "isic3"}.get(dataset, "lidc"))
@@ -35,8 +36,8 @@ class BenchPreset:
         """Method presets to try, most specific first: a recipe without the dataset's own preset
         (e.g. `cpu-lidc`) uses the general one (`cpu`)."""
         general = self.method_preset_for(dataset)
-        specific = self.dataset_method_presets.get(dataset)
-        return (specific, general) if specific else (general,)
+        specific = self.dataset_method_presets.get(dataset) or ()
+        return (*((specific,) if isinstance(specific, str) else specific), general)
 
     def data_options(self, dataset: str, split: str) -> dict[str, Any]:
         """Options for `split` of `dataset`; split "all" (a whole dataset) gets the common ones only."""
@@ -64,6 +65,13 @@ BENCH_PRESETS = {
             "lidc": {"common": {"crop": 64}, "val": {"limit": 48}, "test": {"limit": 500}},
             "isic3": {"train": {"limit": 150}, "val": {"limit": 8}, "test": {"limit": 16}},
         },
+    ),
+    # lidc-v2 (ambiseg.protocols): each method's `cpu-lidc-v2` preset, which fills the 40-minute
+    # budget (`cpu-lidc` where a method has none yet), checkpoints chosen on 200 validation slices
+    "cpu-v2": BenchPreset(
+        method_preset="cpu",
+        dataset_method_presets={"lidc": ("cpu-lidc-v2", "cpu-lidc")},
+        data={"lidc": {"common": {"crop": 64}, "val": {"limit": 200}, "test": {"limit": 500}}},
     ),
     # the papers' settings: LIDC crops are 128 px as stored; ISIC3 images are resized to 256 px
     "paper": BenchPreset(method_preset="paper-{dataset}", data={"isic3": {"common": {"size": 256}}}),

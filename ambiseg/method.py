@@ -48,6 +48,7 @@ ROLES = ("prior", "transport", "sampler")
 
 
 SCHEDULES = ("constant", "cosine", "linear")
+SELECTIONS = ("first-best", "last-best")  # which of equally good validation checkpoints a stage keeps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,9 @@ class StageTraining:
     epoch end, or every `val_every` steps when set (and at the stage's last step).
     `schedule` shapes the learning rate over the stage ("constant", "cosine" or "linear" decay to
     `min_lr`), after `warmup` steps of linear warm-up from 0; it is a function of the step alone,
-    so a resumed run follows the same curve.
+    so a resumed run follows the same curve. `select` picks the checkpoint a stage ends with among
+    equal validation scores: "first-best" keeps the earliest, "last-best" the latest (more trained)
+    step.
     """
 
     optimizer: str = "adam"
@@ -76,6 +79,7 @@ class StageTraining:
     schedule: str = "constant"
     warmup: int = 0
     min_lr: float = 0.0
+    select: str = "first-best"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, stage: str) -> StageTraining:
@@ -96,6 +100,11 @@ class StageTraining:
             raise ConfigError(
                 f"train.{stage}.schedule must be one of {', '.join(SCHEDULES)}, got "
                 f"'{out['schedule']}'{closest(str(out['schedule']), SCHEDULES)}"
+            )
+        if out.get("select", "first-best") not in SELECTIONS:
+            raise ConfigError(
+                f"train.{stage}.select must be one of {', '.join(SELECTIONS)}, got "
+                f"'{out['select']}'{closest(str(out['select']), SELECTIONS)}"
             )
         if out.get("warmup", 0) < 0:
             raise ConfigError(f"train.{stage}.warmup must be >= 0, got {out['warmup']}")

@@ -34,6 +34,7 @@ class Protocol:
     seeds: tuple[int, ...] = (0, 1, 2)
     train_budget_minutes: int = 40
     conventions: str = ""
+    preset: str = "cpu"  # the bench preset `ambiseg bench --protocol` uses unless --preset is given
 
     def check_test_ids(self, ids: Sequence[str], *, where: str) -> None:
         """Refuse a test split that is not exactly this protocol's slices."""
@@ -46,6 +47,14 @@ class Protocol:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_CONVENTIONS_V1 = (
+    "samples thresholded at 0.5; d = 1 - IoU (two empty masks: IoU 1); GED squared (no root), "
+    "a V-statistic over all ordered pairs, self-pairs included; HM-IoU: samples and raters tiled "
+    "to lcm(S, A) and matched by the Hungarian algorithm; 95% intervals by bootstrap over test "
+    "images and training seeds, both resampled (docs/metrics.md)"
+)
 
 
 def ids_digest(ids: Sequence[str]) -> str:
@@ -61,12 +70,19 @@ PROTOCOLS = {
         data_settings={"data.seed": 0, "data.test.limit": 500, "data.test.spread": True},
         test_images=500,
         test_ids_sha256="e9ad54a6495f0f19438ce4a673d00ebe7e755c64b56569f234453b41a723dffc",
-        conventions=(
-            "samples thresholded at 0.5; d = 1 - IoU (two empty masks: IoU 1); GED squared (no root), "
-            "a V-statistic over all ordered pairs, self-pairs included; HM-IoU: samples and raters tiled "
-            "to lcm(S, A) and matched by the Hungarian algorithm; 95% intervals by bootstrap over test "
-            "images and training seeds, both resampled (docs/metrics.md)"
-        ),
+        conventions=_CONVENTIONS_V1,
+    ),
+    # lidc-v1's data, split and 500 test slices; the methods' `cpu-lidc-v2` presets (the 40-minute
+    # budget filled, checkpoints chosen on 200 validation slices) and the plausibility metrics
+    "lidc-v2": Protocol(
+        name="lidc-v2",
+        dataset="lidc",
+        data_settings={"data.seed": 0, "data.test.limit": 500, "data.test.spread": True},
+        test_images=500,
+        test_ids_sha256="e9ad54a6495f0f19438ce4a673d00ebe7e755c64b56569f234453b41a723dffc",
+        preset="cpu-v2",
+        conventions=_CONVENTIONS_V1
+        + "; stray, missed-consensus and soft rates over all samples, images where one is undefined left out",
     ),
 }
 

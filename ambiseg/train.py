@@ -481,7 +481,8 @@ class Trainer:
         if score is None:
             return
         previous = best.get(stage)
-        if previous is None or score < previous:
+        later_wins = self.method.train_config[stage].get("select") == "last-best"
+        if previous is None or score < previous or (later_wins and score == previous):
             best[stage] = score
             self._save(
                 "best.safetensors",

@@ -192,3 +192,37 @@ def test_paper_lidc_st_net_has_about_38_5_million_parameters():
     with torch.no_grad():  # one small forward: the paper-size net runs on 32 px inputs
         v = method.transport(torch.rand(1, 1, 32, 32), torch.rand(1), torch.rand(1, 1, 32, 32))
     assert v.shape == (1, 1, 32, 32)
+
+
+def test_paper_recipes_drop_exactly_the_gtr_departures_of_cpu_lidc():
+    departures = {"centre_factor", "mean_weight", "temperature"}
+    for ours, paper in (("atfm", "atfm-paper"), ("act-gtr", "act-gtr-paper")):
+        a, b = (ambiseg.build(n, preset="cpu-lidc").config for n in (ours, paper))
+        assert {k for k in a["prior"] if a["prior"][k] != b["prior"][k]} == departures
+        assert [b["prior"][k] for k in ("centre_factor", "mean_weight", "temperature")] == [False, 0.0, 1.0]
+        rest = [{k: v for k, v in c.items() if k not in ("prior", "method")} for c in (a, b)]
+        assert rest[0] == rest[1]
+
+
+def test_matched_coupling_pairs_each_draw_with_its_nearest_annotator_once():
+    from ambiseg.methods.sfm import matched_order
+
+    masks = torch.zeros(1, 3, 4, 4)
+    masks[0, 0, :2], masks[0, 1, 2:], masks[0, 2, :, :2] = 1, 1, 1  # top half, bottom half, left half
+    draws = masks[:, [2, 0, 1]] * 0.8 + 0.1  # draw i is a blurred copy of annotator (2, 0, 1)[i]
+    assert matched_order(draws, masks).tolist() == [[2, 0, 1]]
+    # a draw between two masks still gets one annotator of its own: the pairing is a permutation
+    order = matched_order(torch.rand(5, 4, 1, 8, 8), torch.rand(5, 4, 8, 8).round())
+    assert (order.sort(dim=1).values == torch.arange(4)).all()
+
+
+def test_matched_coupling_trains_and_independent_coupling_is_the_default():
+    batch = _disks()
+    independent = ambiseg.build("atfm", preset="smoke")
+    assert independent.transport.coupling == "independent"
+    with pytest.raises(ConfigError, match="coupling.*did you mean 'matched'"):
+        ambiseg.build("atfm", preset="smoke", transport={"coupling": "matchd"})
+    torch.manual_seed(0)
+    matched = ambiseg.build("atfm", preset="smoke", transport={"coupling": "matched"})
+    losses = _fit(matched, "transport", batch, 30, 1e-2)
+    assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-5:]) < sum(losses[:5])

@@ -138,3 +138,15 @@ def test_citation_file_is_valid_and_names_this_version():
     cff = yaml.safe_load((Path(__file__).parents[1] / "CITATION.cff").read_text())
     assert cff["cff-version"] == "1.2.0" and cff["version"] == ambiseg.__version__
     assert cff["title"] and cff["message"] and cff["authors"] and "protocol" in cff["message"]
+
+
+def test_lidc_v2_keeps_lidc_v1_test_slices_and_brings_its_own_presets():
+    v1, v2 = get_protocol("lidc-v1"), get_protocol("lidc-v2")
+    assert (v2.test_ids_sha256, v2.test_images, v2.data_settings) == (v1.test_ids_sha256, 500, v1.data_settings)
+    assert (v1.preset, v2.preset) == ("cpu", "cpu-v2")
+    from ambiseg.bench_presets import bench_preset
+
+    v2_bench = bench_preset("cpu-v2")
+    assert v2_bench.method_presets_for("lidc") == ("cpu-lidc-v2", "cpu-lidc", "cpu")
+    assert v2_bench.data_options("lidc", "val")["limit"] == 200
+    assert bench_preset("cpu").method_presets_for("lidc") == ("cpu-lidc", "cpu")

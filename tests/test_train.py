@@ -136,3 +136,17 @@ def test_lr_reaches_the_optimizer_and_the_history(tmp_path):
 def test_unknown_schedule_is_refused_with_the_closest_name():
     with pytest.raises(ambiseg.ConfigError, match="schedule.*did you mean 'cosine'"):
         small(schedule="cosin")
+
+
+@pytest.mark.parametrize(("select", "kept"), [("first-best", 2), ("last-best", 6)])
+def test_equal_validation_scores_keep_the_first_or_the_last_step(tmp_path, monkeypatch, select, kept):
+    train, val = sets()
+    monkeypatch.setattr(Trainer, "_validate", lambda self, stage: {"score": 0.5, "val_ged": 0.5})
+    method = small(6, val_every=2, select=select)
+    Trainer(method, train, val, out_dir=tmp_path, seed=0, progress=False).fit()
+    assert load_checkpoint(tmp_path / "best.safetensors").meta["step"] == kept
+
+
+def test_unknown_selection_is_refused_with_the_closest_name():
+    with pytest.raises(ambiseg.ConfigError, match="select.*did you mean 'last-best'"):
+        small(select="last-bets")

@@ -76,9 +76,12 @@ def bench_cmd(
         raise ConfigError(f"--methods names '{twice}' twice (aliases included) in '{methods}'; give each method once")
     overrides, data_settings = split_sets(parse_sets(sets))
     if protocol is not None:
-        defined_on = get_protocol(protocol).dataset  # an unknown name fails here, before any work
-        if click.get_current_context().get_parameter_source("data_name") is ParameterSource.DEFAULT:
-            data_name = defined_on
+        chosen = get_protocol(protocol)  # an unknown name fails here, before any work
+        context = click.get_current_context()
+        if context.get_parameter_source("data_name") is ParameterSource.DEFAULT:
+            data_name = chosen.dataset
+        if context.get_parameter_source("preset") is ParameterSource.DEFAULT:
+            preset = chosen.preset
     with distributed_run(pick_device(device), console) as dev:
         spec = BenchSpec(
             methods=names,

@@ -5,6 +5,8 @@
 | atfm | gtr | sfm | euler 25 | prior, transport |
 | atfm-nosf | gtr | sfm (alpha = 0) | euler 25 | prior, transport |
 | act-gtr (ssn) | gtr | identity (GTR samples are sigmoid(logits)) | direct | prior |
+| atfm-paper | gtr as the paper states it | sfm | euler 25 | prior, transport |
+| act-gtr-paper | gtr as the paper states it | identity | direct | prior |
 | sfm-noise (alias sfm) | noise | sfm | euler 25 | transport |
 | sfm-noise-nosf (alias sfm-nosf) | noise | sfm (alpha = 0) | euler 25 | transport |
 
@@ -12,6 +14,11 @@ Presets: "smoke" (seconds; plumbing checks), "cpu" (the bench default on 64x64 s
 timed on 2 CPU cores, see docs/methods/atfm.md), "paper-lidc" and "paper-isic3" (the paper's
 hyperparameters; values the paper leaves open, such as the GTR batch size and the ST-Net's stem
 kernel and GroupNorm groups, are the public code's).
+
+The "-paper" recipes differ from `atfm` / `act-gtr` only where ambiseg's LIDC GTR departs from
+the paper (the `cpu-lidc` preset's centred factor, mean fit and sampling temperature 0.6): they
+keep the paper's GTR (uncentred factor, no mean fit, temperature 1), so "ATFM beats Act. GTR"
+can be tested as the paper states it. Sizes, GroupNorm and training lengths stay the preset's.
 """
 
 from __future__ import annotations
@@ -129,17 +136,25 @@ _DATA: dict[str, dict[str, Any]] = {
 }
 
 
-def presets(*, prior: bool, transport: bool, flow: bool, alpha: float | None = None) -> dict[str, dict[str, Any]]:
+# ambiseg's departures from the paper's GTR (docs/training.md); the "-paper" recipes drop them
+_GTR_DEPARTURES = ("centre_factor", "mean_weight", "temperature")
+
+
+def presets(
+    *, prior: bool, transport: bool, flow: bool, alpha: float | None = None, paper_gtr: bool = False
+) -> dict[str, dict[str, Any]]:
     """Preset overrides of a recipe that trains the GTR `prior` and/or the SFM `transport`.
 
     `flow`: the recipe integrates a flow (so the preset sets the Euler step count); `alpha`:
-    force the semantic-consistency weight (0 for the "-nosf" ablations).
+    force the semantic-consistency weight (0 for the "-nosf" ablations); `paper_gtr`: leave out
+    the GTR options that depart from the paper (`_GTR_DEPARTURES`), so their defaults (the
+    paper's) apply.
     """
     out = {}
     for name in PRESET_NAMES:
         preset: dict[str, Any] = {"train": {}, **copy.deepcopy(_DATA.get(name, {}))}
         if prior:
-            preset["prior"] = dict(_GTR[name])
+            preset["prior"] = {k: v for k, v in _GTR[name].items() if not (paper_gtr and k in _GTR_DEPARTURES)}
             preset["train"]["prior"] = dict(_TRAIN[name]["prior"])
         if transport:
             preset["transport"] = dict(_SFM[name]) if alpha is None else {**_SFM[name], "alpha": alpha}
@@ -184,6 +199,28 @@ register_recipe(
         presets=presets(prior=True, transport=False, flow=False),
         aliases=("ssn",),
         description="Act. GTR / SSN: sigmoid of GTR samples, no transport",
+    )
+)
+register_recipe(
+    Recipe(
+        name="atfm-paper",
+        prior={"name": "gtr"},
+        transport={"name": "sfm"},
+        sampler=dict(_EULER),
+        stages=("prior", "transport"),
+        presets=presets(prior=True, transport=True, flow=True, paper_gtr=True),
+        description="ATFM on the paper's GTR (uncentred factor, no mean fit, temperature 1)",
+    )
+)
+register_recipe(
+    Recipe(
+        name="act-gtr-paper",
+        prior={"name": "gtr"},
+        transport={"name": "identity"},
+        sampler={"name": "direct"},
+        stages=("prior",),
+        presets=presets(prior=True, transport=False, flow=False, paper_gtr=True),
+        description="Act. GTR on the paper's GTR (uncentred factor, no mean fit, temperature 1)",
     )
 )
 register_recipe(

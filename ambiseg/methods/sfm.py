@@ -7,10 +7,19 @@ x_t = t x1 + (1 - t) x0) from a prior sample x0 (sigmoid of a frozen GTR sample,
 the image. A semantic-consistency term compares the x1 the velocity points to (on the straight
 path the one-step estimate x1_hat = x_t + v (1 - t)) to x1 by Dice:
 L = MSE(v, u_t) + alpha (1 - Dice(x1_hat, x1)), with u_t the path's velocity (x1 - x0).
+
+Coupling of sources and masks (option `coupling`): "independent" is the paper's (one prior
+sample per image, paired with every annotator); "matched" draws one prior sample per annotator
+and pairs draws with annotators by the assignment of least total squared distance, a per-image
+minibatch optimal-transport coupling (Pooladian et al., ICML 2023; Tong et al., TMLR 2024). Both
+keep every annotator's mask as a target, so the flow's marginal is the raters' distribution; under
+the matched coupling the draw tells the flow *which* rater's mask to make, so the field points to
+one mask instead of the raters' average and a few Euler steps end near a binary mask.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -26,10 +35,36 @@ from ..nets import TimeUNet
 from ..paths import ProbPath
 from ..registry import paths, transports
 
-__all__ = ["SFMTransport", "SF_LOSSES", "LUMA"]
+__all__ = ["SFMTransport", "SF_LOSSES", "LUMA", "COUPLINGS", "matched_order"]
 
 SF_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"soft": soft_dice, "hard": hard_dice}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights for the grayscale option on RGB images
+COUPLINGS = ("independent", "matched")
+_MAX_MATCHED = 8  # annotators per image the matched coupling enumerates (8! = 40,320 orders)
+
+
+def matched_order(sources: Tensor, targets: Tensor) -> Tensor:
+    """For each image, the order of `targets` that pairs them with `sources` at least total cost.
+
+    Args:
+        sources: [B, A, ...] states (e.g. A prior draws per image).
+        targets: [B, A, ...] masks (the A annotators of each image).
+
+    Returns:
+        [B, A] long: `targets[b, order[b, i]]` is paired with `sources[b, i]`; the cost is the
+        squared distance summed over pixels, minimised exactly over all A! orders.
+    """
+    a = sources.shape[1]
+    if a > _MAX_MATCHED:
+        raise ConfigError(
+            f"transport 'sfm' coupling 'matched' enumerates every pairing of draws and annotators, so it "
+            f"takes at most {_MAX_MATCHED} annotators per image; got {a}: use coupling='independent'"
+        )
+    cost = torch.cdist(sources.flatten(2).float(), targets.flatten(2).float()).square()  # [B, A, A]
+    orders = torch.tensor(list(itertools.permutations(range(a))), device=cost.device)  # [P, A]
+    rows = torch.arange(a, device=cost.device)
+    totals = cost[:, rows, orders].sum(-1)  # [B, P]
+    return orders[totals.argmin(dim=1)]
 
 
 @transports.register("sfm")
@@ -51,6 +86,9 @@ class SFMTransport(Transport):
         heads, head_dim: attention heads and channels per head (paper setting: 4 x 32).
         time_scale: t in [0, 1] is multiplied by this before the sinusoidal embedding; 1.0
             embeds the raw t as the public code does.
+        coupling: how prior draws are paired with annotators in training: "independent" (the
+            paper: one draw per image, paired with every annotator) or "matched" (one draw per
+            annotator, paired by least squared distance; see the module docstring).
         path: the probability path, a name of the `paths` registry or `{"name": ..., **options}`:
             "straight" (ATFM's, default), "cosine", ...; `{"name": "straight", "truncation": 0.3}`
             starts the flow at t0 = 0.3 from the noised prior sample (see `ambiseg.paths`).
@@ -81,9 +119,16 @@ class SFMTransport(Transport):
         time_scale: float = 1000.0,
         stem_kernel: int = 7,
         path: str | dict[str, Any] = "straight",
+        coupling: str = "independent",
         in_channels: int = 1,
     ) -> None:
         super().__init__()
+        if coupling not in COUPLINGS:
+            raise ConfigError(
+                f"transport 'sfm' option 'coupling' is {coupling!r}{closest(str(coupling), COUPLINGS)}; "
+                f"choose one of: {', '.join(COUPLINGS)}"
+            )
+        self.coupling = coupling
         self.path: ProbPath = paths.from_spec(path, where="transport 'sfm' option 'path'")
         if sf_loss not in SF_LOSSES:
             raise ConfigError(
@@ -150,22 +195,27 @@ class SFMTransport(Transport):
         return {"t0": t0, "t1": t1}
 
     def loss(self, batch: dict[str, Tensor], prior: Prior) -> dict[str, Tensor]:
-        """Flow-matching + alpha * semantic-consistency loss on the path; one source x0 and one t per
-        image, paired with all A annotators (batched as B*A states). The source is a prior sample, or
-        N(0, I) noise on a truncated path (whose t lie in [t0, 1)).
+        """Flow-matching + alpha * semantic-consistency loss on the path over all B*A (image,
+        annotator) pairs. The source is a prior sample (one per image paired with every annotator,
+        or one per annotator under the matched coupling), or N(0, I) noise on a truncated path
+        (whose t lie in [t0, 1)); one t per source.
 
         Returns "loss", "fm" (velocity MSE) and "sf" (1 - Dice of x1_hat, mean over annotators).
         """
         image, masks = unpack_batch(batch)
         b, a = masks.shape[:2]
+        draws = a if self.coupling == "matched" else 1
         with torch.no_grad():
             if self.path.truncated:
-                x0 = torch.randn(b, 1, *masks.shape[2:], device=image.device, dtype=image.dtype)
+                x0 = torch.randn(b, draws, 1, *masks.shape[2:], device=image.device, dtype=image.dtype)
             else:
-                x0 = prior.sample(prior.condition(image), 1).flatten(0, 1).to(image.dtype)  # [B, 1, H, W]
-        t = self.path.times(torch.rand(b, device=image.device, dtype=image.dtype))
-        x0 = repeat(x0, "b c h w -> (b a) c h w", a=a)
-        t = repeat(t, "b -> (b a)", a=a)
+                x0 = prior.sample(prior.condition(image), draws).to(image.dtype)  # [B, draws, 1, H, W]
+        t = self.path.times(torch.rand(b, draws, device=image.device, dtype=image.dtype))
+        if self.coupling == "matched":
+            order = matched_order(x0, masks)
+            masks = torch.gather(masks, 1, repeat(order, "b a -> b a h w", h=masks.shape[2], w=masks.shape[3]))
+        x0 = repeat(x0, "b n c h w -> (b n r) c h w", r=a // draws)
+        t = repeat(t, "b n -> (b n r)", r=a // draws)
         x1 = rearrange(masks, "b a h w -> (b a) 1 h w")
         cond = repeat(self.condition(image), "b c h w -> (b a) c h w", a=a)
         point = self.path.sample(x0, x1, t)
@@ -176,4 +226,7 @@ class SFMTransport(Transport):
         return {"loss": fm + self.alpha * sf, "fm": fm, "sf": sf}
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, sf_loss={self.sf_loss!r}, grayscale={self.grayscale}, path={self.path!r}"
+        return (
+            f"alpha={self.alpha}, sf_loss={self.sf_loss!r}, grayscale={self.grayscale}, path={self.path!r}, "
+            f"coupling={self.coupling!r}"
+        )
