@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,8 @@ def _score(
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """One image's metrics and (for data with known modes) truth rows, as plain Python numbers.
 
-    `samples` is the bool `[1, S, H, W]` on the CPU and `item` the image collated alone.
+    `samples` is the float32 probabilities `[1, S, H, W]` on the CPU (every metric binarises them
+    at 0.5 but SoftShare, which reads them as they are) and `item` the image collated alone.
     """
     known = {"modes": item["modes"], "probs": item["mode_probs"]} if "modes" in item else {}
     scores = {
@@ -166,6 +168,7 @@ def evaluate_method(
     warmup: bool = True,
     max_batch: int | None = None,
     options: InferenceOptions | None = None,
+    indices: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Sample max(counts) masks per test image (groups of `options.image_batch` images per call,
     timed, warm) and score each group as soon as its samples exist.
@@ -173,7 +176,9 @@ def evaluate_method(
     The generator of image i is seeded `seed * 100_003 + i` and drives only that image's draws, so
     results depend neither on the number of ranks, nor on the order images are drawn in, nor on
     how they are grouped. Only the sample call is timed; an image's time is its group's over the
-    group's size. `max_batch` is a shortcut for `options.max_batch`.
+    group's size. `max_batch` is a shortcut for `options.max_batch`. `indices` (default: all)
+    scores only those test images (in index order), each with its own generator, so its values
+    equal the full run's on those images.
 
     Returns per-image metric lists (`per_image`), the metrics against the true distribution for
     data with known modes (`truth`: `mode_mass<S>` and `mode_probs` rows), `sample_seconds`
@@ -188,6 +193,11 @@ def evaluate_method(
     n = len(test_set)
     if n == 0:
         raise AmbisegError("the test set is empty; check the dataset root, split and limits")
+    chosen = list(range(n)) if indices is None else sorted(int(i) for i in indices)
+    bad = [i for k, i in enumerate(chosen) if not 0 <= i < n or (k and chosen[k - 1] == i)]
+    if not chosen or bad:
+        what = f"{bad[0]} is out of range or repeated" if bad else "none given"
+        raise ConfigError(f"evaluate_method: indices must be distinct test image indices in 0..{n - 1} ({what})")
     mine = []  # (image index, metrics, truth rows, seconds): numbers only
     with options.autocast(device):
         if warmup:
@@ -195,8 +205,8 @@ def evaluate_method(
             gen = torch.Generator(device).manual_seed(0)
             method.sample(first, min(2, total), generator=gen, max_batch=options.max_batch)
         with PeakMemory(device) as peak:
-            indices = dist.shard(list(range(n)))  # each rank its share; the generator depends on i only
-            for group in _groups(indices, options.image_batch):
+            mine_only = dist.shard(chosen)  # each rank its share; the generator depends on i only
+            for group in _groups(mine_only, options.image_batch):
                 items = [collate([test_set[i]]) for i in group]
                 images = torch.cat([item["image"] for item in items]).to(device)
                 gens = [torch.Generator(device).manual_seed(seed * 100_003 + i) for i in group]
@@ -211,7 +221,7 @@ def evaluate_method(
                             f"{method.name} gives non-finite samples for test image {i}; it is not "
                             "scored (are the weights damaged? does the sampler diverge?)"
                         )
-                    samples = (out[j : j + 1] >= 0.5).cpu()
+                    samples = out[j : j + 1].float().cpu()  # probabilities: SoftShare reads them
                     mine.append((i, *_score(samples, item, counts, total), seconds))
                 del out
     parts = dist.gather_objects((mine, peak.peak_mb))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import stat
@@ -147,13 +148,26 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as indented JSON to `path` atomically."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Write `obj` as indented JSON to `path` atomically; a float NaN (a metric undefined on an
+    image) is written as `null`, since JSON has no NaN (`ambiseg.results.read_records` reads it back
+    as NaN)."""
+    write_text(path, json.dumps(_null_for_nan(obj), indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _null_for_nan(obj: Any) -> Any:
+    """`obj` with every float NaN inside dicts, lists and tuples replaced by None."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _null_for_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_null_for_nan(v) for v in obj]
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
-        return obj.tolist()
+        return _null_for_nan(obj.tolist())
     if isinstance(obj, (set, tuple)):
         return list(obj)
     if isinstance(obj, os.PathLike):

@@ -5,9 +5,10 @@ and the per-image values of all seeds give the mean and its 95% bootstrap interv
 test images and seeds (`ambiseg.results.bootstrap_ci`).
 Records of different protocols (or none) never share a table. Each row also carries its paired
 per-image difference to ATFM (`vs atfm`, seeds matched) with a bootstrap interval, so "better" is
-a claim with a number. Reference rows (majority vote, union, empty, raters; `ambiseg.reference`)
-sit below the methods. Record files are never deleted or rewritten, so merging never drops
-earlier results.
+a claim with a number; an image where either side is NaN (a metric undefined there) is left out
+of it, as it is of every mean and interval. Reference rows (majority vote, union, empty, raters;
+`ambiseg.reference`) sit below the methods. Record files are never deleted or rewritten, so merging
+never drops earlier results.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from .files import atomic_paths
+from .metrics.evaluate import PLAUSIBILITY
 from .registry import canonical_method
-from .results import bootstrap_ci, by_seed, read_records, summarise
+from .results import bootstrap_ci, by_seed, finite_values, read_records, summarise
 
 __all__ = [
     "Row",
@@ -42,8 +44,9 @@ __all__ = [
 ]
 
 # headline families of the Markdown/LaTeX/console tables, in order; the CSV has every metric.
-# Families in LARGEST_ONLY show only their largest sample count.
-HEADLINE = ("GED", "Diversity", "HM-IoU", "MDM", "CI", "NCC", "TrueGED", "ModeTV")
+# Families in LARGEST_ONLY show only their largest sample count. The plausibility families (Stray,
+# MissedConsensus, SoftShare) have no count; records written before them show an empty cell.
+HEADLINE = ("GED", "Diversity", "HM-IoU", "MDM", "CI", "NCC", "TrueGED", "ModeTV", *PLAUSIBILITY)
 LARGEST_ONLY = ("Diversity", "TrueGED", "ModeTV")
 ANCHOR = "atfm"  # every row's paired difference is taken against this method
 
@@ -72,7 +75,8 @@ class Row:
 
 def _paired(row: Row, anchor: Row, key: str) -> dict[str, float] | None:
     """Mean and 95% bootstrap interval of row minus anchor on `key`, image by image on the seeds
-    both have (a reference row, which has no seeds of its own, against every anchor seed)."""
+    both have (a reference row, which has no seeds of its own, against every anchor seed); images
+    where either side is NaN are left out, and None when no image is left."""
     seeds = sorted(anchor.per_seed) if row.reference else sorted(set(row.per_seed) & set(anchor.per_seed))
     diffs = []
     for seed in seeds:
@@ -83,7 +87,9 @@ def _paired(row: Row, anchor: Row, key: str) -> dict[str, float] | None:
         diffs.append(np.asarray(mine) - np.asarray(theirs))
     if not diffs or len({d.size for d in diffs}) != 1:
         return None
-    diff = np.stack(diffs)  # [seeds, images]: images and seeds resampled
+    diff = finite_values(np.stack(diffs))  # [seeds, images]: images and seeds resampled
+    if diff.size == 0:
+        return None
     lo, hi = bootstrap_ci(diff)
     return {"mean": float(diff.mean()), "lo": lo, "hi": hi}
 
@@ -220,7 +226,9 @@ def _table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         line = [r.method]
         for c in cols:
             m = r.metrics.get(c)
-            line.append(f"{_fmt(m['mean'])} [{_fmt(m['lo'])}, {_fmt(m['hi'])}]" if m else "-")
+            line.append(
+                f"{_fmt(m['mean'])} [{_fmt(m['lo'])}, {_fmt(m['hi'])}]" if m and not math.isnan(m["mean"]) else "-"
+            )
         if untrained:
             line.append(_fmt(r.untrained.get("GED")))
         for k in paired:
@@ -285,11 +293,18 @@ def to_markdown(rows: list[Row]) -> str:
         parts.append("")
     parts.append(
         "Metrics: mean over test images [95% bootstrap interval]; lower GED is better, higher HM-IoU/MDM "
-        "is better. Diversity = E d(S, S'). sample s = seconds to draw the samples of one image (warm). "
+        "is better. Diversity = E d(S, S'). Stray, MissedConsensus, SoftShare: the plausibility of single "
+        "samples over all S (lower is better; images where one is undefined are left out; '-': not in the "
+        "record). sample s = seconds to draw the samples of one image (warm). "
         f"'vs {ANCHOR}': the row minus {ANCHOR}, image by image on shared seeds [95% bootstrap interval]; "
         "ref: rows are computed from the annotations alone."
     )
     return "\n".join(parts) + "\n"
+
+
+def _cell(value: float | None) -> float | str:
+    """A CSV cell: the number, or empty where there is none (missing or NaN)."""
+    return "" if value is None or math.isnan(value) else value
 
 
 def to_csv(rows: list[Row]) -> str:
@@ -322,7 +337,7 @@ def to_csv(rows: list[Row]) -> str:
         values = []
         for c in cols:
             m = r.metrics.get(c, {})
-            values += [m.get("mean", ""), m.get("lo", ""), m.get("hi", "")]
+            values += [_cell(m.get(field)) for field in ("mean", "lo", "hi")]
         for k in paired:
             d = r.vs_anchor.get(k, {})
             values += [d.get("mean", ""), d.get("lo", ""), d.get("hi", "")]

@@ -9,6 +9,12 @@ Each row is scored exactly like a method (`ambiseg.metrics.evaluate`, S samples 
 
 A model that does not beat majority, union and empty has not learned; `ref:raters` shows how
 far from zero GED can go with S samples.
+
+The plausibility columns are known in advance (docs/metrics.md): every row's masks lie inside the
+raters' union, so `Stray` is 0; the masks are bool, so `SoftShare` is 0 (NaN where no rater marks
+and the mask is empty). `MissedConsensus` (NaN where a rater marks nothing) is 1 for `ref:empty`
+and 0 for `ref:union` and `ref:raters`; for `ref:majority` it is the share of images whose raters
+all mark something without a strict majority agreeing on any pixel.
 """
 
 from __future__ import annotations

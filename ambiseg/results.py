@@ -1,4 +1,9 @@
-"""Benchmark records: summary statistics, environment, and reading records back safely."""
+"""Benchmark records: summary statistics, environment, and reading records back safely.
+
+A per-image value may be NaN where a metric is undefined on an image (e.g. `MissedConsensus` where
+a rater marks nothing). Records hold it as JSON `null` (`ambiseg.files.write_json`), `read_records`
+gives it back as NaN, and every statistic here leaves such images out (`finite_values`).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from .files import is_temp_file
 
 __all__ = [
     "bootstrap_ci",
+    "finite_values",
     "by_seed",
     "of_seeds",
     "summarise",
@@ -61,6 +67,20 @@ RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
 }
 
 
+def finite_values(values: np.ndarray | list[float]) -> np.ndarray:
+    """`values` ([images], or [seeds, images]) without the images where a value is not finite (NaN:
+    the metric is undefined there); in 2-D an image column goes for every seed, so the seeds keep
+    sharing their images. `[1, images]` is returned as `[images]`."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 1:
+        return arr[np.isfinite(arr)]
+    if arr.ndim == 2:
+        return arr[:, np.isfinite(arr).all(axis=0)]
+    raise ValueError(f"expected [images] or [seeds, images] values, got shape {arr.shape}")
+
+
 def bootstrap_ci(
     values: np.ndarray | list[float], *, resamples: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
@@ -72,15 +92,10 @@ def bootstrap_ci(
     interval covers both the test set and the training seed: three seeds of 500 images do not
     count as 1,500 independent images. Non-finite values are dropped (a whole image column in 2-D).
     """
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim == 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 1:
-        arr = arr[np.isfinite(arr)]
-    elif arr.ndim == 2:
-        arr = arr[:, np.isfinite(arr).all(axis=0)]
-    else:
-        raise ValueError(f"bootstrap_ci: expected [images] or [seeds, images] values, got shape {arr.shape}")
+    try:
+        arr = finite_values(values)
+    except ValueError as exc:
+        raise ValueError(f"bootstrap_ci: {exc}") from None
     n = arr.shape[-1]
     if n == 0:
         return float("nan"), float("nan")
@@ -116,16 +131,17 @@ def of_seeds(records: list[dict[str, Any]], seeds: Collection[int] | None) -> li
 
 def summarise(per_image: dict[str, list[float]] | dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """`{metric: {mean, lo, hi, n}}` from per-image values ([images], or [seeds, images]: see
-    `bootstrap_ci`); n counts the values."""
+    `bootstrap_ci`); images with a non-finite value are left out (`finite_values`), n counts the
+    values kept, and a metric undefined on every image has mean, lo and hi NaN and n 0."""
     out = {}
     for key, values in per_image.items():
-        arr = np.asarray(values, dtype=np.float64)
-        lo, hi = bootstrap_ci(arr)
+        kept = finite_values(values)
+        lo, hi = bootstrap_ci(kept)
         out[key] = {
-            "mean": float(np.nanmean(arr)) if arr.size else float("nan"),
+            "mean": float(kept.mean()) if kept.size else float("nan"),
             "lo": lo,
             "hi": hi,
-            "n": int(arr.size),
+            "n": int(kept.size),
         }
     return out
 
@@ -211,11 +227,23 @@ def check_record(record: dict[str, Any], file: Path | str) -> None:
     for group in ("per_image", "untrained_per_image", "untrained"):
         for key, value in record.get(group, {}).items():
             listed = group != "untrained"
-            values = value if listed else [value]
+            values = [v for v in value if v is not None] if listed and isinstance(value, list) else [value]
             if listed and not isinstance(value, list):
-                raise _bad(file, f"{group}.{key}", "is not a list of numbers")
+                raise _bad(file, f"{group}.{key}", "is not a list of numbers (null where undefined)")
             if any(isinstance(v, bool) or not isinstance(v, _NUMBER) for v in values):
                 raise _bad(file, f"{group}.{key}", "holds a value that is not a number")
+
+
+def _nan_for_null(record: dict[str, Any]) -> None:
+    """Undefined values, written as null (`ambiseg.files.write_json`), as NaN again: per-image lists
+    and the summaries in `metrics`."""
+    nan = float("nan")
+    for group in ("per_image", "untrained_per_image"):
+        for key, values in record.get(group, {}).items():
+            record[group][key] = [nan if v is None else v for v in values]
+    for summary in record.get("metrics", {}).values():
+        if isinstance(summary, dict):
+            summary.update({k: nan for k, v in summary.items() if v is None})
 
 
 def read_records(paths: list[str | Path], *, allow_empty: bool = False) -> list[dict[str, Any]]:
@@ -259,6 +287,7 @@ def read_records(paths: list[str | Path], *, allow_empty: bool = False) -> list[
             if not isinstance(one, dict):
                 raise AmbisegError(f"{file}: a reference row is not a JSON object")
             check_record(one, file)
+            _nan_for_null(one)
             one["_file"] = str(file)
             records.append(one)
     if not records and not allow_empty:

@@ -3,7 +3,8 @@
 Each method's per-image GED100 minus the other row's on the same test images: an interval below
 zero means the method is better. With several seeds the differences are [seeds, images] (seeds
 both rows have; a reference row serves every seed) and the bootstrap resamples images and seeds
-(`ambiseg.results.bootstrap_ci`).
+(`ambiseg.results.bootstrap_ci`). Images where either side is NaN (a metric undefined there, e.g.
+MissedConsensus where a rater marks nothing) are left out; records without the metric are skipped.
 
     python benchmarks/paired_differences.py benchmarks/results/lidc-cpu-v2 --metric GED100
     python benchmarks/paired_differences.py benchmarks/results/lidc-v1 --seeds 0    # one seed's differences
@@ -19,12 +20,15 @@ import numpy as np
 
 from ambiseg.cli.options import parse_ints
 from ambiseg.leaderboard import newest_records
-from ambiseg.results import bootstrap_ci, of_seeds, read_records
+from ambiseg.results import bootstrap_ci, finite_values, of_seeds, read_records
 
 
 def _line(method: str, other: str, diff: np.ndarray) -> str:
-    lo, hi = bootstrap_ci(diff)
-    return f"| {method} | {other} | {diff.mean():+.3f} | [{lo:+.3f}, {hi:+.3f}] |"
+    kept = finite_values(diff)  # [seeds, images] (or [images]) where both sides are defined
+    if kept.size == 0:
+        return f"| {method} | {other} | - | undefined on every image |"
+    lo, hi = bootstrap_ci(kept)
+    return f"| {method} | {other} | {kept.mean():+.3f} | [{lo:+.3f}, {hi:+.3f}] |"
 
 
 def main() -> None:
@@ -39,15 +43,18 @@ def main() -> None:
     records = {(r["method"], int(r["seed"])): r for r in newest_records(everything) if not r.get("reference")}
     rows: dict[str, dict[int, np.ndarray]] = {}  # method -> seed -> per-image values
     for (method, seed), r in records.items():
-        rows.setdefault(method, {})[seed] = np.asarray(r["per_image"][args.metric])
+        if args.metric in r["per_image"]:  # records written before a metric existed lack it
+            rows.setdefault(method, {})[seed] = np.asarray(r["per_image"][args.metric], dtype=np.float64)
     if (args.folder / "reference.json").exists():  # v2/v3 folders: benchmarks/reference_rows.py
         reference = json.loads((args.folder / "reference.json").read_text())["per_image"]
-        reference = {name: values[args.metric] for name, values in reference.items()}
+        reference = {name: values[args.metric] for name, values in reference.items() if args.metric in values}
     else:  # rows the bench wrote (ref:*), named here without the prefix
         reference = {
-            r["method"].removeprefix("ref:"): r["per_image"][args.metric] for r in everything if r.get("reference")
+            r["method"].removeprefix("ref:"): r["per_image"][args.metric]
+            for r in everything
+            if r.get("reference") and args.metric in r["per_image"]
         }
-    fixed = {name: np.asarray(values) for name, values in reference.items()}
+    fixed = {name: np.asarray(values, dtype=np.float64) for name, values in reference.items()}
     print(f"| method | vs | mean {args.metric} difference | 95% interval |")
     print("|---|---|---|---|")
     for method in sorted(rows):

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 EPS = 1e-8
@@ -137,6 +138,33 @@ def mode_mass(samples, modes, probs) -> np.ndarray:
     return mass
 
 
+def stray_rate(samples, annotations) -> float:
+    """Share of samples with an 8-connected component (labelled sample by sample) outside the raters' union."""
+    union = np.any(annotations, axis=0)
+    stray = 0
+    for s in samples:
+        labels, count = ndimage.label(s, structure=np.ones((3, 3)))
+        stray += any(not union[labels == label].any() for label in range(1, count + 1))
+    return stray / len(samples)
+
+
+def missed_consensus(samples, annotations) -> float:
+    if not all(y.any() for y in annotations):
+        return math.nan
+    return float(np.mean([not s.any() for s in samples]))
+
+
+def soft_share(probs, annotations) -> float:
+    """Pooled share of pixels with 0.1 < p < 0.9 in each sample's foreground or the raters' union."""
+    union = np.any(annotations, axis=0)
+    soft = total = 0
+    for p in probs:
+        region = (p >= 0.5) | union
+        total += region.sum()
+        soft += (region & (p > 0.1) & (p < 0.9)).sum()
+    return soft / total if total else math.nan
+
+
 def per_image(fn, *tensors, **kwargs) -> np.ndarray:
     """Apply a per-image reference `fn` to `[B, N, H, W]` tensors (binarised at 0.5)."""
     arrays = [(t >= 0.5).cpu().numpy() if t.dtype != torch.bool else t.cpu().numpy() for t in tensors]
@@ -158,4 +186,8 @@ def evaluate(samples: torch.Tensor, annotations: torch.Tensor, counts=(16, 32, 1
     out[f"NCC{point}"] = per_image(ncc, samples[:, :point], annotations)
     both = per_image(consensus, samples, annotations)
     out["Dice"], out["IoU"] = both[:, 0], both[:, 1]
+    out["Stray"] = per_image(stray_rate, samples, annotations)
+    out["MissedConsensus"] = per_image(missed_consensus, samples, annotations)
+    probs, raters = samples.numpy(), (annotations >= 0.5).numpy()  # the probabilities as given
+    out["SoftShare"] = np.array([soft_share(probs[b], raters[b]) for b in range(len(probs))])
     return out

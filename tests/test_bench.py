@@ -34,6 +34,8 @@ def test_record_has_everything_a_paper_needs(bench_dir):
         m = rec["metrics"][key]
         assert m["lo"] <= m["mean"] <= m["hi"] and m["n"] == 4
     assert rec["metrics"]["Diversity8"]["mean"] == 0.0  # a deterministic model never varies
+    for key in ("Stray", "MissedConsensus", "SoftShare"):  # plausibility over all S; NaN (null) where undefined
+        assert len(rec["per_image"][key]) == 4 and rec["metrics"][key]["n"] <= 4
     assert rec["timing"]["samples_per_image"] == 8 and rec["timing"]["sample_s_per_image"] > 0
     assert rec["timing"]["train_s"] > 0 and rec["params"] > 0
     timing = rec["timing"]  # the wall time of the whole (method, seed), for the track's total CPU time
@@ -50,6 +52,10 @@ def test_record_has_everything_a_paper_needs(bench_dir):
     assert [r["method"] for r in refs] == ["ref:majority", "ref:union", "ref:empty", "ref:raters"]
     assert all(len(r["per_image"]["GED8"]) == 4 and r["reference"] for r in refs)
     assert refs[2]["metrics"]["Diversity8"]["mean"] == 0.0  # one fixed mask per image
+    for ref in refs:  # masks inside the raters' union, 0/1: no stray component, no soft pixel
+        assert ref["metrics"]["Stray"]["mean"] == 0.0 and ref["metrics"]["SoftShare"]["mean"] in (0.0, None)
+    assert {v for v in refs[2]["per_image"]["MissedConsensus"]} <= {1.0, None}  # ref:empty misses every consensus
+    assert {v for v in refs[1]["per_image"]["MissedConsensus"]} <= {0.0, None}  # ref:union never does
     for ext in ("md", "csv", "tex", "png"):
         assert (out / f"leaderboard.{ext}").stat().st_size > 0
     assert "| det-unet |" in (out / "leaderboard.md").read_text()
@@ -155,7 +161,7 @@ def test_seeds_on_the_same_images_are_not_counted_as_more_images():
 def test_same_seed_gives_the_same_numbers_when_trained_again(bench_dir, tmp_path):
     out, records = bench_dir
     again = run_bench(spec(tmp_path / "again"))[0]
-    assert again["per_image"] == records[0]["per_image"]
+    np.testing.assert_equal(again["per_image"], records[0]["per_image"])  # NaN where undefined, in both
     assert again["untrained"]["GED"] == records[0]["untrained"]["GED"]
 
 

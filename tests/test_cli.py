@@ -93,7 +93,7 @@ def test_show_and_sample_draw_a_checkpoint_samples(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "s").glob("*.png")) == ["sample-test-0.png", "sample-test-2.png"]
 
 
-def test_eval_inference_options_change_speed_not_scores(tmp_path):
+def test_eval_inference_options_change_speed_not_scores(tmp_path, capsys):
     """--image-batch and --channels-last give the scores of the defaults; the record stores them."""
     import json
 
@@ -128,6 +128,9 @@ def test_eval_inference_options_change_speed_not_scores(tmp_path):
         assert info.value.code == 0
         scores[label] = json.loads((tmp_path / f"{label}.json").read_text())
     assert scores["cl"]["inference"]["channels_last"] and scores["one-image"]["inference"]["image_batch"] == 1
+    printed = capsys.readouterr().out
+    for key in ("Stray", "MissedConsensus", "SoftShare"):  # printed and written, null where undefined
+        assert f"{key}:" in printed and len(scores["default"]["per_image"][key]) == 4
     for label in ("one-image", "cl"):
         for key, values in scores["default"]["per_image"].items():
             assert scores[label]["per_image"][key] == pytest.approx(values, abs=1e-6), (label, key)

@@ -89,5 +89,6 @@ def test_a_committed_checkpoint_reproduces_its_record(method, seed, test_images,
     result = evaluate_method(
         model, test_images, counts=tuple(record["counts"]), seed=seed, device=torch.device("cpu"), warmup=False
     )
-    for key, values in result["per_image"].items():
-        assert values == pytest.approx(record["per_image"][key][:IMAGES], abs=1e-6), key
+    assert set(record["per_image"]) <= set(result["per_image"])
+    for key, values in record["per_image"].items():  # metrics added since (e.g. Stray) are not in the record
+        assert result["per_image"][key] == pytest.approx(values[:IMAGES], abs=1e-6, nan_ok=True), key

@@ -28,6 +28,7 @@ from ambiseg.metrics import (
     pairwise_dice,
     pairwise_iou,
     sample_diversity,
+    stray_rate,
 )
 from ambiseg.registry import metrics
 
@@ -163,7 +164,9 @@ def test_bool_and_probability_inputs_agree():
     soft = evaluate(probs_s, probs_y, counts=(2, 6), at=4)
     hard = evaluate(probs_s >= 0.5, (probs_y >= 0.5).to(torch.uint8), counts=(2, 6), at=4)
     assert soft.keys() == hard.keys()
-    assert all(torch.equal(soft[k], hard[k]) for k in soft)
+    assert all(torch.equal(soft[k], hard[k]) for k in soft if k != "SoftShare")
+    # SoftShare alone reads the probabilities: 0/1 masks have no soft pixel
+    assert (soft["SoftShare"] > 0).all() and torch.equal(hard["SoftShare"], torch.zeros(2))
 
 
 def test_evaluate_keys_counts_and_first_k_samples():
@@ -182,6 +185,9 @@ def test_evaluate_keys_counts_and_first_k_samples():
         "NCC32",
         "Dice",
         "IoU",
+        "Stray",
+        "MissedConsensus",
+        "SoftShare",
     ]
     assert all(v.shape == (2,) and v.dtype == torch.float32 for v in out.values())
     assert torch.allclose(out["GED16"], ged(s[:, :16], y), atol=1e-6)
@@ -189,7 +195,20 @@ def test_evaluate_keys_counts_and_first_k_samples():
     assert torch.allclose(out["CI32"], ci_score(s[:, :32], y)) and torch.allclose(out["NCC32"], ncc(s[:, :32], y))
     assert torch.allclose(out["Dice"], dice(s, y)) and torch.allclose(out["IoU"], iou(s, y))
     small = evaluate(s[:, :8], y, counts=(4, 16), at=32)  # point families clip to S = 8
-    assert list(small) == ["GED4", "Diversity4", "HM-IoU4", "MDM8", "CI8", "NCC8", "Dice", "IoU"]
+    assert list(small) == [
+        "GED4",
+        "Diversity4",
+        "HM-IoU4",
+        "MDM8",
+        "CI8",
+        "NCC8",
+        "Dice",
+        "IoU",
+        "Stray",
+        "MissedConsensus",
+        "SoftShare",
+    ]
+    assert torch.equal(out["Stray"], stray_rate(s, y)) and torch.equal(small["Stray"], stray_rate(s[:, :8], y))
 
 
 def test_evaluate_with_truth():
@@ -199,6 +218,7 @@ def test_evaluate_with_truth():
     assert torch.allclose(out["TrueGED4"], ged_true(s, modes, p)) and close(out["ModeTV4"], 0.0)
     assert torch.allclose(out["ModeTV2"], mode_tv(s[:, :2], modes, p))  # A, B: mass (1/2, 1/2, 0)
     assert better("TrueGED4") == "lower" and better("HM-IoU32") == "higher" and better("Diversity16") == "neither"
+    assert better("Stray") == better("MissedConsensus") == better("SoftShare") == "lower"
 
 
 def test_validation_errors_name_shapes():
@@ -243,17 +263,25 @@ def test_registry_holds_every_per_image_metric():
         "ncc",
         "dice",
         "iou",
+        "stray_rate",
+        "missed_consensus",
+        "soft_share",
     }
     assert names <= set(metrics.names())
     s, y = sets(A, B), sets(D, C)
     assert torch.equal(metrics.create("ci", s, y, combine="cimd"), ci_score(s, y, combine="cimd"))
     assert torch.equal(metrics.create("ncc", s, y, soft="false"), ncc(s, y))  # CLI strings are coerced
     assert metrics.get("ged").info["better"] == "lower" and metrics.get("diversity").name == "sample_diversity"
+    assert all(metrics.get(name).info["better"] == "lower" for name in ("stray_rate", "missed_consensus", "soft_share"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_evaluate_on_cuda_matches_cpu():
     g = torch.Generator().manual_seed(4)
     s, y = torch.rand(2, 12, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+    y[1, 0] = 0  # a rater who marks nothing: MissedConsensus is NaN on image 1
     cpu, gpu = evaluate(s, y, counts=(4, 12), at=8), evaluate(s.cuda(), y.cuda(), counts=(4, 12), at=8)
-    assert all(gpu[k].device.type == "cuda" and torch.allclose(gpu[k].cpu(), cpu[k], atol=1e-5) for k in cpu)
+    assert all(
+        gpu[k].device.type == "cuda" and torch.allclose(gpu[k].cpu(), cpu[k], atol=1e-5, equal_nan=True) for k in cpu
+    )
+    assert cpu["MissedConsensus"][1].isnan()

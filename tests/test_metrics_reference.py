@@ -32,7 +32,8 @@ def mask_sets(draw, max_samples: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def agree(vectorised: torch.Tensor, naive: np.ndarray) -> bool:
-    return vectorised.shape == naive.shape and np.allclose(vectorised.numpy(), naive, atol=1e-5)
+    """Same shape and values; NaN (a metric undefined on an image) must match NaN."""
+    return vectorised.shape == naive.shape and np.allclose(vectorised.numpy(), naive, atol=1e-5, equal_nan=True)
 
 
 @EXAMPLES
@@ -80,6 +81,19 @@ def test_ncc_binary_and_soft(pair, data):
     soft = torch.from_numpy(data.draw(arrays(np.int64, tuple(s.shape), elements=st.integers(0, 20)))) / 20
     naive = np.array([ref.ncc(soft[b].numpy(), y[b].numpy()) for b in range(s.shape[0])])
     assert agree(M.ncc(soft, y, soft=True), naive)
+
+
+@EXAMPLES
+@given(mask_sets(), st.data())
+def test_plausibility(pair, data):
+    s, y = pair
+    assert agree(M.stray_rate(s, y), ref.per_image(ref.stray_rate, s, y))
+    assert agree(M.missed_consensus(s, y), ref.per_image(ref.missed_consensus, s, y))
+    # probabilities on a grid of twentieths: 0.1 and 0.9 themselves are drawn (not soft)
+    soft = torch.from_numpy(data.draw(arrays(np.int64, tuple(s.shape), elements=st.integers(0, 20)))) / 20
+    naive = np.array([ref.soft_share(soft[b].numpy(), y[b].numpy()) for b in range(s.shape[0])])
+    assert agree(M.soft_share(soft, y), naive)
+    assert agree(M.soft_share(s, y), ref.per_image(ref.soft_share, s, y))  # bool: 0, or NaN where U_s is empty
 
 
 @EXAMPLES

@@ -210,8 +210,14 @@ def eval_cmd(
     console.print(f"[dim]scoring {method.name} on {spec.describe()}, split {split} ({len(data)} images)[/dim]")
     result = evaluate_method(method, data, counts=counts, seed=seed, device=dev, options=inference)
     summary = summarise(result["per_image"])
+    width = max(map(len, summary), default=0)
     for key, m in summary.items():
-        console.print(f"{key:>14}: {m['mean']:.4f}  [{m['lo']:.4f}, {m['hi']:.4f}]  (n={m['n']})")
+        if m["n"] == 0:
+            console.print(f"{key:>{width}}: -  (undefined on every image)")
+            continue
+        skipped = len(result["per_image"][key]) - m["n"]  # NaN: undefined there (docs/metrics.md)
+        note = f", {skipped} image(s) where it is undefined left out" if skipped else ""
+        console.print(f"{key:>{width}}: {m['mean']:.4f}  [{m['lo']:.4f}, {m['hi']:.4f}]  (n={m['n']}{note})")
     console.print(f"sampling: {np.mean(result['sample_seconds']):.3f} s per image for {max(counts)} samples")
     if out is not None:
         write_json(

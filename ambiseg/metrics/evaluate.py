@@ -5,7 +5,11 @@ Key convention (the leaderboard prints these keys):
   `GED<k>`, `Diversity<k>` (E[d(S, S')], reported beside every GED), `HM-IoU<k>`, and with a
   true distribution `TrueGED<k>`, `ModeTV<k>`;
 - point families once, at k = min(at, S): `MDM<k>`, `CI<k>`, `NCC<k>`;
-- `Dice`, `IoU`: the majority mask of all S samples against each annotator (no count).
+- `Dice`, `IoU`: the majority mask of all S samples against each annotator (no count);
+- `Stray`, `MissedConsensus`, `SoftShare`: the plausibility of single samples (`plausibility`),
+  means over all S samples (no count: each is an average over samples, whose expectation does
+  not depend on S, unlike GED's); `SoftShare` reads the samples' probabilities, not their
+  binarisation, and `MissedConsensus`, `SoftShare` are NaN on images where they are undefined.
 Count k always means the first k samples of the S given, so GED16 and GED32 share 16 samples.
 All pairwise counts come from one matrix product over all S samples.
 """
@@ -26,9 +30,10 @@ from .inputs import check_pair
 from .matching import hm_iou_from, mdm_from
 from .ncc import ncc_from
 from .overlap import FlatMasks, Overlaps, flatten
+from .plausibility import covered_from, missed_consensus_from, soft_share_from, stray_rate_from
 from .truth import check_truth, mode_mass_from, mode_tv_from
 
-__all__ = ["evaluate", "better", "SWEEP", "POINT", "TRUTH_SWEEP", "BETTER"]
+__all__ = ["evaluate", "better", "SWEEP", "POINT", "TRUTH_SWEEP", "PLAUSIBILITY", "BETTER"]
 
 
 class _View:
@@ -82,6 +87,7 @@ TRUTH_SWEEP: dict[str, Family] = {
     "TrueGED": lambda v: ged_terms_from(v.true_overlaps, weights=v.true_probs).ged,
     "ModeTV": lambda v: mode_tv_from(mode_mass_from(v.true_overlaps.iou_sy, v.true_probs), v.true_probs),
 }
+PLAUSIBILITY = ("Stray", "MissedConsensus", "SoftShare")  # keys without a count, all S samples
 BETTER = {
     "GED": "lower",
     "Diversity": "neither",
@@ -93,6 +99,9 @@ BETTER = {
     "IoU": "higher",
     "TrueGED": "lower",
     "ModeTV": "lower",
+    "Stray": "lower",
+    "MissedConsensus": "lower",
+    "SoftShare": "lower",
 }
 
 
@@ -140,7 +149,8 @@ def evaluate(
 
     Returns:
         `{key: Tensor[B]}` in the order sweep families (counts ascending), point families,
-        Dice, IoU, truth families; see the module docstring for the key convention.
+        Dice, IoU, Stray, MissedConsensus, SoftShare, truth families; see the module docstring
+        for the key convention. Only SoftShare differs between probabilities and their binarisation.
     """
     s, a = check_pair(samples, annotations)
     if (modes is None) != (probs is None):
@@ -160,6 +170,10 @@ def evaluate(
     view = views.get(point) or _View(point, fs, fa, overlaps, truth, p)
     out.update({f"{name}{point}": fn(view) for name, fn in POINT.items()})
     out["Dice"], out["IoU"] = consensus_from(fs.values, fa.values)
+    union = a.any(dim=1)
+    out["Stray"] = stray_rate_from(s, union)
+    out["MissedConsensus"] = missed_consensus_from(overlaps.size_s, overlaps.size_y)
+    out["SoftShare"] = soft_share_from(samples, s, union, covered_from(fs.values, fa.values))
     if truth is not None:
         out.update({f"{name}{k}": fn(view) for name, fn in TRUTH_SWEEP.items() for k, view in views.items()})
     return out
