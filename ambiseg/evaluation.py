@@ -89,9 +89,9 @@ def _score(
     at 0.5 but SoftShare, which reads them as they are) and `item` the image collated alone.
     """
     known = {"modes": item["modes"], "probs": item["mode_probs"]} if "modes" in item else {}
-    scores = {
-        key: value.item() for key, value in metrics.evaluate(samples, item["masks"], counts=counts, **known).items()
-    }
+    with torch.autocast("cpu", enabled=False):  # sampling may run under bf16 autocast; scoring never does
+        found = metrics.evaluate(samples, item["masks"], counts=counts, **known)
+    scores = {key: value.item() for key, value in found.items()}
     truth = {}
     if known:
         truth[f"mode_mass{total}"] = metrics.mode_mass(samples, item["modes"], item["mode_probs"])[0].tolist()

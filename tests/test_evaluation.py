@@ -200,3 +200,15 @@ def test_compile_mode_reaches_torch_compile(monkeypatch, mode, passed):
 def test_an_empty_test_set_is_an_error():
     with pytest.raises(ambiseg.AmbisegError, match="empty"):
         evaluation.evaluate_method(CountingMethod([], 0), [], counts=(2,), seed=0, device=CPU)
+
+
+def test_scores_are_fp32_even_when_sampling_runs_under_bf16_autocast():
+    items = marked_images(3, size=16)
+    log: list[tuple[str, int]] = []
+    plain = evaluation.evaluate_method(CountingMethod(log, 0), items, counts=(4,), seed=0, device=CPU, warmup=False)
+    options = evaluation.InferenceOptions(precision="bf16")
+    under = evaluation.evaluate_method(
+        CountingMethod(log, 0), items, counts=(4,), seed=0, device=CPU, warmup=False, options=options
+    )
+    for key, values in plain["per_image"].items():
+        np.testing.assert_array_equal(np.asarray(under["per_image"][key]), np.asarray(values), err_msg=key)
