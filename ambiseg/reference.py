@@ -5,7 +5,13 @@ Each row is scored exactly like a method (`ambiseg.metrics.evaluate`, S samples 
 - `ref:union`: every pixel any rater marked;
 - `ref:empty`: an empty mask;
 - `ref:raters`: S draws (seeded, with replacement) from the image's own rater masks - annotator
-  resampling, a lower bound no model beats in expectation.
+  resampling, a lower bound no model beats in expectation;
+- `ref:truth` (only on data with a known distribution, e.g. `synthetic`): S draws from the true
+  modes with their probabilities - a perfect model. Its GED against the A raters is what the
+  metric gives the best possible sampler, so a deterministic row that beats the models but not
+  `ref:truth` wins by the models' fault, not by the metric's nature (docs/metrics.md).
+
+On data with a known distribution every row is also scored against it (TrueGED, ModeTV).
 
 A model that does not beat majority, union and empty has not learned; `ref:raters` shows how
 far from zero GED can go with S samples.
@@ -31,11 +37,19 @@ from .results import RECORD_KIND, RECORD_SCHEMA, environment, summarise
 
 __all__ = ["REFERENCES", "reference_samples", "reference_records"]
 
-REFERENCES = ("ref:majority", "ref:union", "ref:empty", "ref:raters")
+REFERENCES = ("ref:majority", "ref:union", "ref:empty", "ref:raters", "ref:truth")
 
 
-def reference_samples(masks: torch.Tensor, total: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Each reference row's samples [1, total, H, W] for one image's rater masks [A, H, W]."""
+def reference_samples(
+    masks: torch.Tensor,
+    total: int,
+    generator: torch.Generator,
+    *,
+    modes: torch.Tensor | None = None,
+    probs: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Each reference row's samples [1, total, H, W] for one image's rater masks [A, H, W]; with the
+    true `modes` [K, H, W] and their `probs` [K], also `ref:truth`."""
     votes = masks.float().sum(0)
     a = masks.shape[0]
     fixed = {
@@ -45,6 +59,9 @@ def reference_samples(masks: torch.Tensor, total: int, generator: torch.Generato
     }
     out = {name: mask.expand(total, *mask.shape)[None] for name, mask in fixed.items()}
     out["ref:raters"] = masks[torch.randint(a, (total,), generator=generator)].bool()[None]
+    if modes is not None and probs is not None:
+        picks = torch.multinomial(probs.double(), total, replacement=True, generator=generator)
+        out["ref:truth"] = modes[picks].bool()[None]
     return out
 
 
@@ -54,12 +71,15 @@ def reference_records(
     """One bench-shaped record per reference row (per-image metrics of every test image; no
     training, no timing: those fields are zero and `reference` is true)."""
     generator = torch.Generator().manual_seed(seed)
-    per_image: dict[str, dict[str, list[float]]] = {name: {} for name in REFERENCES}
+    per_image: dict[str, dict[str, list[float]]] = {}
     for i in range(len(test_set)):
-        masks = test_set[i]["masks"]
-        for name, samples in reference_samples(masks, max(counts), generator).items():
-            for key, value in metrics.evaluate(samples, masks[None], counts=tuple(counts)).items():
-                per_image[name].setdefault(key, []).append(float(value.item()))
+        item = test_set[i]
+        masks, truth = item["masks"], {k: item[k] for k in ("modes", "mode_probs") if k in item}
+        rows = reference_samples(masks, max(counts), generator, modes=truth.get("modes"), probs=truth.get("mode_probs"))
+        known = {"modes": truth["modes"][None], "probs": truth["mode_probs"][None]} if truth else {}
+        for name, samples in rows.items():
+            for key, value in metrics.evaluate(samples, masks[None], counts=tuple(counts), **known).items():
+                per_image.setdefault(name, {}).setdefault(key, []).append(float(value.item()))
     created = dt.datetime.now(dt.timezone.utc).isoformat()
     env = environment(device)
     return [

@@ -73,6 +73,24 @@ def test_reference_samples_follow_the_votes():
     assert out["ref:union"][0, 0].tolist() == [[True, True], [False, True]]
     assert not out["ref:empty"].any() and out["ref:raters"].shape == (1, 5, 2, 2)
     assert all(any(torch.equal(s, torch.from_numpy(m).bool()) for m in masks) for s in out["ref:raters"][0])
+    assert "ref:truth" not in out  # no known distribution
+
+
+def test_ref_truth_draws_the_true_modes_by_their_probabilities():
+    import torch
+
+    modes = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    modes[0, 0, 0], modes[1, 1, 1] = 1, 1  # mode 2 is empty
+    probs = torch.tensor([0.7, 0.3, 0.0])
+    masks = modes[:2]
+    out = reference_samples(masks, 4000, torch.Generator().manual_seed(0), modes=modes, probs=probs)
+    truth = out["ref:truth"][0]
+    first = truth[:, 0, 0].float().mean().item()
+    assert truth.shape == (4000, 2, 2) and abs(first - 0.7) < 0.03  # about 70% are mode 0
+    assert not (truth.flatten(1).sum(1) == 0).any()  # mode 2 has probability 0: never drawn
+    # the other rows take the same generator draws as without a known distribution
+    plain = reference_samples(masks, 4000, torch.Generator().manual_seed(0))
+    assert torch.equal(plain["ref:raters"], out["ref:raters"])
 
 
 def test_paired_difference_to_atfm_matches_the_per_image_values(tmp_path):
