@@ -83,6 +83,11 @@ class Prior(nn.Module, ABC):
         """Loss of the prior's own stage; a dict with a "loss" key."""
         raise NotImplementedError(f"{type(self).__name__} has no training stage of its own")
 
+    def guide(self, state: Any) -> Tensor | None:
+        """A per-image map [B, 1, H, W] that summarises the prior (e.g. GTR's mean probability), for a
+        transport that conditions on it; None when the prior has none."""
+        return None
+
 
 @dataclass
 class LatentDraw:
@@ -143,6 +148,10 @@ class Transport(nn.Module, ABC):
     def condition(self, images: Tensor) -> Any:
         """Image-only work, run once per image. `images`: [B, C, H, W]."""
         return images
+
+    def with_prior(self, cond: Any, prior: Prior, state: Any) -> Any:
+        """Per-image conditioning `cond` joined with what it reads of the prior `state` (nothing by default)."""
+        return cond
 
     def expand(self, cond: Any, repeats: int, *, generator: torch.Generator | None = None) -> Any:
         """Per-sample conditioning from per-image `cond` (image-major); override to add randomness."""

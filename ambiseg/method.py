@@ -446,6 +446,11 @@ class Method(nn.Module):
         finally:
             self.train(was_training)
 
+    def _conditions(self, images: Tensor) -> tuple[Any, Any]:
+        """The image-only work of prior and transport, once per image: (prior state, transport conditioning)."""
+        state = self.prior.condition(images)
+        return state, self.transport.with_prior(self.transport.condition(images), self.prior, state)
+
     def _starts(self, n: int, state: Any, cond: Any, generator: torch.Generator | None) -> tuple[Tensor, Any]:
         """Initial states [B*n, ...] and their per-sample conditioning for n samples of each image."""
         x0 = self.prior.sample(state, n, generator=generator).flatten(0, 1)
@@ -461,8 +466,7 @@ class Method(nn.Module):
         self, images: Tensor, num_samples: int, per_chunk: int, generator: torch.Generator | None
     ) -> Tensor:
         b, _, h, w = images.shape
-        state = self.prior.condition(images)
-        cond = self.transport.condition(images)
+        state, cond = self._conditions(images)
         chunks = []
         for done in range(0, num_samples, per_chunk):
             n = min(per_chunk, num_samples - done)
@@ -479,7 +483,7 @@ class Method(nn.Module):
         starts, conds = [], []
         for i, gen in enumerate(generators):  # the draws of sample(images[i:i+1], generator=gen), in its order
             image = images[i : i + 1]
-            state, cond = self.prior.condition(image), self.transport.condition(image)
+            state, cond = self._conditions(image)
             for done in range(0, num_samples, limit):
                 start, per_sample = self._starts(min(limit, num_samples - done), state, cond, gen)
                 starts.append(start)

@@ -9,14 +9,16 @@ validation slices with the same per-image generators, so the difference is the f
     python benchmarks/flow_study.py benchmarks/results/lidc-v1/runs/atfm-lidc-cpu-seed0/best.safetensors \
         --set transport.coupling=matched --steps 3000 --val-every 500 --val-images 200 --out runs/flow/matched
 
-Writes OUT/history.csv (one row per validation: step, seconds of training so far, loss terms,
-and the mean metrics of flow and GTR) and OUT/flow.safetensors-free JSON of the config.
+Writes OUT/config.json (the arguments and the method config), OUT/history.csv (one row per
+validation: step, training seconds so far, loss terms, mean metrics of flow and GTR, and the
+flow-minus-GTR paired difference of GED16, HM-IoU16, Diversity16, Stray, MissedConsensus and
+SoftShare with 95% intervals), OUT/transport.pt (the flow's weights) and, with --final-steps,
+OUT/euler-steps.csv (the trained flow scored again at other Euler step counts).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import time
@@ -29,23 +31,16 @@ import torch
 from ambiseg.checkpoint import load_checkpoint, load_method
 from ambiseg.cli.options import parse_sets
 from ambiseg.data.spec import DataSpec
+from ambiseg.flow_effect import paired_difference, prior_only_twin
 from ambiseg.method import Method, apply_overrides
 from ambiseg.metrics import evaluate
 from ambiseg.train import collate, learning_rate, make_optimizer
 
-
-def prior_only(method: Method) -> Method:
-    """The same prior (shared module) with the identity transport: the GTR alone."""
-    config = copy.deepcopy(method.config)
-    config["transport"] = {"name": "identity"}
-    config["sampler"] = {"name": "direct"}
-    twin = Method.from_config(config)
-    twin.prior = method.prior
-    return twin
+PAIRED = ("GED16", "HM-IoU16", "Diversity16", "Stray", "MissedConsensus", "SoftShare")
 
 
-def score(method: Method, data: Any, n: int, samples: int, seed: int) -> dict[str, float]:
-    """Mean metrics of `samples` samples on the first `n` slices, per-image generators as `ambiseg eval`."""
+def score(method: Method, data: Any, n: int, samples: int, seed: int) -> dict[str, np.ndarray]:
+    """Per-image metrics of `samples` samples on the first `n` slices, per-image generators as `ambiseg eval`."""
     totals: dict[str, list[float]] = {}
     for start in range(0, n, 16):
         idx = list(range(start, min(n, start + 16)))
@@ -54,7 +49,24 @@ def score(method: Method, data: Any, n: int, samples: int, seed: int) -> dict[st
         out = method.sample(batch["image"], samples, generator=gens)
         for key, values in evaluate(out, batch["masks"], counts=(samples,)).items():
             totals.setdefault(key, []).extend(values.tolist())
-    return {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in totals.items()}
+    return {k: np.asarray(v, dtype=np.float64) for k, v in totals.items()}
+
+
+def summary(flow: dict[str, np.ndarray], gtr: dict[str, np.ndarray]) -> dict[str, float]:
+    """Flow means, and for `PAIRED` metrics the flow-minus-GTR difference with its 95% interval."""
+    row = {f"flow_{k}": round(float(np.nanmean(v)), 4) for k, v in flow.items()}
+    row |= {f"gtr_{k}": round(float(np.nanmean(v)), 4) for k, v in gtr.items()}
+    for key, d in paired_difference({k: flow[k] for k in PAIRED}, {k: gtr[k] for k in PAIRED}).items():
+        row |= {f"diff_{key}": round(d["diff"], 4), f"lo_{key}": round(d["lo"], 4), f"hi_{key}": round(d["hi"], 4)}
+    return row
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def main() -> None:
@@ -70,6 +82,12 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--val-samples", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--final-steps",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[],
+        help="after training, score the flow again with these Euler step counts, e.g. 2,5,10",
+    )
     parser.add_argument("--keep-flow", action="store_true", help="start from the checkpoint's own flow weights")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -93,9 +111,9 @@ def main() -> None:
             default=str,
         )
     )
-    twin = prior_only(method)
+    twin = prior_only_twin(method)
     gtr = score(twin, val_set, n_val, args.val_samples, args.seed)
-    print("GTR alone:", {k: round(v, 4) for k, v in gtr.items()}, flush=True)
+    print("GTR alone:", {k: round(float(np.nanmean(v)), 4) for k, v in gtr.items()}, flush=True)
 
     params = method.begin_stage("transport")
     cfg = {"optimizer": "adam", "lr": args.lr, "warmup": args.warmup, "schedule": args.schedule}
@@ -108,14 +126,10 @@ def main() -> None:
         flow = score(method, val_set, n_val, args.val_samples, args.seed)
         method.begin_stage("transport")
         row = {"step": step, "seconds": round(seconds, 1), **{k: round(v, 5) for k, v in terms.items()}}
-        row |= {f"flow_{k}": round(v, 4) for k, v in flow.items()} | {f"gtr_{k}": round(v, 4) for k, v in gtr.items()}
-        rows.append(row)
-        keys = [k for k in flow if k.startswith(("GED", "HM-IoU", "Diversity"))]
-        print(f"step {step} ({seconds:.0f} s):", {k: round(flow[k], 4) for k in keys}, flush=True)
-        with open(args.out / "history.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[-1]))
-            writer.writeheader()
-            writer.writerows(rows)
+        rows.append(row | summary(flow, gtr))
+        shown = {k: rows[-1][f"diff_{k}"] for k in PAIRED}
+        print(f"step {step} ({seconds:.0f} s) flow minus GTR:", shown, flush=True)
+        write_csv(args.out / "history.csv", rows)
 
     validate()
     while step < args.steps:
@@ -130,11 +144,19 @@ def main() -> None:
             out["loss"].backward()
             opt.step()
             seconds += time.perf_counter() - t0
-            terms = {k: float(v) for k, v in out.items()}
+            terms = {k: float(v.detach()) for k, v in out.items()}
             step += 1
             if step % args.val_every == 0 or step == args.steps:
                 validate()
-    torch.save({k: v for k, v in method.transport.state_dict().items()}, args.out / "transport.pt")
+    torch.save(method.transport.state_dict(), args.out / "transport.pt")
+    method.eval()
+    sweep = []
+    for steps in args.final_steps:
+        method.sampler.steps = steps
+        sweep.append({"euler_steps": steps} | summary(score(method, val_set, n_val, args.val_samples, args.seed), gtr))
+        print(f"euler {steps}: flow minus GTR", {k: sweep[-1][f"diff_{k}"] for k in PAIRED}, flush=True)
+    if sweep:
+        write_csv(args.out / "euler-steps.csv", sweep)
 
 
 if __name__ == "__main__":

@@ -226,3 +226,20 @@ def test_matched_coupling_trains_and_independent_coupling_is_the_default():
     matched = ambiseg.build("atfm", preset="smoke", transport={"coupling": "matched"})
     losses = _fit(matched, "transport", batch, 30, 1e-2)
     assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_guided_flow_reads_the_gtr_mean_and_refuses_a_prior_without_one():
+    torch.manual_seed(0)
+    method = ambiseg.build("atfm", preset="smoke", transport={"guide": True})
+    assert method.transport.net.stem.in_channels == 3  # image, GTR mean probability, state
+    images = torch.rand(2, 1, 16, 16)
+    state = method.prior.condition(images)
+    cond = method.transport.with_prior(method.transport.condition(images), method.prior, state)
+    mean = state.mean.reshape(2, 1, 16, 16).sigmoid()
+    assert torch.equal(cond[:, 1:], mean) and torch.equal(cond[:, :1], images)
+    losses = _fit(method, "transport", _disks(), 20, 1e-2)
+    assert sum(losses[-5:]) < sum(losses[:5])
+    out = method.sample(images, 3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
+    with pytest.raises(ambiseg.CompatibilityError, match="option 'guide'.*has none"):
+        ambiseg.build("sfm-noise", preset="smoke", transport={"guide": True})

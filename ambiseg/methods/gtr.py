@@ -178,6 +178,11 @@ class GTRPrior(Prior):
         h, w = state.size
         return rearrange(logits, "b n (h w) -> b n 1 h w", h=h, w=w).sigmoid()
 
+    def guide(self, state: GTRState) -> Tensor:
+        """The mean's probability map sigmoid(mu) [B, 1, H, W] (the GTR's distribution-level answer)."""
+        h, w = state.size
+        return rearrange(state.mean, "b (h w) -> b 1 h w", h=h, w=w).sigmoid()
+
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """MC likelihood loss against one random annotator per image.
 

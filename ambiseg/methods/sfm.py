@@ -89,6 +89,9 @@ class SFMTransport(Transport):
         coupling: how prior draws are paired with annotators in training: "independent" (the
             paper: one draw per image, paired with every annotator) or "matched" (one draw per
             annotator, paired by least squared distance; see the module docstring).
+        guide: also condition the ST-Net on the prior's summary map (`Prior.guide`: GTR's mean
+            probability sigmoid(mu)) as one more input channel, so the flow need not find the
+            lesion in the image again (an ambiseg option; the paper's ST-Net sees the image only).
         path: the probability path, a name of the `paths` registry or `{"name": ..., **options}`:
             "straight" (ATFM's, default), "cosine", ...; `{"name": "straight", "truncation": 0.3}`
             starts the flow at t0 = 0.3 from the noised prior sample (see `ambiseg.paths`).
@@ -120,6 +123,7 @@ class SFMTransport(Transport):
         stem_kernel: int = 7,
         path: str | dict[str, Any] = "straight",
         coupling: str = "independent",
+        guide: bool = False,
         in_channels: int = 1,
     ) -> None:
         super().__init__()
@@ -128,7 +132,7 @@ class SFMTransport(Transport):
                 f"transport 'sfm' option 'coupling' is {coupling!r}{closest(str(coupling), COUPLINGS)}; "
                 f"choose one of: {', '.join(COUPLINGS)}"
             )
-        self.coupling = coupling
+        self.coupling, self.guide = coupling, bool(guide)
         self.path: ProbPath = paths.from_spec(path, where="transport 'sfm' option 'path'")
         if sf_loss not in SF_LOSSES:
             raise ConfigError(
@@ -143,7 +147,7 @@ class SFMTransport(Transport):
         self.grayscale = bool(grayscale) and in_channels == 3
         image_channels = 1 if self.grayscale else self.in_channels
         self.net = TimeUNet(
-            image_channels + 1,
+            image_channels + 1 + int(self.guide),
             1,
             width=width,
             mults=tuple(mults),
@@ -168,7 +172,24 @@ class SFMTransport(Transport):
             return torch.einsum("bchw,c->bhw", images, weights).unsqueeze(1)
         return images
 
+    def with_prior(self, cond: Tensor, prior: Prior, state: Any) -> Tensor:
+        """The image, and with `guide` the prior's summary map as one more channel [B, C' + 1, H, W]."""
+        if not self.guide:
+            return cond
+        guide = prior.guide(state)
+        if guide is None:
+            raise CompatibilityError(
+                f"transport 'sfm' option 'guide' reads the prior's summary map, but prior {type(prior).__name__} "
+                "has none (Prior.guide); use guide=false or a prior such as gtr"
+            )
+        return torch.cat([cond, guide.to(cond.dtype)], dim=1)
+
     def check_prior(self, prior: Prior) -> None:
+        if self.guide and type(prior).guide is Prior.guide:
+            raise CompatibilityError(
+                f"transport 'sfm' option 'guide' reads the prior's summary map, but prior {type(prior).__name__} "
+                "has none (Prior.guide); use guide=false or a prior such as gtr"
+            )
         channels = getattr(prior, "channels", 1)
         if channels != 1:
             raise CompatibilityError(
@@ -206,10 +227,12 @@ class SFMTransport(Transport):
         b, a = masks.shape[:2]
         draws = a if self.coupling == "matched" else 1
         with torch.no_grad():
+            state = prior.condition(image) if self.guide or not self.path.truncated else None
             if self.path.truncated:
                 x0 = torch.randn(b, draws, 1, *masks.shape[2:], device=image.device, dtype=image.dtype)
             else:
-                x0 = prior.sample(prior.condition(image), draws).to(image.dtype)  # [B, draws, 1, H, W]
+                x0 = prior.sample(state, draws).to(image.dtype)  # [B, draws, 1, H, W]
+            cond = self.with_prior(self.condition(image), prior, state)
         t = self.path.times(torch.rand(b, draws, device=image.device, dtype=image.dtype))
         if self.coupling == "matched":
             order = matched_order(x0, masks)
@@ -217,7 +240,7 @@ class SFMTransport(Transport):
         x0 = repeat(x0, "b n c h w -> (b n r) c h w", r=a // draws)
         t = repeat(t, "b n -> (b n r)", r=a // draws)
         x1 = rearrange(masks, "b a h w -> (b a) 1 h w")
-        cond = repeat(self.condition(image), "b c h w -> (b a) c h w", a=a)
+        cond = repeat(cond, "b c h w -> (b a) c h w", a=a)
         point = self.path.sample(x0, x1, t)
         v = self(point.x_t, t, cond)
         fm = F.mse_loss(v, point.u_t)
@@ -228,5 +251,5 @@ class SFMTransport(Transport):
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha}, sf_loss={self.sf_loss!r}, grayscale={self.grayscale}, path={self.path!r}, "
-            f"coupling={self.coupling!r}"
+            f"coupling={self.coupling!r}, guide={self.guide}"
         )
