@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -150,3 +152,38 @@ def test_equal_validation_scores_keep_the_first_or_the_last_step(tmp_path, monke
 def test_unknown_selection_is_refused_with_the_closest_name():
     with pytest.raises(ambiseg.ConfigError, match="select.*did you mean 'last-best'"):
         small(select="last-bets")
+
+
+@pytest.mark.parametrize(("name", "stage"), [("det-unet", "transport"), ("atfm", "transport")])
+def test_channels_last_training_is_the_same_computation_and_gives_the_method_back_contiguous(monkeypatch, name, stage):
+    train, _ = sets()
+    trained = {}
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        method = ambiseg.build(name, preset="smoke", train={stage: {"steps": 2, "batch_size": 3}})
+        layouts, loss = [], method.loss
+
+        def spy(batch, stage, method=method, layouts=layouts, loss=loss):
+            convs = [p for p in method.parameters() if p.ndim == 4]
+            layouts.append(all(p.is_contiguous(memory_format=torch.channels_last) for p in convs))
+            return loss(batch, stage)
+
+        monkeypatch.setattr(method, "loss", spy)
+        Trainer(method, train, None, seed=0, progress=False, channels_last=channels_last).fit()
+        assert layouts and set(layouts) == {channels_last}
+        trained[channels_last] = method.state_dict()
+    plain, fast = trained[False], trained[True]
+    assert any(not torch.equal(fast[k], v) for k, v in plain.items())  # another rounding, as documented
+    for key, value in plain.items():
+        assert fast[key].is_contiguous(), key
+        torch.testing.assert_close(fast[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_train_command_takes_channels_last_and_records_it_in_config_json(tmp_path):
+    from ambiseg.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "det-unet", "--preset", "smoke", "--out", str(tmp_path), "--no-progress", "--channels-last"])
+    assert info.value.code == 0
+    assert json.loads((tmp_path / "config.json").read_text())["channels_last"] is True
+    assert load_checkpoint(tmp_path / "last.safetensors").meta["stage_index"] == 1

@@ -56,6 +56,11 @@ def check_existing_run(out: Path, *, resume: bool, overwrite: bool) -> None:
 )
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @click.option(
+    "--channels-last",
+    is_flag=True,
+    help="train the conv nets in the channels-last memory format (same math, other rounding; faster on CPUs)",
+)
+@click.option(
     "--log",
     type=OutPath(dir_okay=False, path_type=Path),
     default=None,
@@ -75,6 +80,7 @@ def train_cmd(
     detect_anomaly: bool,
     save_every: int,
     no_progress: bool,
+    channels_last: bool,
     log: Path | None,
 ) -> None:
     """Train METHOD (a registered recipe) on a dataset; checkpoints go to OUT.
@@ -112,6 +118,7 @@ def train_cmd(
             console=console,
             data=spec.to_dict(),
             log=log or out / "history.csv",
+            channels_last=channels_last,
         )
         with run_lock(out) if is_main() else contextlib.nullcontext():
             if is_main():
@@ -127,6 +134,7 @@ def train_cmd(
                         "seed": seed,
                         "overrides": overrides,
                         "data_settings": data_settings,
+                        **({"channels_last": True} if channels_last else {}),  # the default leaves the file as before
                     },
                 )
             result = trainer.fit(resume=resume)
