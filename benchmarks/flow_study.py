@@ -12,7 +12,7 @@ validation slices with the same per-image generators, so the difference is the f
 Writes OUT/config.json (the arguments and the method config), OUT/history.csv (one row per
 validation: step, training seconds so far, loss terms, mean metrics of flow and GTR, and the
 flow-minus-GTR paired difference of GED16, HM-IoU16, Diversity16, Stray, MissedConsensus and
-SoftShare with 95% intervals), OUT/transport.pt (the flow's weights) and, with --final-steps,
+SoftShare with 95% intervals), OUT/transport.safetensors (the flow's weights) and, with --final-steps,
 OUT/euler-steps.csv (the trained flow scored again at other Euler step counts).
 """
 
@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from ambiseg.checkpoint import load_checkpoint, load_method
 from ambiseg.cli.options import parse_sets
@@ -148,7 +149,7 @@ def main() -> None:
             step += 1
             if step % args.val_every == 0 or step == args.steps:
                 validate()
-    torch.save(method.transport.state_dict(), args.out / "transport.pt")
+    save_file({k: v.contiguous() for k, v in method.transport.state_dict().items()}, args.out / "transport.safetensors")
     method.eval()
     sweep = []
     for steps in args.final_steps:
