@@ -84,9 +84,30 @@ def find_record(path: Path) -> dict[str, Any]:
     return max(found, key=lambda r: r["created"])
 
 
-def load_run(path: Path, root: str | None) -> Run:
-    """The checkpoint's method with its record's config, and the record's test split (`root` replaces its root)."""
-    record = find_record(path)
+def checkpoint_record(path: Path, protocol: str) -> dict[str, Any]:
+    """For a checkpoint no bench record names (an `ambiseg train` run): its own config, training
+    seed and data, scored on `protocol`'s test slices as `ambiseg bench --protocol` would."""
+    meta = load_checkpoint(path).meta
+    data = DataSpec.from_dict(meta["data"], where=str(path)).with_settings(get_protocol(protocol).data_settings)
+    return {
+        "config": meta["config"],
+        "seed": int(meta.get("seed", 0)),
+        "data": data.to_dict(),
+        "protocol": {"name": protocol},
+        "created": None,
+        "per_image": {},
+    }
+
+
+def load_run(path: Path, root: str | None, protocol: str | None = None) -> Run:
+    """The checkpoint's method with its record's config, and the record's test split (`root` replaces its
+    root); with `protocol`, a checkpoint without a record is scored on that protocol's slices."""
+    try:
+        record = find_record(path)
+    except AmbisegError:
+        if protocol is None:
+            raise
+        record = checkpoint_record(path, protocol)
     method = Method.from_config(record["config"])
     ckpt = load_checkpoint(path)
     check_flow_method(method)  # before any work: a method without a flow or a GTR-like prior is refused
@@ -251,6 +272,9 @@ def main() -> None:
     parser.add_argument("--figure-draws", type=int, default=4, help="GTR draws per slice in the figure")
     parser.add_argument("--image-batch", type=int, default=8, help="test slices sampled together")
     parser.add_argument("--out", type=Path, default=FOLDER / "flow-effect")
+    parser.add_argument(
+        "--protocol", default=None, help="score a checkpoint that no bench record names on this protocol's slices"
+    )
     args = parser.parse_args()
     counts = parse_counts(args.samples)
     if args.every < 1:
@@ -271,7 +295,7 @@ def main() -> None:
         command = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} {command}"
     runs, entries, indices, n = [], [], [], 0
     for path in paths:
-        run = load_run(path, args.root)
+        run = load_run(path, args.root, args.protocol)
         n = len(run.test)
         bad = [i for i in slices if not 0 <= i < n]
         if bad:
