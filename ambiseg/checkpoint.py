@@ -1,8 +1,8 @@
 """Checkpoints: one safetensors file (weights, optimiser tensors, RNG states) whose header
 carries the JSON config and training state. No pickle anywhere, written atomically.
 
-Layout of the tensors: `model/<name>`, `optim/<param index>/<key>`, `rng/torch`,
-`rng/cuda/<device>`; the header's `ambiseg` entry holds the method config, stage, epoch,
+Layout of the tensors: `model/<name>`, `optim/<param index>/<key>`, `ema/<module>/<name>` (a
+stage's moving average of weights, while it trains), `rng/torch`, `rng/cuda/<device>`; the header's `ambiseg` entry holds the method config, stage, epoch,
 step, optimiser hyperparameters, Python/NumPy RNG states and the ambiseg version.
 """
 
@@ -48,6 +48,7 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     optim: dict[str, torch.Tensor] = field(default_factory=dict)
     rng: dict[str, torch.Tensor] = field(default_factory=dict)
+    ema: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -127,9 +128,11 @@ def save_checkpoint(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     rng: bool = True,
+    ema: dict[str, torch.Tensor] | None = None,
     **state: Any,
 ) -> None:
-    """Write a checkpoint of `model` (and optimiser, RNG) with `config` and training `state`."""
+    """Write a checkpoint of `model` (and optimiser, weight average `ema` keyed `ema/...`, RNG)
+    with `config` and training `state`."""
     tensors = {f"model/{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -141,6 +144,7 @@ def save_checkpoint(
     if optimizer is not None:
         opt_tensors, meta["optimizer"] = _flatten_optimizer(optimizer.state_dict())
         tensors.update({k: v.detach().cpu().contiguous().clone() for k, v in opt_tensors.items()})
+    tensors.update({k: v.detach().cpu().contiguous().clone() for k, v in (ema or {}).items()})
     if rng:
         rng_tensors, meta["rng"] = capture_rng()
         tensors.update({k: v.cpu().contiguous().clone() for k, v in rng_tensors.items()})
@@ -182,14 +186,14 @@ def load_checkpoint(path: str | os.PathLike, *, method: str | None = None) -> Ch
     stored = meta.get("method")
     if method is not None and (canonical_method(stored) if isinstance(stored, str) else stored) != method:
         raise AmbisegError(f"checkpoint {path} is of method '{meta.get('method')}', not '{method}'")
-    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "rng": {}}
+    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "rng": {}, "ema": {}}
     for key, value in tensors.items():
         role, _, name = key.partition("/")
         if role == "model":
             groups["model"][name] = value
         elif role in groups:
             groups[role][key] = value
-    return Checkpoint(meta=meta, model=groups["model"], optim=groups["optim"], rng=groups["rng"])
+    return Checkpoint(meta=meta, model=groups["model"], optim=groups["optim"], rng=groups["rng"], ema=groups["ema"])
 
 
 def _read_meta(text: str, path: Path) -> dict[str, Any]:

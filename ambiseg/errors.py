@@ -16,6 +16,7 @@ __all__ = [
     "CompatibilityError",
     "DataError",
     "NonFiniteError",
+    "TrainingError",
     "closest",
 ]
 
@@ -41,6 +42,10 @@ class CompatibilityError(ConfigError):
 
 class DataError(AmbisegError):
     """A dataset file or folder is missing, malformed or unsafe."""
+
+
+class TrainingError(AmbisegError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
 class NonFiniteError(AmbisegError):

@@ -62,7 +62,9 @@ class StageTraining:
     `min_lr`), after `warmup` steps of linear warm-up from 0; it is a function of the step alone,
     so a resumed run follows the same curve. `select` picks the checkpoint a stage ends with among
     equal validation scores: "first-best" keeps the earliest, "last-best" the latest (more trained)
-    step.
+    step. `ema` (a decay in [0, 1), e.g. 0.999) keeps an exponential moving average of the stage's
+    weights (`torch.optim.swa_utils`); validation, the best checkpoint and the stage's final
+    weights are the average's.
     """
 
     optimizer: str = "adam"
@@ -80,6 +82,7 @@ class StageTraining:
     warmup: int = 0
     min_lr: float = 0.0
     select: str = "first-best"
+    ema: float | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, stage: str) -> StageTraining:
@@ -108,6 +111,8 @@ class StageTraining:
             )
         if out.get("warmup", 0) < 0:
             raise ConfigError(f"train.{stage}.warmup must be >= 0, got {out['warmup']}")
+        if out.get("ema") is not None and not 0.0 <= out["ema"] < 1.0:
+            raise ConfigError(f"train.{stage}.ema is a decay in [0, 1) (e.g. 0.999), got {out['ema']}")
         for key in ("lr", "weight_decay", "grad_clip", "min_lr"):
             if out.get(key) is not None and out[key] < 0:
                 raise ConfigError(f"train.{stage}.{key} must be >= 0, got {out[key]}")

@@ -26,9 +26,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import distributed as dist
+from .averaging import StageAverage
 from .checkpoint import load_checkpoint, load_weights, optimizer_state, restore_rng, save_checkpoint
 from .data.base import ItemDataset
-from .errors import AmbisegError, ConfigError, closest
+from .errors import AmbisegError, ConfigError, TrainingError, closest
 from .files import ensure_dir, write_text
 from .lock import run_lock
 from .method import Method
@@ -62,10 +63,6 @@ def _decorrelate_ranks(seed: int, step: int) -> None:
     """Give every rank > 0 its own random stream (rank 0 keeps the single-process one)."""
     if dist.rank() > 0:
         torch.manual_seed(seed * 1_000_003 + step * 7919 + dist.rank())
-
-
-class TrainingError(AmbisegError):
-    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
 @dataclass
@@ -275,6 +272,7 @@ class Trainer:
                 stage = self.method.stages[meta["stage_index"]]
                 params = [p for m in self.method.stage_modules(stage) for p in m.parameters()]
                 make_optimizer(cfg, params).load_state_dict(opt_state)  # a throwaway optimiser: a check only
+            self._check_average(meta, ckpt, source=str(path))
             rng = torch.get_rng_state()
             restore_rng(ckpt.rng, meta.get("rng", {}))
             torch.set_rng_state(rng)
@@ -286,6 +284,23 @@ class Trainer:
         self._checked = {**meta, "optimizer_state": opt_state, "_ckpt": ckpt}
         return self._checked
 
+    def _average(self, stage: str) -> StageAverage | None:
+        decay = self.method.train_config[stage].get("ema")
+        return None if decay is None else StageAverage(self.method.stage_modules(stage), float(decay))
+
+    def _check_average(self, meta: dict[str, Any], ckpt: Any, *, source: str) -> None:
+        """A mid-stage checkpoint of a stage with `ema` holds its average, and one that fits."""
+        if meta["stage_index"] >= len(self.method.stages) or (meta["step"] == 0 and not ckpt.ema):
+            return
+        average = self._average(self.method.stages[meta["stage_index"]])
+        if average is not None:
+            average.load(ckpt.ema, source=source)  # a throwaway copy: a check only
+        elif ckpt.ema:
+            raise TrainingError(
+                f"{source}: the run was trained with a weight average (train.<stage>.ema) that this "
+                "configuration lacks; resume with the options the run started with"
+            )
+
     def _resume_state(self) -> dict[str, Any] | None:
         state = self._checked if self._checked is not None else self.check_resume()
         self._checked = None
@@ -294,7 +309,7 @@ class Trainer:
         ckpt = state.pop("_ckpt")  # check_resume has loaded its weights
         restore_rng(ckpt.rng, ckpt.meta.get("rng", {}))
         self.history = list(ckpt.meta.get("history", []))
-        return state
+        return {**state, "ema": ckpt.ema}
 
     # ---- validation -----------------------------------------------------------------------
     def _validate(self, stage: str) -> dict[str, float] | None:
@@ -392,10 +407,13 @@ class Trainer:
         params = self.method.begin_stage(stage)
         optimizer = make_optimizer(cfg, params)
         step = 0
+        average = self._average(stage)
         if resumed is not None:
             step = int(resumed["step"])
             if resumed.get("optimizer_state"):
                 optimizer.load_state_dict(resumed["optimizer_state"])
+            if average is not None and resumed.get("ema"):
+                average.load(resumed["ema"], source="last.safetensors")
         clip = cfg.get("grad_clip")
         accumulate = max(1, int(cfg.get("accumulate") or 1))
         if bs < dist.world_size():
@@ -418,6 +436,8 @@ class Trainer:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(cfg, step, total)
                 loss = self._step(loss_fn, optimizer, params, dist.shard(idx), accumulate, clip, stage, epoch, step)
+                if average is not None:
+                    average.update()
                 step += 1
                 every = cfg.get("val_every")
                 end_of_epoch = (step % every == 0 if every else step % per_epoch == 0) or step == total
@@ -425,7 +445,8 @@ class Trainer:
                     rate = (step - s0) / max(time.perf_counter() - t0, 1e-9)
                     bar.update(task, completed=step, loss=loss, rate=f"{rate:.1f} it/s")
                 if end_of_epoch:
-                    self._end_epoch(stage, epoch, step, loss, best, lr=optimizer.param_groups[0]["lr"])
+                    with average.applied() if average is not None else contextlib.nullcontext():
+                        self._end_epoch(stage, epoch, step, loss, best, lr=optimizer.param_groups[0]["lr"])
                 if end_of_epoch or step % self.save_every == 0:
                     self._save(
                         "last.safetensors",
@@ -436,9 +457,12 @@ class Trainer:
                         epoch=step // per_epoch,
                         best=best,
                         seconds=elapsed + time.perf_counter() - start,
+                        ema=average.state() if average is not None else None,
                     )
                 if step >= total:
                     break
+        if average is not None:
+            average.apply()  # the stage ends on its average (or on the best validated one, below)
         dist.barrier()  # rank 0 has written best.safetensors
         if self.out_dir is not None and (self.out_dir / "best.safetensors").exists() and best.get(stage) is not None:
             ckpt = load_checkpoint(self.out_dir / "best.safetensors", method=self.method.name)

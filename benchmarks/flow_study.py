@@ -19,6 +19,7 @@ OUT/euler-steps.csv (the trained flow scored again at other Euler step counts).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import time
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ambiseg.averaging import StageAverage
 from ambiseg.checkpoint import load_checkpoint, load_method
 from ambiseg.cli.options import parse_sets
 from ambiseg.data.spec import DataSpec
@@ -79,6 +81,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--schedule", default="constant")
+    parser.add_argument("--ema", type=float, default=None, help="validate an EMA of the flow's weights (decay)")
     parser.add_argument("--val-every", type=int, default=250)
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--val-samples", type=int, default=16)
@@ -119,12 +122,14 @@ def main() -> None:
     params = method.begin_stage("transport")
     cfg = {"optimizer": "adam", "lr": args.lr, "warmup": args.warmup, "schedule": args.schedule}
     opt = make_optimizer(cfg, params)
+    average = StageAverage([method.transport], args.ema) if args.ema is not None else None
     rows, seconds, step, terms = [], 0.0, 0, {}
     gen = torch.Generator().manual_seed(args.seed)
 
     def validate() -> None:
         method.eval()
-        flow = score(method, val_set, n_val, args.val_samples, args.seed)
+        with average.applied() if average is not None else contextlib.nullcontext():
+            flow = score(method, val_set, n_val, args.val_samples, args.seed)
         method.begin_stage("transport")
         row = {"step": step, "seconds": round(seconds, 1), **{k: round(v, 5) for k, v in terms.items()}}
         rows.append(row | summary(flow, gtr))
@@ -144,11 +149,15 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
+            if average is not None:
+                average.update()
             seconds += time.perf_counter() - t0
             terms = {k: float(v.detach()) for k, v in out.items()}
             step += 1
             if step % args.val_every == 0 or step == args.steps:
                 validate()
+    if average is not None:
+        average.apply()
     save_file({k: v.contiguous() for k, v in method.transport.state_dict().items()}, args.out / "transport.safetensors")
     method.eval()
     sweep = []

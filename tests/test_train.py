@@ -44,7 +44,11 @@ def test_fit_writes_checkpoints_and_history(tmp_path):
     assert (tmp_path / "best.safetensors").exists()
 
 
-@pytest.mark.parametrize("schedule", [{}, {"schedule": "cosine", "warmup": 2, "min_lr": 1e-4}])
+@pytest.mark.parametrize(
+    "schedule",
+    [{}, {"schedule": "cosine", "warmup": 2, "min_lr": 1e-4}, {"ema": 0.7}],
+    ids=["constant", "cosine", "ema"],
+)
 def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch, schedule):
     train, val = sets()
     torch.manual_seed(0)
@@ -147,6 +151,69 @@ def test_equal_validation_scores_keep_the_first_or_the_last_step(tmp_path, monke
     method = small(6, val_every=2, select=select)
     Trainer(method, train, val, out_dir=tmp_path, seed=0, progress=False).fit()
     assert load_checkpoint(tmp_path / "best.safetensors").meta["step"] == kept
+
+
+def test_weight_average_is_the_ema_of_the_weights_after_each_step():
+    from ambiseg.averaging import StageAverage
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    average = StageAverage([net], decay=0.5)
+    for value in (4.0, 2.0, 6.0):
+        net.weight.data.fill_(value)
+        average.update()
+    with average.applied():
+        assert net.weight.item() == pytest.approx(4.5)  # 4, then (4 + 2) / 2 = 3, then (3 + 6) / 2
+    assert net.weight.item() == 6.0  # the live weights again
+    average.apply()
+    assert net.weight.item() == pytest.approx(4.5)
+
+
+def test_a_stage_with_ema_validates_and_ends_on_the_average(tmp_path, monkeypatch):
+    train, val = sets()
+    seen = []
+    original = Trainer._validate
+    monkeypatch.setattr(
+        Trainer, "_validate", lambda self, stage: seen.append(weights(self.method)) or original(self, stage)
+    )
+    torch.manual_seed(0)
+    plain = small(6)
+    Trainer(plain, train, None, seed=0, progress=False).fit()
+    torch.manual_seed(0)
+    zero = small(6, ema=0.0)  # an average of decay 0 is the last weights: the same run
+    Trainer(zero, train, None, seed=0, progress=False).fit()
+    assert all(torch.equal(v, zero.state_dict()[k]) for k, v in plain.state_dict().items())
+    seen.clear()
+    torch.manual_seed(0)
+    method = small(6, ema=0.9, val_every=3, select="last-best")
+    Trainer(method, train, val, out_dir=tmp_path, seed=0, progress=False).fit()
+    assert any(not torch.equal(v, method.state_dict()[k]) for k, v in plain.state_dict().items())
+    final = load_checkpoint(tmp_path / "best.safetensors")
+    validated = seen[final.meta["step"] // 3 - 1]  # validations at steps 3 and 6
+    assert all(torch.equal(validated[k], v) for k, v in final.model.items())  # the average, validated and saved
+    assert all(torch.equal(v, method.state_dict()[k]) for k, v in final.model.items())
+
+
+def test_ema_outside_0_1_is_refused():
+    with pytest.raises(ambiseg.ConfigError, match=r"ema is a decay in \[0, 1\)"):
+        small(ema=1.0)
+
+
+def test_resume_of_a_run_trained_with_ema_without_it_is_refused(tmp_path):
+    train, _ = sets()
+    Trainer(small(4, ema=0.9), train, None, out_dir=tmp_path, seed=0, progress=False, save_every=2).fit()
+    ckpt = tmp_path / "last.safetensors"
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(ckpt), framework="pt") as fh:
+        header = fh.metadata()
+    meta = json.loads(header["ambiseg"])
+    meta.update(stage_index=0, step=2)
+    tensors = load_file(str(ckpt))
+    tensors["ema/0/n_averaged"] = torch.tensor(2)
+    save_file(tensors, str(ckpt), metadata={"ambiseg": json.dumps(meta)})
+    with pytest.raises(TrainingError, match="weight average"):
+        Trainer(small(4), train, None, out_dir=tmp_path, seed=0, progress=False).check_resume()
 
 
 def test_unknown_selection_is_refused_with_the_closest_name():
