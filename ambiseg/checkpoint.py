@@ -2,8 +2,9 @@
 carries the JSON config and training state. No pickle anywhere, written atomically.
 
 Layout of the tensors: `model/<name>`, `optim/<param index>/<key>`, `ema/<module>/<name>` (a
-stage's moving average of weights, while it trains), `rng/torch`, `rng/cuda/<device>`; the header's `ambiseg` entry holds the method config, stage, epoch,
-step, optimiser hyperparameters, Python/NumPy RNG states and the ambiseg version.
+stage's moving average of weights, while it trains), `rng/torch`, `rng/cuda/<device>`; the
+header's `ambiseg` entry holds the method config, stage, epoch, step, optimiser
+hyperparameters, Python/NumPy RNG states and the ambiseg version.
 """
 
 from __future__ import annotations
