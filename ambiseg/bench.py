@@ -20,11 +20,11 @@ from . import distributed as dist
 from .bench_presets import bench_preset
 from .checkpoint import Checkpoint, load_checkpoint, load_weights
 from .data.base import ItemDataset
-from .data.spec import DataSpec
+from .data.spec import DataSpec, training_data
 from .errors import AmbisegError, ConfigError
 from .evaluation import InferenceOptions, PeakMemory, count_flops, evaluate_method
-from .files import ensure_dir, write_json
-from .leaderboard import to_rich, write_leaderboard
+from .files import check_dir, ensure_dir, write_json
+from .leaderboard import leaderboard_paths, to_rich, write_leaderboard
 from .lock import run_lock
 from .method import Method, method_config
 from .protocols import Protocol, get_protocol
@@ -166,7 +166,7 @@ def _existing_run(method: Method, data: dict[str, Any], run_dir: Path, spec: Ben
     # the key) is the same configuration when that option's default reproduces it. The sampler
     # is not trained: a run sampled another way now (e.g. fewer steps) is the same trained run.
     same_config = _trained_part(Method.from_config(ckpt.config).config) == _trained_part(method.config)
-    same_data = _training_data(ckpt.meta.get("data")) == _training_data(data)
+    same_data = training_data(ckpt.meta.get("data")) == training_data(data)
     what = "configuration" if not same_config else "data" if not same_data else None
     if what is not None:
         raise AmbisegError(
@@ -189,14 +189,6 @@ def _same_config(recorded: Any, config: dict[str, Any]) -> bool:
 
 def _trained_part(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "sampler"}
-
-
-def _training_data(data: Any) -> Any:
-    """The data spec without its test split's options (which test images score a run does not
-    change what it was trained on)."""
-    if not isinstance(data, dict) or not isinstance(data.get("splits"), dict):
-        return data
-    return {**data, "splits": {k: v for k, v in data["splits"].items() if k != "test"}}
 
 
 def _finished_record(spec: BenchSpec, method: Method, seed: int, data: dict[str, Any]) -> dict[str, Any] | None:
@@ -265,6 +257,8 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
     if any(c < 1 for c in spec.counts):
         raise ConfigError(f"--samples must be positive integers, got {','.join(map(str, spec.counts))}")
     preset = bench_preset(spec.preset)
+    leaderboard_paths(spec.out)  # an output in the way is refused now, not after the training
+    check_dir(spec.out / "results")
     data_spec = spec.data_spec()
     device = pick_device(spec.device)
     sets = data_spec.build_splits()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import contextvars
 import errno
 import json
 import math
@@ -10,7 +12,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,13 @@ __all__ = [
     "write_text",
     "write_json",
     "ensure_dir",
+    "check_dir",
     "check_target",
     "is_temp_file",
     "write_error",
+    "reading",
+    "file_kind",
+    "suffix_kind",
 ]
 
 # `atomic_path` names its temporary `.<name>.<random>.tmp<suffix>`; a killed writer leaves one behind
@@ -36,10 +42,13 @@ def is_temp_file(path: str | os.PathLike) -> bool:
     return bool(_TEMP_NAME.match(Path(path).name))
 
 
-def check_target(path: str | os.PathLike) -> Path:
-    """`path` if it is new or a regular file (or a link, which a write replaces); else an error.
+def check_target(path: str | os.PathLike, *, kind: str | None = None, option: str = "--out") -> Path:
+    """`path` if an output may be written there; else an error saying why and to choose another `option`.
 
-    An output never replaces a directory, device node, FIFO or socket.
+    Refused: a directory, device node, FIFO or socket; a file that is an input of the running
+    command (`reading`), through any link; and, when the `kind` of what is written is known, an
+    existing file of another kind (`file_kind`): a checkpoint is only replaced by a checkpoint.
+    A new path, an empty file, or a file of the same kind passes.
     """
     path = Path(path)
     try:
@@ -49,9 +58,146 @@ def check_target(path: str | os.PathLike) -> Path:
     except NotADirectoryError:
         raise AmbisegError(f"cannot write {path}: a file is in the way of its folder") from None
     if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
-        raise AmbisegError(f"refusing to write {path}: it is {kind}; outputs must be new paths or regular files")
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+        raise AmbisegError(f"refusing to write {path}: it is {what}; outputs must be new paths or regular files")
+    if _identity(path) in _INPUTS.get():
+        via = " (through a link)" if stat.S_ISLNK(mode) else ""
+        raise AmbisegError(f"refusing to write {path}: it is an input of this command{via}; choose another {option}")
+    if kind is not None:
+        _check_kind(path, kind, option)
     return path
+
+
+# ---- the inputs of the running command: never replaced by one of its outputs ----------------
+_INPUTS: contextvars.ContextVar[frozenset[tuple[int, int]]] = contextvars.ContextVar(
+    "ambiseg_inputs", default=frozenset()
+)
+
+
+@contextlib.contextmanager
+def reading(*paths: str | os.PathLike | None) -> Iterator[None]:
+    """Within, no output replaces a file among `paths` (the inputs of a command), whatever the
+    name or link it is reached by; directories and missing paths are ignored."""
+    ids = {i for i in (_identity(p) for p in paths if p is not None) if i is not None}
+    token = _INPUTS.set(_INPUTS.get() | ids)
+    try:
+        yield
+    finally:
+        _INPUTS.reset(token)
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of the regular file `path` leads to, following links; None for anything else."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
+# ---- kinds of file: an output replaces only a file of its own kind ----------------------------
+_SUFFIX_KINDS = {
+    **dict.fromkeys((".json",), "json"),
+    **dict.fromkeys((".csv", ".md", ".tex", ".txt", ".log", ".pgf"), "text"),
+    **dict.fromkeys((".npz", ".zip"), "zip"),
+    **dict.fromkeys((".jpg", ".jpeg"), "jpeg"),
+    **dict.fromkeys((".tif", ".tiff"), "tiff"),
+    **dict.fromkeys((".eps", ".ps"), "postscript"),
+    **dict.fromkeys((".pickle", ".pkl"), "pickle"),
+    **{f".{k}": k for k in ("safetensors", "png", "pdf", "svg", "webp")},
+    ".svgz": "gzip",
+    ".gz": "gzip",
+}
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"%PDF-", "pdf"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"PK\x03\x04", "zip"),
+    (b"PK\x05\x06", "zip"),
+    (b"\x1f\x8b", "gzip"),
+    (b"%!PS", "postscript"),
+)
+_JSON_KIND = re.compile(r'\{\s*"kind"\s*:\s*"([\w.-]{1,64})"')  # ambiseg's JSON files name their kind first
+_KIND_NAMES = {"safetensors": "a checkpoint (safetensors)", "json": "JSON", "text": "text", "binary": "binary data"}
+
+
+def suffix_kind(path: str | os.PathLike) -> str | None:
+    """The kind of file the name's suffix promises (`.json`: json, `.csv`: text, ...), or None."""
+    return _SUFFIX_KINDS.get(Path(path).suffix.lower())
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """What `path` holds by its first bytes: safetensors, json, text, png, pdf, svg, zip, ...,
+    `binary` when unknown, `empty`, or None when it cannot be read or is not a regular file (a
+    FIFO would block the read)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as fh:
+            head, size = fh.read(4096), os.fstat(fh.fileno()).st_size
+    except OSError:
+        return None
+    if not head:
+        return "empty"
+    if len(head) > 8 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return "safetensors"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    return _text_kind(head)
+
+
+def _text_kind(head: bytes) -> str:
+    """json, svg or text for UTF-8 text without NUL bytes; binary otherwise."""
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return "binary"
+    if "\x00" in text:
+        return "binary"
+    start = text.lstrip("\ufeff \t\r\n")
+    tagged = _JSON_KIND.match(start)
+    if tagged:  # a bench record or reference rows: never replaced by other JSON
+        return f"json ({tagged.group(1)})"
+    if start[:1] in ("{", "["):
+        return "json"
+    if start.startswith("<") and "<svg" in text:
+        return "svg"
+    return "text"
+
+
+def _check_kind(path: Path, kind: str, option: str) -> None:
+    """Refuse to write `kind` over `path` when it holds (or is named for) another kind; a checkpoint
+    or a bench record is replaced only by its own kind, whatever its name."""
+    if not os.path.exists(path):  # new, or a dangling link (the write replaces the link)
+        return
+    held, named = file_kind(path), suffix_kind(path)
+    if held == "empty":
+        return
+    protected = held if held == "safetensors" or str(held).startswith("json (") else None
+    protected = protected or ("safetensors" if named == "safetensors" else None)
+    if protected == "safetensors" and kind != protected:
+        raise AmbisegError(
+            f"refusing to write {_describe(kind)} over {path}: it is a checkpoint (safetensors), which "
+            f"only training replaces; choose another {option}"
+        )
+    if (protected and kind != protected) or (not protected and kind not in (held, named) and (held or named)):
+        raise AmbisegError(
+            f"refusing to write {_describe(kind)} over {path}: it holds {_describe(held or str(named))}; "
+            f"choose another {option}"
+        )
+
+
+def _describe(kind: str) -> str:
+    if kind.startswith("json ("):
+        return "JSON " + kind[5:]
+    return _KIND_NAMES.get(kind, kind.upper() if len(kind) <= 4 else kind)
 
 
 def write_error(path: str | os.PathLike, exc: BaseException) -> AmbisegError:
@@ -83,6 +229,17 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_dir(path: str | os.PathLike) -> Path:
+    """`path` if it is a directory or `ensure_dir` can make it one (no file in the way); creates nothing."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            break
+        if os.path.lexists(folder):
+            raise AmbisegError(f"output directory {path} cannot be created: {folder} is a file in the way")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
@@ -96,7 +253,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
+def atomic_paths(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
     """Like `atomic_path` for a set of files: every temporary is written and synced before the
     first rename, so a failure (e.g. a full disk) leaves all of `paths` as they were."""
     targets = [check_target(p) for p in paths]
@@ -113,6 +270,7 @@ def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
         yield list(temps)
         for path, tmp in zip(targets, temps, strict=True):
             current = path
+            check_target(path, kind=_written_kind(tmp))  # the work may have taken long: check again
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 (writers may recreate it): usual permissions
@@ -129,6 +287,12 @@ def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
         raise
 
 
+def _written_kind(tmp: Path) -> str:
+    """The kind of what a writer put in `tmp` (nothing counts as text)."""
+    kind = file_kind(tmp)
+    return "text" if kind in (None, "empty") else kind
+
+
 def _remove(temps: list[Path]) -> None:
     for tmp in temps:
         with contextlib.suppress(FileNotFoundError):
@@ -142,9 +306,9 @@ def _umask() -> int:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` atomically."""
+    """Write `text` to `path` atomically, as UTF-8 whatever the locale."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

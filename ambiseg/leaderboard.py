@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from .files import atomic_paths
+from .files import atomic_paths, check_target, reading, suffix_kind
 from .metrics.evaluate import PLAUSIBILITY
 from .registry import canonical_method
-from .results import bootstrap_ci, by_seed, finite_values, read_records, summarise
+from .results import bootstrap_ci, by_seed, created_at, finite_values, read_records, summarise
 
 __all__ = [
     "Row",
@@ -40,6 +40,7 @@ __all__ = [
     "to_latex",
     "plot",
     "write_leaderboard",
+    "leaderboard_paths",
     "HEADLINE",
 ]
 
@@ -108,7 +109,7 @@ def newest_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     newest: dict[tuple[str, str, str, str, int], dict[str, Any]] = {}
     for rec in records:
         key = _run_key(rec)
-        if key not in newest or rec["created"] > newest[key]["created"]:
+        if key not in newest or created_at(rec) > created_at(newest[key]):
             newest[key] = {**rec, "method": key[3]}
     return [newest[key] for key in sorted(newest)]
 
@@ -258,6 +259,42 @@ def _sections(rows: list[Row]) -> dict[tuple[str, str, str], list[Row]]:
     return out
 
 
+# ---- names from records are text, never markup: escaped for each output format ----------------
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "|": r"\textbar{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    **{c: "\\" + c for c in "&%$#_{}"},
+}
+
+
+def _plain(text: str) -> str:
+    """`text` on one line: control characters (newlines, tabs, escapes) as spaces."""
+    return _CONTROL.sub(" ", str(text))
+
+
+def _md(text: str) -> str:
+    """`text` as literal Markdown: one line, punctuation that could format or split a table cell escaped."""
+    return re.sub(r"([\\`*_\[\]<>|&#~$])", r"\\\1", _plain(text))
+
+
+def _tex(text: str) -> str:
+    """`text` as literal LaTeX text: one line, the special characters spelled as commands."""
+    return "".join(_LATEX.get(c, c) for c in _plain(text))
+
+
+def _mpl(text: str) -> str:
+    """`text` as a literal matplotlib label of at most 60 characters: `$` would start mathtext, a
+    leading `_` hides a legend entry."""
+    text = _plain(text)
+    text = (text[:59] + "…" if len(text) > 60 else text).replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
 def _title(protocol: str, dataset: str, preset: str) -> str:
     return f"{'protocol ' + protocol + ' / ' if protocol else ''}{dataset} / preset {preset}"
 
@@ -267,17 +304,18 @@ CONSOLE_DROP = ("HM-IoU16", "CI32", "NCC32", "params", "FLOPs/image", "FLOPs/sam
 
 def to_rich(rows: list[Row]) -> list[Any]:
     """Console tables (rich), one per (dataset, preset): means only, the widest columns left out."""
+    from rich.markup import escape
     from rich.table import Table
 
     tables = []
     for (protocol, dataset, preset), group in _sections(rows).items():
         header, body = _table(group)
         keep = [i for i, name in enumerate(header) if name not in CONSOLE_DROP]
-        table = Table(title=f"{_title(protocol, dataset, preset)} / {group[0].device}")
+        table = Table(title=escape(_plain(f"{_title(protocol, dataset, preset)} / {group[0].device}")))
         for i in keep:
-            table.add_column(header[i], justify="left" if i == 0 else "right")
-        for line in body:
-            table.add_row(*[line[i].split(" [")[0] for i in keep])
+            table.add_column(escape(_plain(header[i])), justify="left" if i == 0 else "right")
+        for line in body:  # the method's name whole; of a number, the mean without its interval
+            table.add_row(*[escape(_plain(line[i] if i == 0 else line[i].split(" [")[0])) for i in keep])
         tables.append(table)
     return tables
 
@@ -286,10 +324,10 @@ def to_markdown(rows: list[Row]) -> str:
     parts = []
     for (protocol, dataset, preset), group in _sections(rows).items():
         header, body = _table(group)
-        parts.append(f"### {_title(protocol, dataset, preset)} — {group[0].device}\n")
-        parts.append("| " + " | ".join(header) + " |")
+        parts.append(f"### {_md(_title(protocol, dataset, preset))} — {_md(group[0].device)}\n")
+        parts.append("| " + " | ".join(map(_md, header)) + " |")
         parts.append("|" + "---|" * len(header))
-        parts += ["| " + " | ".join(line) + " |" for line in body]
+        parts += ["| " + " | ".join([_md(line[0]), *line[1:]]) + " |" for line in body]
         parts.append("")
     parts.append(
         "Metrics: mean over test images [95% bootstrap interval]; lower GED is better, higher HM-IoU/MDM "
@@ -373,16 +411,17 @@ def to_latex(rows: list[Row]) -> str:
         cols = [c for c in _columns(group) if not c.startswith(("TrueGED", "ModeTV"))]
         head = _headline(group[0])
         paired = head is not None and any(head in r.vs_anchor for r in group)
-        extra = ([f"{head} 95\\% CI"] if head else []) + ([f"$\\Delta${head} vs {ANCHOR}"] if paired else [])
+        name = _tex(head or "")
+        extra = ([f"{name} 95\\% CI"] if head else []) + ([f"$\\Delta${name} vs {ANCHOR}"] if paired else [])
         seeds = sorted({s for r in group if not r.reference for s in r.seeds})
-        parts.append(f"% {_title(protocol, dataset, preset)}; seeds {','.join(map(str, seeds))}")
+        parts.append(f"% {_plain(_title(protocol, dataset, preset))}; seeds {','.join(map(str, seeds))}")
         parts.append(
             f"% means over test images and seeds; intervals: 95% bootstrap over images and seeds; time: seconds "
             f"for {group[0].samples_timed} samples of one image"
         )
         parts.append("\\begin{tabular}{l" + "c" * (len(cols) + len(extra) + 1) + "}")
         parts.append("\\toprule")
-        parts.append("Method & " + " & ".join([*cols, *extra]) + " & Time (s) \\\\")
+        parts.append("Method & " + " & ".join([*map(_tex, cols), *extra]) + " & Time (s) \\\\")
         parts.append("\\midrule")
         for i, r in enumerate(group):
             if r.reference and (i == 0 or not group[i - 1].reference):
@@ -395,7 +434,7 @@ def to_latex(rows: list[Row]) -> str:
                 d = r.vs_anchor.get(head or "")
                 cells.append(f"${d['mean']:+.3f}$ $[{d['lo']:+.3f}, {d['hi']:+.3f}]$" if d else "-")  # math: real minus
             cells.append("-" if r.reference else f"{r.sample_s:.2f}")
-            parts.append(f"{r.method.replace('_', chr(92) + '_')} & " + " & ".join(cells) + " \\\\")
+            parts.append(f"{_tex(r.method)} & " + " & ".join(cells) + " \\\\")
         parts.append("\\bottomrule")
         parts.append("\\end{tabular}\n")
     return "\n".join(parts)
@@ -416,21 +455,34 @@ def plot(rows: list[Row], path: str | Path) -> None:
         for r in group:
             if r.reference and key in r.metrics:  # no time: a horizontal line for scale
                 ax.axhline(r.metrics[key]["mean"], color="grey", lw=0.8, ls=":")
-                ax.annotate(r.method, (0.01, r.metrics[key]["mean"]), xycoords=("axes fraction", "data"), fontsize=7)
+                ax.annotate(
+                    _mpl(r.method), (0.01, r.metrics[key]["mean"]), xycoords=("axes fraction", "data"), fontsize=7
+                )
             elif key in r.metrics:
                 m = r.metrics[key]
                 yerr = [[m["mean"] - m["lo"]], [m["hi"] - m["mean"]]]
                 marker = "osD^v"[methods // 10 % 5]  # matplotlib cycles 10 colours: past them, another marker
-                ax.errorbar(r.sample_s, m["mean"], yerr=yerr, fmt=marker, capsize=3, label=r.method)
+                ax.errorbar(r.sample_s, m["mean"], yerr=yerr, fmt=marker, capsize=3, label=_mpl(r.method))
                 methods += 1
-        ax.legend(fontsize=7, loc="upper right", title="95% intervals", title_fontsize=7)  # close points stay legible
-        ax.set_xscale("log")
+        if methods:
+            ax.legend(fontsize=7, loc="upper right", title="95% intervals", title_fontsize=7)  # close points legible
+        if all(r.sample_s > 0 for r in group if not r.reference and key in r.metrics):
+            ax.set_xscale("log")  # a time of 0 has no place on it
         ax.set_xlabel(f"seconds for {group[0].samples_timed} samples of one image")
-        ax.set_ylabel(f"{key} (lower is better)")
-        ax.set_title(_title(protocol, dataset, preset))
+        ax.set_ylabel(_mpl(f"{key} (lower is better)"))
+        ax.set_title(_mpl(_title(protocol, dataset, preset)))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
+
+
+def leaderboard_paths(out: str | Path) -> dict[str, Path]:
+    """The files of the leaderboard set in `out` by suffix, each checked as an output
+    (`ambiseg.files.check_target`): a caller checks them before any work."""
+    paths = {ext: Path(out) / f"leaderboard.{ext}" for ext in ("md", "csv", "tex", "png")}
+    for path in paths.values():
+        check_target(path, kind=suffix_kind(path))
+    return paths
 
 
 def write_leaderboard(inputs: list[str | Path], out: str | Path) -> tuple[list[Row], dict[str, Path]]:
@@ -440,13 +492,13 @@ def write_leaderboard(inputs: list[str | Path], out: str | Path) -> tuple[list[R
     (e.g. a full disk) leaves the previous set whole and a reader never sees new tables beside
     an old figure.
     """
-    rows = build_rows(read_records(inputs))
-    out = Path(out)
-    paths = {ext: out / f"leaderboard.{ext}" for ext in ("md", "csv", "tex", "png")}
-    with atomic_paths(list(paths.values())) as temps:
+    paths = leaderboard_paths(out)
+    records = read_records(inputs)
+    rows = build_rows(records)
+    with reading(*{r["_file"] for r in records}), atomic_paths(list(paths.values())) as temps:
         tmp = dict(zip(paths, temps, strict=True))
-        tmp["md"].write_text(to_markdown(rows))
-        tmp["csv"].write_text(to_csv(rows))
-        tmp["tex"].write_text(to_latex(rows))
+        tmp["md"].write_text(to_markdown(rows), encoding="utf-8")
+        tmp["csv"].write_text(to_csv(rows), encoding="utf-8", newline="")
+        tmp["tex"].write_text(to_latex(rows), encoding="utf-8")
         plot(rows, tmp["png"])
     return rows, paths

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import platform
+import re
 import subprocess
 from collections.abc import Collection
 from pathlib import Path
@@ -31,6 +33,8 @@ __all__ = [
     "environment",
     "read_records",
     "check_record",
+    "created_at",
+    "load_json",
     "RECORD_KIND",
     "REFERENCE_KIND",
     "RECORD_SCHEMA",
@@ -40,8 +44,12 @@ RECORD_KIND = "ambiseg-bench-record"
 REFERENCE_KIND = "ambiseg-reference-rows"  # one file holding the reference rows of a test set
 RECORD_SCHEMA = 1  # records written before the schema field existed are read as schema 1
 
+MAX_RECORD_BYTES = 256 * 2**20  # a record of 10,000 images and 30 metrics is about 10 MB
+MAX_JSON_DEPTH = 64  # records nest about 8 deep (env.versions, config); the parser recurses per level
+
 _NUMBER = (int, float)
-# field (dotted) -> (allowed types, required); the leaderboard reads exactly these
+# field (dotted) -> (allowed types, required); a dotted field is required only when its parent is
+# there. The leaderboard reads exactly these (and the per-image lists, checked in `check_record`)
 RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "dataset": ((str,), True),
     "preset": ((str,), True),
@@ -50,7 +58,10 @@ RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "created": ((str,), True),
     "per_image": ((dict,), True),
     "untrained": ((dict,), False),
+    "untrained.GED": (_NUMBER, True),
+    "untrained.samples": ((int,), True),
     "untrained_per_image": ((dict,), False),
+    "metrics": ((dict,), False),
     "protocol": ((dict, type(None)), False),
     "protocol.name": ((str,), False),
     "timing": ((dict,), True),
@@ -59,6 +70,8 @@ RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "timing.samples_per_image": ((int,), True),
     "params": ((int,), True),
     "flops": ((dict,), False),
+    "flops.per_image": ((*_NUMBER, type(None)), False),
+    "flops.per_sample": ((*_NUMBER, type(None)), False),
     "memory": ((dict,), False),
     "memory.peak_mb": ((*_NUMBER, type(None)), False),
     "env": ((dict,), True),
@@ -199,39 +212,137 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def _bad(file: Path | str, field: str, why: str) -> AmbisegError:
+    """The one-line error for a malformed `field` of the record in `file`."""
     return AmbisegError(
         f"{file}: malformed bench record: field '{field}' {why}; re-run `ambiseg bench` or fix the file"
     )
 
 
 def check_record(record: dict[str, Any], file: Path | str) -> None:
-    """Refuse a bench record of another schema or with a missing or mistyped field, naming `file` and the field."""
+    """Refuse a bench record of another schema or with a missing, mistyped or inconsistent field
+    the leaderboard reads, naming `file` and the field."""
     schema = record.get("schema", 1)
     if type(schema) is not int or not 1 <= schema <= RECORD_SCHEMA:
-        raise _bad(file, "schema", f"is {schema!r}; this ambiseg reads schema 1..{RECORD_SCHEMA} (upgrade ambiseg)")
+        raise _bad(
+            file, "schema", f"is {_show(schema)}; this ambiseg reads schema 1..{RECORD_SCHEMA} (upgrade ambiseg)"
+        )
     for name, (types, required) in RECORD_FIELDS.items():
-        parent, _, key = name.rpartition(".")
-        holder = record.get(parent) if parent else record
-        if not isinstance(holder, dict) or key not in holder:
-            if required:
-                raise _bad(file, name, "is missing")
-            continue
-        value = holder[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise _bad(file, name, f"is {json.dumps(value)[:40]}, not {allowed}")
+        _check_field(record, name, types, required, file)
+    created_at(record, file)
+    images = _check_lists(record, "per_image", file, None)
+    _check_lists(record, "untrained_per_image", file, images)
+    if "untrained" in record:
+        if record["untrained"]["samples"] < 1:
+            raise _bad(file, "untrained.samples", f"is {record['untrained']['samples']}, not a positive count")
+        for key, value in record["untrained"].items():
+            if not _is_number(value):
+                raise _bad(file, f"untrained.{key}", "is not a finite number")
+
+
+def _check_field(record: dict[str, Any], name: str, types: tuple[type, ...], required: bool, file: Path | str) -> None:
+    """Refuse field `name` (dotted) of `record` when it is missing but `required`, or mistyped."""
+    parent, _, key = name.rpartition(".")
+    holder = record.get(parent) if parent else record
+    if not isinstance(holder, dict):  # the parent is optional and absent (or null)
+        return
+    if key not in holder:
+        if required:
+            raise _bad(file, name, "is missing")
+        return
+    value = holder[key]
+    if isinstance(value, bool) or not isinstance(value, types):
+        allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        raise _bad(file, name, f"is {_show(value)}, not {allowed}")
+    if isinstance(value, _NUMBER) and not (_is_number(value) and value >= 0):  # seeds, counts, sizes, times
+        raise _bad(file, name, f"is {_show(value)}, not a finite number >= 0 of float range")
+
+
+def _check_lists(record: dict[str, Any], group: str, file: Path | str, images: int | None) -> int | None:
+    """Check that `record[group]` maps metric names to lists of numbers (null where undefined), all
+    of one length (`images`, when given); return that length (None when the group is empty)."""
+    for key, value in record.get(group, {}).items():
+        if not isinstance(value, list) or not value:
+            raise _bad(file, f"{group}.{key}", "is not a non-empty list of numbers (null where undefined)")
+        if any(v is not None and not _is_number(v) for v in value):
+            raise _bad(file, f"{group}.{key}", "holds a value that is not a number")
+        if images is not None and len(value) != images:
+            raise _bad(file, f"{group}.{key}", f"holds {len(value)} values, not {images} (one per test image)")
+        images = len(value)
+    return images
+
+
+def _is_number(value: Any) -> bool:
+    """Whether `value` is an int or float (not bool) that a float holds finitely."""
+    if isinstance(value, bool) or not isinstance(value, _NUMBER):
+        return False
     try:
-        dt.datetime.fromisoformat(record["created"])
-    except ValueError:
-        raise _bad(file, "created", f"is '{record['created'][:40]}', not an ISO date-time") from None
-    for group in ("per_image", "untrained_per_image", "untrained"):
-        for key, value in record.get(group, {}).items():
-            listed = group != "untrained"
-            values = [v for v in value if v is not None] if listed and isinstance(value, list) else [value]
-            if listed and not isinstance(value, list):
-                raise _bad(file, f"{group}.{key}", "is not a list of numbers (null where undefined)")
-            if any(isinstance(v, bool) or not isinstance(v, _NUMBER) for v in values):
-                raise _bad(file, f"{group}.{key}", "holds a value that is not a number")
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _show(value: Any) -> str:
+    """`value` as JSON, cut to 40 characters."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, TypeError, RecursionError):
+        text = repr(type(value))
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def created_at(record: dict[str, Any], file: Path | str | None = None) -> dt.datetime:
+    """When `record` was written: its `created` ISO date-time, timezone-aware (naive: UTC), so that
+    records written in different zones compare by the instant."""
+    where = file if file is not None else record.get("_file", "record")
+    text = record.get("created")
+    try:
+        when = dt.datetime.fromisoformat(text)  # type: ignore[arg-type]
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        return when.astimezone(dt.timezone.utc)
+    except (TypeError, ValueError, OverflowError):
+        raise _bad(where, "created", f"is {_show(text)}, not an ISO date-time") from None
+
+
+# a JSON string (with escapes), or one bracket: what the depth scan of `load_json` looks at
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def load_json(file: Path, *, what: str = "results file") -> Any:
+    """The JSON value in `file`, read as UTF-8, refused in one line when it is over
+    `MAX_RECORD_BYTES`, nested over `MAX_JSON_DEPTH` deep, not JSON, or holds NaN or infinity."""
+    size = file.stat().st_size
+    if size > MAX_RECORD_BYTES:
+        raise AmbisegError(f"{file} is {size / 2**20:.0f} MB, over {MAX_RECORD_BYTES // 2**20} MB; not a {what}")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AmbisegError(f"{file} is not a {what} (not UTF-8 JSON: {exc.reason})") from None
+    depth = deepest = 0
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth -= 1
+    if deepest > MAX_JSON_DEPTH:
+        raise AmbisegError(f"{file} is not a {what}: JSON nested {deepest} deep (at most {MAX_JSON_DEPTH})")
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise AmbisegError(f"{file} is not a {what} (not JSON: {exc})") from None
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON (write null where a value is undefined)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is beyond the range of a float")
+    return value
 
 
 def _nan_for_null(record: dict[str, Any]) -> None:
@@ -258,18 +369,19 @@ def read_records(paths: list[str | Path], *, allow_empty: bool = False) -> list[
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*.json") if p.parent.name == "results" and not is_temp_file(p))
-            files += found
+            found = (p for p in path.rglob("*.json") if p.parent.name == "results" and not is_temp_file(p))
+            files += sorted(p for p in found if p.is_file())  # never a FIFO, which would block the read
         elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise AmbisegError(
+                f"{path} is not a regular file or directory; give bench output directories or record files"
+            )
         else:
             raise AmbisegError(f"{path} does not exist; give bench output directories or record files")
     records = []
     for file in files:
-        try:
-            record = json.loads(file.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AmbisegError(f"{file} is not a results file (not JSON: {exc})") from None
+        record = load_json(file)
         if (
             isinstance(record, dict)
             and record.get("kind") == REFERENCE_KIND

@@ -29,6 +29,7 @@ from . import distributed as dist
 from .averaging import StageAverage
 from .checkpoint import load_checkpoint, load_weights, optimizer_state, restore_rng, save_checkpoint
 from .data.base import ItemDataset
+from .data.spec import describe_data, training_data
 from .errors import AmbisegError, ConfigError, TrainingError, closest
 from .files import ensure_dir, write_text
 from .lock import run_lock
@@ -63,6 +64,20 @@ def _decorrelate_ranks(seed: int, step: int) -> None:
     """Give every rank > 0 its own random stream (rank 0 keeps the single-process one)."""
     if dist.rank() > 0:
         torch.manual_seed(seed * 1_000_003 + step * 7919 + dist.rank())
+
+
+def _check_moments(state: dict[str, Any], params: list[torch.nn.Parameter]) -> None:
+    """Every per-parameter tensor of an optimiser state (Adam's moments, SGD's momentum) has its
+    parameter's shape; `load_state_dict` checks only the counts."""
+    for idx, entries in state["state"].items():
+        if not 0 <= int(idx) < len(params):
+            raise IndexError(f"optimiser state of parameter {idx} but the stage has {len(params)}")
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[int(idx)].shape:
+                raise ValueError(
+                    f"optimiser '{name}' of parameter {idx} has shape {tuple(value.shape)}, "
+                    f"the parameter {tuple(params[int(idx)].shape)}"
+                )
 
 
 @dataclass
@@ -248,16 +263,8 @@ class Trainer:
                 f"{path} was trained with seed {meta.get('seed')}, not {self.seed}; resume it with "
                 f"--seed {meta.get('seed')} (the batch order depends on it)"
             )
-        stages = len(self.method.stages)
-        for key, low, high in (("stage_index", 0, stages), ("step", 0, None)):
-            value = meta.get(key)
-            if type(value) is not int or value < low or (high is not None and value > high):
-                raise TrainingError(
-                    f"{path}: training state '{key}' is {value!r}, not an integer in "
-                    f"{low}..{high if high is not None else 'inf'}; the checkpoint is damaged"
-                )
-        if not isinstance(meta.get("history", []), list) or not isinstance(meta.get("best", {}), dict):
-            raise TrainingError(f"{path}: training state 'history'/'best' is malformed; the checkpoint is damaged")
+        self._check_data(meta.get("data"), path)
+        self._check_state(meta, path)
         load_weights(
             self.method,
             ckpt,
@@ -267,11 +274,12 @@ class Trainer:
         )
         try:
             opt_state = optimizer_state(ckpt)
-            if opt_state is not None and meta["stage_index"] < stages:
+            if opt_state is not None and meta["stage_index"] < len(self.method.stages):
                 cfg = self.method.train_config[self.method.stages[meta["stage_index"]]]
                 stage = self.method.stages[meta["stage_index"]]
                 params = [p for m in self.method.stage_modules(stage) for p in m.parameters()]
                 make_optimizer(cfg, params).load_state_dict(opt_state)  # a throwaway optimiser: a check only
+                _check_moments(opt_state, params)
             self._check_average(meta, ckpt, source=str(path))
             rng = torch.get_rng_state()
             restore_rng(ckpt.rng, meta.get("rng", {}))
@@ -283,6 +291,48 @@ class Trainer:
             ) from None
         self._checked = {**meta, "optimizer_state": opt_state, "_ckpt": ckpt}
         return self._checked
+
+    def _check_data(self, recorded: Any, path: Path) -> None:
+        """A run continues on the data it was trained on (the test split's options aside)."""
+        if recorded is None or self.data is None or training_data(recorded) == training_data(self.data):
+            return
+        raise ConfigError(
+            f"{path} was trained on {describe_data(recorded)}, not on {describe_data(self.data)}; "
+            "resume with the run's data options (--data/--root/--preset/--set data.*, as in its "
+            "config.json) or train into a new --out"
+        )
+
+    def _check_state(self, meta: dict[str, Any], path: Path) -> None:
+        """The training state `fit` continues from is one this configuration can reach: a stage
+        index and a step inside the schedule, elapsed seconds, best scores per stage, history rows."""
+
+        def damaged(what: str) -> TrainingError:
+            return TrainingError(f"{path}: training state {what}; the checkpoint is damaged, train again")
+
+        stages = self.method.stages
+        index = meta.get("stage_index")
+        if type(index) is not int or not 0 <= index <= len(stages):
+            raise damaged(f"'stage_index' is {index!r}, not an integer in 0..{len(stages)}")
+        step = meta.get("step")
+        total = self._stage_length(stages[index])[2] if index < len(stages) else 0
+        if type(step) is not int or not 0 <= step <= total:
+            raise damaged(f"'step' is {step!r}, not an integer in 0..{total} (the length of this stage)")
+        seconds = meta.get("seconds", 0.0)
+        if type(seconds) not in (int, float) or not math.isfinite(seconds) or seconds < 0:
+            raise damaged(f"'seconds' is {seconds!r}, not a finite number >= 0")
+        best = meta.get("best", {})
+        if not isinstance(best, dict):
+            raise damaged(f"'best' is {type(best).__name__}, not an object of scores per stage")
+        for stage, score in best.items():
+            finite = type(score) in (int, float) and math.isfinite(score)
+            if stage not in stages or not (score is None or finite):
+                raise damaged(f"'best' holds {stage!r}: {score!r}, not a stage of {self.method.name} and its score")
+        history = meta.get("history", [])
+        if not isinstance(history, list):
+            raise damaged(f"'history' is {type(history).__name__}, not a list of validation rows")
+        for i, row in enumerate(history):
+            if not isinstance(row, dict) or row.get("stage") not in stages or type(row.get("step")) is not int:
+                raise damaged(f"'history' row {i} is {str(row)[:60]!r}, not a validation row with a stage and step")
 
     def _average(self, stage: str) -> StageAverage | None:
         decay = self.method.train_config[stage].get("ema")

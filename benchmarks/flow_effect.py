@@ -47,7 +47,7 @@ from ambiseg.flow_effect import check_flow_method, paired_difference, prior_only
 from ambiseg.leaderboard import newest_records
 from ambiseg.method import Method
 from ambiseg.protocols import get_protocol
-from ambiseg.results import read_records
+from ambiseg.results import created_at, read_records
 
 FOLDER = Path("benchmarks/results/lidc-v1")
 SEED_STRIDE = 100_003  # generator of test image i: seed * SEED_STRIDE + i (ambiseg.evaluation)
@@ -81,7 +81,7 @@ def find_record(path: Path) -> dict[str, Any]:
             f"no record in {folder / 'results'} names checkpoint {path}; give checkpoints of a bench folder, "
             "run from the repository root (records name checkpoints relative to it)"
         )
-    return max(found, key=lambda r: r["created"])
+    return max(found, key=created_at)  # by the instant: +00:00 and -05:00 stamps compare right
 
 
 def checkpoint_record(path: Path, protocol: str) -> dict[str, Any]:

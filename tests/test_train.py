@@ -24,6 +24,23 @@ def small(steps: int = 6, **train):
     )
 
 
+def interrupt(trainer, monkeypatch, *, at_call):
+    """Run `trainer.fit()` until its `at_call`-th loss evaluation raises KeyboardInterrupt (a kill)."""
+    method, calls = trainer.method, {"n": 0}
+    original = method.loss
+
+    def dying(batch, stage):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise KeyboardInterrupt
+        return original(batch, stage)
+
+    monkeypatch.setattr(method, "loss", dying)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    monkeypatch.undo()
+
+
 def weights(method):
     return {k: v.clone() for k, v in method.state_dict().items()}
 
@@ -58,19 +75,7 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch,
     torch.manual_seed(0)
     method = small(7, **schedule)
     trainer = Trainer(method, train, val, out_dir=tmp_path / "run", seed=3, progress=False, save_every=2)
-    calls = {"n": 0}
-    original = method.loss
-
-    def dying(batch, stage):
-        calls["n"] += 1
-        if calls["n"] == 6:  # after the checkpoint of step 4, before step 6 is saved
-            raise KeyboardInterrupt
-        return original(batch, stage)
-
-    monkeypatch.setattr(method, "loss", dying)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
-    monkeypatch.undo()
+    interrupt(trainer, monkeypatch, at_call=6)  # after the checkpoint of step 4, before step 6 is saved
     meta = load_checkpoint(tmp_path / "run" / "last.safetensors").meta
     assert meta["step"] in (3, 4) and meta["epoch"] == 1 and meta["stage"] == "transport"
 
@@ -254,3 +259,81 @@ def test_train_command_takes_channels_last_and_records_it_in_config_json(tmp_pat
     assert info.value.code == 0
     assert json.loads((tmp_path / "config.json").read_text())["channels_last"] is True
     assert load_checkpoint(tmp_path / "last.safetensors").meta["stage_index"] == 1
+
+
+# ---- resume checks the state it continues from (issue 30, causes B and C) ----------------------
+def _mid_stage_run(tmp_path, monkeypatch):
+    """A det-unet run interrupted after its step-2 checkpoint (optimiser state included)."""
+    train, val = sets()
+    method = small(6)
+    data_spec = {"name": "synthetic", "root": None, "preset": "smoke", "seed": 0, "options": {}, "splits": {}}
+    trainer = Trainer(method, train, val, out_dir=tmp_path, seed=0, progress=False, save_every=2, data=data_spec)
+    interrupt(trainer, monkeypatch, at_call=3)
+    return tmp_path / "last.safetensors", data_spec
+
+
+def _rewrite(path, meta_changes=None, tensor_changes=None):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["ambiseg"])
+    tensors = load_file(str(path))
+    meta.update(meta_changes or {})
+    tensors.update(tensor_changes or {})
+    save_file(tensors, str(path), metadata={"ambiseg": json.dumps(meta)})
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        ({"step": 10**9}, r"'step' is 1000000000, not an integer in 0\.\.6"),
+        ({"step": True}, r"'step' is True"),
+        ({"seconds": "abc"}, r"'seconds' is 'abc', not a finite number"),
+        ({"seconds": -1.0}, r"'seconds' is -1\.0"),
+        ({"best": {"transport": "x"}}, r"'best' holds 'transport': 'x'"),
+        ({"best": {"nonsense": 0.1}}, r"'best' holds 'nonsense'"),
+        ({"best": [1]}, r"'best' is list"),
+        ({"history": [1, 2]}, r"'history' row 0 is '1'"),
+        ({"history": {"a": 1}}, r"'history' is dict"),
+    ],
+    ids=[
+        "step huge",
+        "step bool",
+        "seconds text",
+        "seconds negative",
+        "best text",
+        "best stage",
+        "best list",
+        "history ints",
+        "history dict",
+    ],
+)
+def test_resume_refuses_a_training_state_this_run_cannot_reach(tmp_path, monkeypatch, meta, expected):
+    path, data_spec = _mid_stage_run(tmp_path, monkeypatch)
+    _rewrite(path, meta)
+    before = path.read_bytes()
+    trainer = Trainer(small(6), sets()[0], None, out_dir=tmp_path, seed=0, progress=False, data=data_spec)
+    with pytest.raises(TrainingError, match=expected + ".*the checkpoint is damaged"):
+        trainer.fit(resume=True)
+    assert path.read_bytes() == before
+
+
+def test_resume_refuses_an_optimiser_moment_of_the_wrong_shape(tmp_path, monkeypatch):
+    path, data_spec = _mid_stage_run(tmp_path, monkeypatch)
+    ckpt = load_checkpoint(path)
+    key = next(k for k in ckpt.optim if k.endswith("/exp_avg") and ckpt.optim[k].dim() > 1)
+    _rewrite(path, tensor_changes={f"optim/{key.split('/', 1)[1]}": torch.zeros(3, 3)})
+    trainer = Trainer(small(6), sets()[0], None, out_dir=tmp_path, seed=0, progress=False, data=data_spec)
+    with pytest.raises(TrainingError, match=r"optimiser 'exp_avg' of parameter \d+ has shape \(3, 3\)"):
+        trainer.check_resume()
+
+
+def test_resume_on_other_data_is_refused_and_a_new_test_split_is_not_other_data(tmp_path, monkeypatch):
+    path, data_spec = _mid_stage_run(tmp_path, monkeypatch)
+    lidc = {**data_spec, "name": "lidc", "root": "x.zip"}
+    with pytest.raises(ambiseg.ConfigError, match=r"trained on synthetic \(preset smoke.*not on lidc \(root x\.zip"):
+        Trainer(small(6), sets()[0], None, out_dir=tmp_path, seed=0, progress=False, data=lidc).check_resume()
+    scored_elsewhere = {**data_spec, "splits": {"test": {"limit": 5}}}
+    state = Trainer(small(6), sets()[0], None, out_dir=tmp_path, seed=0, progress=False, data=scored_elsewhere)
+    assert state.check_resume()["step"] == 2

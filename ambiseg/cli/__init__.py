@@ -18,7 +18,20 @@ from . import (  # each module registers its commands
 )
 from .app import cli
 
-__all__ = ["main", "cli"]
+__all__ = ["main", "cli", "one_line"]
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped, so an error stays one line
+    (file names may hold a newline)."""
+    return "".join(repr(c)[1:-1] if not c.isprintable() and c != " " else c for c in text)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says an allocation failed (Python's MemoryError, or torch's on CPU or CUDA)."""
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,16 +44,26 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        click.echo(f"error: {one_line(exc.format_message())}", err=True)
         sys.exit(2)
     except AmbisegError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(str(exc))}", err=True)
+        sys.exit(2)
+    except (MemoryError, RuntimeError) as exc:  # a size the machine cannot hold: refused, not a crash
+        if not out_of_memory(exc):
+            raise
+        detail = f" ({one_line(str(exc).split('. Error code')[0])})" if str(exc) else ""
+        click.echo(
+            f"error: out of memory{detail}; use smaller images (data.size, data.crop), fewer "
+            "--samples or a smaller --max-batch",
+            err=True,
+        )
         sys.exit(2)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        click.echo(f"error: {exc.strerror or exc}: {exc.filename}", err=True)
+        click.echo(f"error: {one_line(f'{exc.strerror or exc}: {exc.filename}')}", err=True)
         sys.exit(2)
     except OSError as exc:  # the file system refused (full disk, read-only, I/O error): not a bug of ours
         where = f": {exc.filename}" if exc.filename else ""
-        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        click.echo(f"error: {one_line(f'{exc.strerror or exc}{where}')}", err=True)
         sys.exit(2)
     sys.exit(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -9,8 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
+from ..files import reading
 
-__all__ = ["cli", "console"]
+__all__ = ["cli", "console", "read_inputs"]
 
 # wide enough for the leaderboard when the output is a file or a pipe (rich would use 80)
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -20,6 +22,10 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 @click.version_option(__version__, "--version", prog_name="ambiseg")
 def cli() -> None:
     """ambiseg: ambiguous medical image segmentation (ATFM and baselines)."""
+    # a name the terminal's encoding lacks (LC_ALL=C) is printed escaped, never a UnicodeEncodeError
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
 
 
 @cli.command("list")
@@ -36,3 +42,9 @@ def list_cmd() -> None:
         shown = [n + (f" ({', '.join(registry.aliases(n))})" if registry.aliases(n) else "") for n in names]
         table.add_row(kind, ", ".join(shown) or "-")
     console.print(table)
+
+
+def read_inputs(*paths: str | os.PathLike | None) -> None:
+    """Mark `paths` as inputs of the running command until it ends: no output of it replaces them
+    (`ambiseg.files.check_target`)."""
+    click.get_current_context().with_resource(reading(*paths))

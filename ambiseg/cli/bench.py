@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..evaluation import InferenceOptions
 from ..leaderboard import to_rich, write_leaderboard
 from ..protocols import get_protocol
-from .app import cli, console
+from .app import cli, console, read_inputs
 from .options import (
     OutPath,
     check_seed,
@@ -65,6 +65,7 @@ def bench_cmd(
     A bench stopped part-way continues where it stopped: finished evaluations (same method
     config, data, seed, counts, protocol) are kept, finished trainings loaded, interrupted ones
     resumed."""
+    read_inputs(root)
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for seed in parse_ints(seeds, "--seeds"):
         check_seed(seed, "--seeds")
@@ -113,6 +114,7 @@ def bench_cmd(
 )
 def leaderboard_cmd(inputs: tuple[Path, ...], out: Path | None) -> None:
     """Merge bench records from INPUTS (directories or record files) into one leaderboard."""
+    read_inputs(*inputs)
     target = out or (inputs[0] if inputs[0].is_dir() else inputs[0].parent)
     rows, paths = write_leaderboard(list(inputs), target)
     for table in to_rich(rows):

@@ -17,27 +17,27 @@ from ..data.base import AnnotatedDataset
 from ..data.spec import SPLIT_NAMES, DataSpec
 from ..errors import AmbisegError, ConfigError, NonFiniteError
 from ..evaluation import InferenceOptions
-from ..files import atomic_path, check_target, ensure_dir, write_json
+from ..files import atomic_paths, check_target, suffix_kind, write_json
 from ..method import Method
 from ..registry import datasets
 from ..results import environment, summarise
 from ..train import collate
-from .app import cli, console
+from .app import cli, console, read_inputs
 from .options import (
     MAX_SAMPLES,
     OutPath,
-    check_seed,
     data_options,
     data_set_option,
     inference_options,
     parse_counts,
     parse_ints,
     parse_sets,
+    seed_option,
     split_sets,
 )
 
 
-def _load_run(path: Path, sets: tuple[str, ...]) -> tuple[Method, Checkpoint, dict[str, Any]]:
+def load_run(path: Path, sets: tuple[str, ...]) -> tuple[Method, Checkpoint, dict[str, Any]]:
     """The checkpoint's method with the sampling overrides among `sets` (`prior.*`, `transport.*`,
     `sampler.*`; e.g. `sampler.steps=10`); training options are refused: the weights are trained."""
     settings = split_sets(parse_sets(sets))[0]
@@ -84,22 +84,57 @@ def _run_data(
     return changed.with_settings(data_settings)
 
 
-def _load_split(spec: DataSpec, split: str, method: Method, path: Path) -> AnnotatedDataset:
-    """Split `split` of `spec`, refused in one line when its images do not fit the trained method."""
+def _check_split(split: str) -> str:
+    """`split` if it names a split, else a ConfigError."""
     if split not in SPLIT_NAMES:
         raise ConfigError(f"--split must be one of {', '.join(SPLIT_NAMES)}, got '{split}'")
-    data = spec.build(split)
+    return split
+
+
+def _load_split(spec: DataSpec, split: str, method: Method, path: Path) -> AnnotatedDataset:
+    """Split `split` of `spec`, refused in one line when its images do not fit the trained method."""
+    data = spec.build(_check_split(split))
+    check_fits(method, data, path, spec.describe(), fix="drop the data flags to score the run's own data")
+    return data
+
+
+def check_fits(method: Method, data: AnnotatedDataset, path: Path, what: str, *, fix: str) -> None:
+    """Refuse in one line data whose channels or image size differ from what `method` (from `path`) was trained on."""
     config = method.config
     size = config.get("image_size")
     want = f"{config['in_channels']}-channel" + (f" {size}x{size}" if size else "")
     have_h, have_w = data.image_shape
     if data.in_channels != config["in_channels"] or (size is not None and (have_h, have_w) != (size, size)):
         raise ConfigError(
-            f"{path} was trained on {want} images but {spec.describe()} has {data.in_channels}-channel "
-            f"{have_h}x{have_w} images; drop the data flags to score the run's own data, or choose data "
-            "of the trained size"
+            f"{path} was trained on {want} images but {what} has {data.in_channels}-channel "
+            f"{have_h}x{have_w} images; {fix}, or choose data of the trained size"
         )
-    return data
+
+
+def draw_samples(
+    method: Method,
+    images: torch.Tensor,
+    num: int,
+    *,
+    seed: int,
+    path: Path,
+    what: str,
+    device: torch.device | None = None,
+    inference: InferenceOptions | None = None,
+) -> torch.Tensor:
+    """`num` samples [N, num, H, W] (float, CPU) of `method` for `images`, refusing non-finite ones
+    (NaN >= 0.5 is False: they would be drawn or saved as empty masks)."""
+    dev = device or torch.device("cpu")
+    inference = inference or InferenceOptions()
+    gen = torch.Generator(dev).manual_seed(seed)
+    with inference.autocast(dev):
+        probs = inference.prepare(method, dev).sample(images.to(dev), num, generator=gen, max_batch=inference.max_batch)
+    probs = probs.float().cpu()
+    if not torch.isfinite(probs).all():
+        raise NonFiniteError(
+            f"{path} gives non-finite samples for {what}; nothing is written (are the weights damaged?)"
+        )
+    return probs
 
 
 @cli.command("sample")
@@ -109,7 +144,7 @@ def _load_split(spec: DataSpec, split: str, method: Method, path: Path) -> Annot
 @click.option("--split", default="test", show_default=True, help="train, val, test or all (a whole dataset)")
 @click.option("--indices", default="0", show_default=True, help="comma-separated item indices of the split")
 @click.option("--samples", "num", type=int, default=16, show_default=True, help="samples per image")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option("seed of the sample generators")
 @click.option("--device", default=None)
 @inference_options(image_batch=False)
 @click.option("--out", type=OutPath(file_okay=False, path_type=Path), required=True)
@@ -128,37 +163,30 @@ def sample_cmd(
     out: Path,
 ) -> None:
     """Draw samples for chosen images: OUT/samples.npz and one PNG per image."""
-    from ..data import figure_for_item, save_figure
+    from ..data import figure_for_item
 
     if not 1 <= num <= MAX_SAMPLES:
         raise ConfigError(f"--samples must be between 1 and {MAX_SAMPLES}, got {num}")
-    check_seed(seed, "--seed")
-    check_target(out / "samples.npz")
-    method, ckpt, _ = _load_run(checkpoint, sets)
+    idx = parse_ints(indices, "--indices")
+    read_inputs(checkpoint, root)
+    targets = _sample_targets(out, split, idx)  # every output, before any work
+    method, ckpt, _ = load_run(checkpoint, sets)
     spec = _run_data(checkpoint, ckpt, data_name, root, preset, sets)
+    read_inputs(spec.root)
     dev = pick_device(device)
     data = _load_split(spec, split, method, checkpoint)
-    idx = parse_ints(indices, "--indices")
     bad = [i for i in idx if not 0 <= i < len(data)]
     if bad:
         raise ConfigError(
             f"--indices {bad[0]} is out of range: the {split} split has {len(data)} items (0..{len(data) - 1})"
         )
-    ensure_dir(out)
     items = collate([data[i] for i in idx])
-    gen = torch.Generator(dev).manual_seed(seed)
-    with inference.autocast(dev):
-        probs = inference.prepare(method, dev).sample(
-            items["image"].to(dev), num, generator=gen, max_batch=inference.max_batch
-        )
-    probs = probs.float().cpu()
-    if not torch.isfinite(probs).all():
-        raise NonFiniteError(
-            f"{checkpoint} gives non-finite samples for the {split} items {list(idx)}; nothing "
-            "is written (are the weights damaged?)"
-        )
-    with atomic_path(out / "samples.npz") as tmp:
-        with open(tmp, "wb") as fh:
+    what = f"the {split} items {list(idx)}"
+    probs = draw_samples(
+        method, items["image"], num, seed=seed, path=checkpoint, what=what, device=dev, inference=inference
+    )
+    with atomic_paths(targets) as temps:  # all or nothing: a failed figure keeps the previous samples.npz
+        with open(temps[0], "wb") as fh:
             np.savez_compressed(
                 fh,
                 samples=(probs >= 0.5).numpy().astype(np.uint8),
@@ -166,10 +194,18 @@ def sample_cmd(
                 ids=np.array(items["id"]),
                 indices=np.array(idx),
             )
-    for j, i in enumerate(idx):
-        fig = figure_for_item(data[i], samples=probs[j], title=f"{method.name}: {spec.name} {split} #{i}")
-        save_figure(fig, out / f"sample-{split}-{i}.png")
+        for j, (i, tmp) in enumerate(zip(idx, temps[1:], strict=True)):
+            fig = figure_for_item(data[i], samples=probs[j], title=f"{method.name}: {spec.name} {split} #{i}")
+            fig.savefig(tmp, format="png", dpi=100)
     console.print(f"wrote {out / 'samples.npz'} and {len(idx)} figure(s) in {out}")
+
+
+def _sample_targets(out: Path, split: str, indices: tuple[int, ...]) -> list[Path]:
+    """The files `sample` writes (samples.npz, one figure per index), each checked as an output."""
+    targets = [out / "samples.npz", *(out / f"sample-{_check_split(split)}-{i}.png" for i in indices)]
+    for target in targets:
+        check_target(target, kind=suffix_kind(target))
+    return targets
 
 
 @cli.command("eval")
@@ -178,7 +214,7 @@ def sample_cmd(
 @data_set_option
 @click.option("--split", default="test", show_default=True, help="train, val, test or all (a whole dataset)")
 @click.option("--samples", "samples", default="16,32,100", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option("seed of the sample generators")
 @click.option("--device", default=None)
 @inference_options
 @click.option("--out", type=OutPath(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here")
@@ -200,11 +236,12 @@ def eval_cmd(
     With no data flags the run's own data (recorded in the checkpoint) is used.
     """
     counts = parse_counts(samples)
-    check_seed(seed, "--seed")
-    if out is not None:
-        check_target(out)  # before the work: a device node or folder is refused now, not after scoring
-    method, ckpt, overrides = _load_run(checkpoint, sets)
+    read_inputs(checkpoint, root)
+    if out is not None:  # before the work: a folder, an input or a file of another kind is refused now
+        check_target(out, kind="json")
+    method, ckpt, overrides = load_run(checkpoint, sets)
     spec = _run_data(checkpoint, ckpt, data_name, root, preset, sets)
+    read_inputs(spec.root)
     dev = pick_device(device)
     data = _load_split(spec, split, method, checkpoint)
     console.print(f"[dim]scoring {method.name} on {spec.describe()}, split {split} ({len(data)} images)[/dim]")

@@ -19,16 +19,54 @@ __all__ = [
     "parse_counts",
     "parse_ints",
     "check_seed",
+    "seed_option",
+    "SeedType",
     "inference_options",
     "data_options",
     "common_set_option",
     "data_set_option",
     "MAX_SAMPLES",
     "MAX_SEED",
+    "MAX_SET_DEPTH",
 ]
 
 MAX_SAMPLES = 10_000  # samples per image; more would take days and fill the memory with masks
 MAX_SEED = 2**32 - 1  # seeds derive per-image generator seeds (seed * 100_003 + i) that must fit 64 bits
+MAX_SET_DEPTH = 16  # brackets nested in one --set value; config values nest 2 deep at most
+
+
+def _nesting(text: str) -> int:
+    """How deep `[`/`{` nest in JSON `text` (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _set_value(key: str, raw: str) -> Any:
+    """The JSON value of `raw` (the text itself when it is not JSON), refusing deep nesting."""
+    if _nesting(raw) > MAX_SET_DEPTH:
+        raise ConfigError(f"--set {key}: the value nests brackets more than {MAX_SET_DEPTH} deep; give a flat value")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ConfigError(f"--set {key}: the value nests too deeply; give a flat value") from None
+    except ValueError:  # not JSON, or an integer of more than 4,300 digits: the text itself
+        return raw
 
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
@@ -38,11 +76,7 @@ def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip() or not raw.strip():
             raise ConfigError(f"--set expects key=value (e.g. --set prior.rank=5), got '{item}'")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key.strip()] = value
+        out[key.strip()] = _set_value(key.strip(), raw)
     return out
 
 
@@ -58,6 +92,25 @@ def check_seed(seed: int, option: str) -> int:
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"{option} must be between 0 and {MAX_SEED}, got {seed}")
     return seed
+
+
+class SeedType(click.ParamType):
+    """An integer seed in 0..MAX_SEED; anything else is a ConfigError naming the option."""
+
+    name = "seed"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        option = f"--{param.name}" if param and param.name else "--seed"
+        try:
+            seed = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{option} must be an integer between 0 and {MAX_SEED}, got {value!r}") from None
+        return check_seed(seed, option)
+
+
+def seed_option(help: str = "seed") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--seed`, range-checked (0..MAX_SEED) when parsed: the one seed option of every command."""
+    return click.option("--seed", type=SeedType(), default=0, show_default=True, help=help)
 
 
 def parse_ints(text: str, option: str) -> tuple[int, ...]:

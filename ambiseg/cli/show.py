@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 
 from ..errors import ConfigError
-from .app import cli, console
-from .options import OutPath, parse_sets
+from ..files import check_target, suffix_kind
+from .app import cli, console, read_inputs
+from .evaluate import check_fits, draw_samples, load_run
+from .options import MAX_SAMPLES, OutPath, parse_sets, seed_option
 
 __all__ = ["show_cmd"]
 
@@ -40,12 +41,12 @@ __all__ = ["show_cmd"]
 @click.option(
     "--samples",
     "num",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_SAMPLES),
     default=8,
     show_default=True,
     help="number of samples drawn with --checkpoint",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of the sample generator")
+@seed_option("seed of the sample generator")
 def show_cmd(
     data: str,
     root: Path | None,
@@ -61,7 +62,10 @@ def show_cmd(
     data the true modes with their probabilities, and with --checkpoint the method's samples."""
     from ..data import build, figure_for_item, save_figure
 
+    read_inputs(checkpoint, root)
+    check_target(out, kind=suffix_kind(out))  # before the work
     settings = {key.removeprefix("data."): value for key, value in parse_sets(options).items()}
+    method = load_run(checkpoint, ())[0] if checkpoint is not None else None
     dataset = build(data, root=root, split=split, **settings)
     if not 0 <= index < len(dataset):
         raise ConfigError(
@@ -70,11 +74,10 @@ def show_cmd(
     item = dataset[index]
     title = f"{data} {split} #{index}: {item['id']}"
     samples = None
-    if checkpoint is not None:
-        from ..checkpoint import load_method
-
-        method, _ = load_method(checkpoint)
-        samples = method.sample(item["image"][None], num, generator=torch.Generator().manual_seed(seed))[0]
+    if method is not None and checkpoint is not None:
+        what = f"{data} {split} #{index}"
+        check_fits(method, dataset, checkpoint, what, fix="pass the --data/--root/--set the run was trained on")
+        samples = draw_samples(method, item["image"][None], num, seed=seed, path=checkpoint, what=what)[0]
         title = f"{method.name} on {title}"
     path = save_figure(figure_for_item(item, samples=samples, title=title), out)
     console.print(f"wrote {path}")

@@ -14,8 +14,8 @@ from ..distributed import distributed_run, is_main
 from ..errors import ConfigError
 from ..files import check_target, ensure_dir, write_json
 from ..lock import run_lock
-from .app import cli, console
-from .options import OutPath, check_seed, common_set_option, data_options, parse_sets, split_sets
+from .app import cli, console, read_inputs
+from .options import OutPath, common_set_option, data_options, parse_sets, seed_option, split_sets
 
 RUN_FILES = ("last.safetensors", "best.safetensors", "history.csv")
 
@@ -40,7 +40,7 @@ def check_existing_run(out: Path, *, resume: bool, overwrite: bool) -> None:
 @data_options
 @common_set_option
 @click.option("--out", type=OutPath(file_okay=False, path_type=Path), required=True, help="run directory")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option("seed of the initialisation and batch order")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
 @click.option("--resume", is_flag=True, help="continue from OUT/last.safetensors")
 @click.option(
@@ -90,17 +90,17 @@ def train_cmd(
     """
     from ..train import Trainer, seed_everything
 
-    check_seed(seed, "--seed")
-    if log is not None:
-        check_target(log)  # refused now, not at the first validation
+    read_inputs(root)
+    if log is not None:  # refused now, not at the first validation
+        check_target(log, kind="text", option="--log")
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; choose one")
     overrides, data_settings = split_sets(parse_sets(sets))
     spec = DataSpec(name=data_name, root=root, preset=preset).with_settings(data_settings)
     dev = pick_device(device)
     with distributed_run(dev, console) as dev:
+        sel = spec.build_splits()  # refused data leaves no empty --out behind
         ensure_dir(out)
-        sel = spec.build_splits()
         seed_everything(seed)
         model = build_for_data(
             method, sel["train"], preset=bench_preset(preset).method_presets_for(data_name), overrides=overrides

@@ -32,7 +32,7 @@ from ..registry import datasets
 from .augment import joint_augment
 from .base import AnnotatedDataset
 from .splits import DEFAULT_FRACTIONS, split_indices, subset
-from .validate import binary_mask, check_shape, check_split, decode_png
+from .validate import MAX_SIDE, binary_mask, check_count, check_shape, check_split, decode_png
 
 __all__ = ["ENV_VAR", "IMAGE_SUFFIXES", "index_folder", "Isic3Dataset"]
 
@@ -65,6 +65,8 @@ def index_folder(root: Path) -> tuple[dict[str, Path], dict[str, list[tuple[str,
         if owner is None or tail is None:
             unmatched.append(path.name)
             continue
+        if not path.is_file():  # a FIFO would block the decoder forever
+            raise DataError(f"{path}: not a regular file (a folder, FIFO, device or socket); expected a mask PNG")
         masks[owner].append((tail["letter"].lower(), path))
     for entries in masks.values():
         entries.sort(key=lambda e: (e[0], e[1].name))
@@ -117,6 +119,7 @@ class Isic3Dataset(AnnotatedDataset):
             )
         if size < 8 or num_annotators < 1:
             raise ConfigError(f"isic3: size must be >= 8 and num_annotators >= 1, got {size} and {num_annotators}")
+        check_count(size, 8, MAX_SIDE, where="isic3: size (pixels)")
         self.name, self.split, self.root = "isic3", check_split(split), Path(root).expanduser()
         if not self.root.is_dir():
             raise DataError(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import zipfile
 import zlib
 from collections import Counter, defaultdict
@@ -36,7 +37,15 @@ from ..registry import datasets
 from .base import AnnotatedDataset
 from .safe_pickle import safe_load
 from .splits import DEFAULT_FRACTIONS, split_indices, subset
-from .validate import binary_mask, check_nonempty, check_shape, check_split, decode_png, unit_image
+from .validate import (
+    binary_mask,
+    check_bits,
+    check_nonempty,
+    check_shape,
+    check_split,
+    decode_png,
+    unit_image,
+)
 
 __all__ = [
     "ENV_VAR",
@@ -52,6 +61,9 @@ __all__ = [
 
 ENV_VAR = "AMBISEG_LIDC"
 PICKLE_SUFFIXES = (".pickle", ".pkl")
+MAX_FILE_BYTES = 64 * 2**20  # one PNG of the layout (LIDC's 128 x 128 slices are about 10 KB)
+MAX_RATIO = 200  # a zip entry over 1 MiB may expand at most this much (PNGs are compressed already)
+_RATIO_FLOOR = 2**20
 LAYOUT = "<patient>/<nodule>/images/<slice>.png with <patient>/<nodule>/mask-<k>/<slice>.png"
 _SLICE_NAME = re.compile(
     r"^(?:.*/)?(?P<patient>[^/]+)/(?P<nodule>[^/]+)/(?P<folder>images|mask-(?P<rater>\d+))/(?P<slice>[^/]+)\.png$"
@@ -92,20 +104,45 @@ class ZipStore:
     def _archive(self) -> zipfile.ZipFile:
         """This process's handle (reading the central directory costs ~0.5 s for 62k entries)."""
         if self._zip is None or self._pid != os.getpid():
-            self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
+            try:
+                self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
+            except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as exc:
+                raise DataError(f"{self.path}: the zip's directory is damaged ({exc}); download it again") from None
         return self._zip
 
     def names(self) -> list[str]:
         return [n for n in self._archive().namelist() if not n.startswith("__MACOSX/")]
 
-    def read(self, name: str) -> bytes:
+    def check(self, name: str) -> zipfile.ZipInfo:
+        """The entry `name`, refused before reading when it is encrypted, or its declared size or
+        compression ratio is beyond `MAX_FILE_BYTES` / `MAX_RATIO` (a zip bomb)."""
         try:
-            return self._archive().read(name)
+            info = self._archive().getinfo(name)
         except KeyError:
             raise DataError(
                 f"{self.path}: entry '{name}' is gone; was the zip replaced after the dataset was built?"
             ) from None
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        where = f"{self.path}: entry '{name}'"
+        if info.flag_bits & 0x1:
+            raise DataError(f"{where} is encrypted; ambiseg reads unencrypted zips only, re-pack it without a password")
+        if info.file_size > MAX_FILE_BYTES:
+            raise DataError(
+                f"{where} declares {info.file_size:,} bytes, over the limit of {MAX_FILE_BYTES:,} for one "
+                "image; is it a real slice PNG?"
+            )
+        if info.file_size > _RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise DataError(
+                f"{where} expands {info.compress_size:,} bytes to {info.file_size:,} (more than {MAX_RATIO}x), "
+                "which is refused as a zip bomb; is it a real slice PNG?"
+            )
+        return info
+
+    def read(self, name: str) -> bytes:
+        info = self.check(name)
+        try:
+            with self._archive().open(info) as handle:
+                return read_bounded(handle, f"{self.path}: entry '{name}'")
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
             raise DataError(
                 f"{self.path}: entry '{name}' cannot be read ({exc}); the zip is damaged, download it again"
             ) from None
@@ -123,13 +160,33 @@ class FolderStore:
     def names(self) -> list[str]:
         return [p.relative_to(self.path).as_posix() for p in self.path.glob("*/*/*/*.png")]
 
+    def check(self, name: str) -> None:
+        """Nothing to check before reading: `read` looks at the file itself."""
+
     def read(self, name: str) -> bytes:
+        """The bytes of `name`, refusing anything but a regular file (a FIFO would block forever, a
+        link to /dev/zero never end) and files over `MAX_FILE_BYTES`."""
+        path = self.path / name
         try:
-            return (self.path / name).read_bytes()
+            mode = path.stat().st_mode
+            if not stat.S_ISREG(mode):
+                raise DataError(f"{path}: not a regular file (a folder, FIFO, device or socket); expected a PNG")
+            with path.open("rb") as handle:
+                return read_bounded(handle, str(path))
         except FileNotFoundError:
-            raise DataError(
-                f"{self.path / name}: file is missing; was the folder changed after the dataset was built?"
-            ) from None
+            raise DataError(f"{path}: file is missing; was the folder changed after the dataset was built?") from None
+        except OSError as exc:  # a link loop, no permission, an I/O error
+            raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def read_bounded(handle: Any, where: str, limit: int | None = None) -> bytes:
+    """At most `limit` (default `MAX_FILE_BYTES`) bytes of `handle`, or a DataError: a size field
+    that lies cannot exceed it."""
+    limit = MAX_FILE_BYTES if limit is None else limit
+    data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise DataError(f"{where}: holds more than {limit:,} bytes, the limit for one image; is it a real slice PNG?")
+    return bytes(data)
 
 
 class SlicesSource:
@@ -142,22 +199,53 @@ class SlicesSource:
         """Index the names: one record per image PNG, with its masks in rater order."""
         images: dict[tuple[str, str], str] = {}
         masks: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
-        raters: dict[str, set[int]] = defaultdict(set)
+        raters: dict[str, dict[int, str]] = defaultdict(dict)  # nodule -> rater -> its folder's name
         owner: dict[str, tuple[str, str]] = {}
+        seen: set[str] = set()
         for name in self.store.names():
             match = _SLICE_NAME.match(name)
             if match is None:
                 continue
+            if name in seen:
+                raise DataError(f"{self.store.label}: entry {name} is there twice; keep one copy (which is meant?)")
+            seen.add(name)
+            self.store.check(name)  # sizes and encryption, before anything is read
             nodule_dir = name[: match.start("folder")].rstrip("/")
             owner[nodule_dir] = (match["patient"], match["nodule"])
             key = (nodule_dir, match["slice"])
             if match["rater"] is None:
                 images[key] = name
             else:
-                masks[key][int(match["rater"])] = name
-                raters[nodule_dir].add(int(match["rater"]))
+                rater = self._rater(nodule_dir, match["folder"], raters[nodule_dir])
+                masks[key][rater] = name
         if not images:
             raise DataError(f"{self.store.label}: holds no LIDC slices; expected {LAYOUT}")
+        return self._records(images, masks, raters, owner)
+
+    def _rater(self, nodule_dir: str, folder: str, known: dict[int, str]) -> int:
+        """The rater number of `folder` ("mask-<k>"), refusing a second folder of the same number
+        ("mask-01" beside "mask-1"): one would replace or drop the other's masks."""
+        digits = folder.removeprefix("mask-")
+        if len(digits.lstrip("0")) > 9:
+            raise DataError(f"{self.store.label}: {nodule_dir}/{folder}: rater number too long; name it mask-<k>")
+        rater = int(digits)
+        first = known.setdefault(rater, folder)
+        if first != folder:
+            raise DataError(
+                f"{self.store.label}: {nodule_dir}/{first} and {nodule_dir}/{folder} are both rater {rater}; "
+                "rename one (each rater needs its own mask-<k> number) or delete the copy"
+            )
+        return rater
+
+    def _records(
+        self,
+        images: dict[tuple[str, str], str],
+        masks: dict[tuple[str, str], dict[int, str]],
+        raters: dict[str, dict[int, str]],
+        owner: dict[str, tuple[str, str]],
+    ) -> list[SliceRecord]:
+        """One record per image, its masks in rater order; masks without images, missing masks and
+        slices there twice refused."""
         for key in masks.keys() - images.keys():
             some = next(iter(masks[key].values()))
             raise DataError(
@@ -167,7 +255,8 @@ class SlicesSource:
         ids: dict[str, str] = {}
         for key in sorted(images, key=lambda k: (_natural(k[0]), _natural(k[1]))):
             nodule_dir, slice_name = key
-            need = sorted(raters[nodule_dir])
+            folders = raters.get(nodule_dir, {})
+            need = sorted(folders)
             if not need:
                 raise DataError(
                     f"{self.store.label}: {nodule_dir} has images but no mask-<k> folders; expected {LAYOUT}"
@@ -175,8 +264,8 @@ class SlicesSource:
             missing = [k for k in need if k not in masks[key]]
             if missing:
                 raise DataError(
-                    f"{self.store.label}: {nodule_dir}/mask-{missing[0]}/{slice_name}.png is missing "
-                    f"(mask-{missing[0]} has other slices of this nodule); every slice needs one PNG in each "
+                    f"{self.store.label}: {nodule_dir}/{folders[missing[0]]}/{slice_name}.png is missing "
+                    f"({folders[missing[0]]} has other slices of this nodule); every slice needs one PNG in each "
                     "mask-<k> folder"
                 )
             patient, nodule = owner[nodule_dir]
@@ -198,22 +287,47 @@ class SlicesSource:
             )
         return records
 
-    def read(self, record: SliceRecord, *, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Decode the image ([H, W] float32 in [0, 1]) and masks ([H, W] uint8 0/1) of `record`;
-        `shape` is the dataset's image size, checked first."""
-        where = f"{self.store.label}:{record.image}"
-        image = decode_png(self.store.read(record.image), where=where)
+    def reference(self, record: SliceRecord) -> tuple[tuple[int, int], tuple[int, str] | None]:
+        """The image size and (bit depth, file) of `record`, which every other slice must share;
+        the slice is checked whole (its masks too), so a bad dataset fails when it is built."""
+        image = self._image(record)
+        self._masks(record, image.shape)
+        return (int(image.shape[0]), int(image.shape[1])), (image.dtype.itemsize * 8, record.where)
+
+    def _image(self, record: SliceRecord) -> np.ndarray:
+        """The decoded image PNG of `record`, as stored (uint8 or uint16 [H, W])."""
+        image = decode_png(self.store.read(record.image), where=record.where)
         if image.ndim != 2:
-            raise DataError(f"{where}: image has shape {image.shape}; LIDC slices must be single-channel grey PNGs")
+            raise DataError(
+                f"{record.where}: image has shape {image.shape}; LIDC slices must be single-channel grey PNGs"
+            )
+        return image
+
+    def read(
+        self,
+        record: SliceRecord,
+        *,
+        shape: tuple[int, int] | None = None,
+        bits: tuple[int, str] | None = None,
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Decode the image ([H, W] float32 in [0, 1]) and masks ([H, W] uint8 0/1) of `record`;
+        `shape` and `bits` (the dataset's image size and bit depth, see `reference`) are checked first."""
+        where = record.where
+        image = self._image(record)
+        check_bits(image, bits, where=where)
         if shape is not None:
             check_shape(image.shape, shape, where=where, what="image")
+        return unit_image(image, where=where), self._masks(record, image.shape)
+
+    def _masks(self, record: SliceRecord, shape: tuple[int, ...]) -> list[np.ndarray]:
+        """The masks of `record` as uint8 0/1 arrays of the image's `shape`."""
         masks = []
         for name in record.masks:
             mask_where = f"{self.store.label}:{name}"
             mask = decode_png(self.store.read(name), where=mask_where)
-            check_shape(mask.shape, image.shape, where=mask_where, what="mask")
+            check_shape(mask.shape, shape, where=mask_where, what="mask")
             masks.append(binary_mask(mask, where=mask_where))
-        return unit_image(image, where=where), masks
+        return masks
 
 
 class PickleSource:
@@ -221,6 +335,7 @@ class PickleSource:
 
     def __init__(self, files: Sequence[Path]) -> None:
         self.files = list(files)
+        self._bits: tuple[int, str] | None = None  # the first integer image's bit depth, and where
 
     def records(self) -> list[SliceRecord]:
         seen: dict[str, Path] = {}
@@ -249,8 +364,7 @@ class PickleSource:
         )
         return records
 
-    @staticmethod
-    def _record(key: str, entry: Any, where: str) -> SliceRecord:
+    def _record(self, key: str, entry: Any, where: str) -> SliceRecord:
         if not isinstance(entry, dict):
             raise DataError(
                 f"{where}: entry is a {type(entry).__name__}; expected a dict with image, masks, series_uid"
@@ -266,6 +380,9 @@ class PickleSource:
             image = image[0]
         if image.ndim != 2 or 0 in image.shape:
             raise DataError(f"{where}: image has shape {image.shape}; expected a non-empty 2-D [H, W] array")
+        check_bits(image, self._bits, where=f"{where}['image']")
+        if self._bits is None and image.dtype.kind in "ui":
+            self._bits = (image.dtype.itemsize * 8, f"{where}['image']")
         image = unit_image(image, where=f"{where}['image']")
         raw = entry["masks"]
         if not isinstance(raw, (list, tuple, np.ndarray)) or len(raw) == 0:
@@ -281,8 +398,15 @@ class PickleSource:
         return SliceRecord(id=key, group=uid, image=image, masks=tuple(masks), where=where)
 
     @staticmethod
-    def read(record: SliceRecord, *, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The checked arrays of `record` (shapes were checked when the files were loaded)."""
+    def reference(record: SliceRecord) -> tuple[tuple[int, int], tuple[int, str] | None]:
+        """The image size of `record`; bit depths were checked when the files were loaded."""
+        return (int(record.image.shape[0]), int(record.image.shape[1])), None
+
+    @staticmethod
+    def read(
+        record: SliceRecord, *, shape: tuple[int, int] | None = None, bits: tuple[int, str] | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The checked arrays of `record` (shapes and depths were checked when the files were loaded)."""
         return record.image, list(record.masks)
 
 
@@ -368,8 +492,8 @@ class LidcDataset(AnnotatedDataset):
         self.groups = [r.group for r in self.records]
         self.num_annotators = len(self.records[0].masks)
         self.in_channels = 1
-        first, _ = self.source.read(self.records[0])
-        self.stored_shape = (int(first.shape[0]), int(first.shape[1]))
+        # the first slice of the whole dataset sets size and bit depth, so every split agrees
+        self.stored_shape, self.stored_bits = self.source.reference(records[0])
         if crop is not None and not 1 <= crop <= min(self.stored_shape):
             raise ConfigError(
                 f"lidc: crop must be between 1 and {min(self.stored_shape)} (the slices are "
@@ -399,7 +523,7 @@ class LidcDataset(AnnotatedDataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        image, mask_list = self.source.read(record, shape=self.stored_shape)
+        image, mask_list = self.source.read(record, shape=self.stored_shape, bits=self.stored_bits)
         masks = np.stack(mask_list)
         if self.crop is not None:
             top, left = (self.stored_shape[0] - self.crop) // 2, (self.stored_shape[1] - self.crop) // 2

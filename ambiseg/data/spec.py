@@ -17,8 +17,9 @@ from ..bench_presets import bench_preset
 from ..errors import ConfigError, closest
 from ..registry import coerce, datasets
 from .base import AnnotatedDataset
+from .validate import check_data_seed
 
-__all__ = ["DataSpec", "SPLIT_NAMES"]
+__all__ = ["DataSpec", "SPLIT_NAMES", "training_data", "describe_data"]
 
 SPLIT_NAMES = ("train", "val", "test", "all")
 _RESERVED = {"root": "--root", "split": "--split (eval/sample) or data.<split>.KEY"}
@@ -50,7 +51,7 @@ class DataSpec:
         bench_preset(self.preset)
         if self.root is not None:
             object.__setattr__(self, "root", os.fspath(self.root))
-        object.__setattr__(self, "seed", coerce(self.seed, int, where="data.seed"))
+        object.__setattr__(self, "seed", check_data_seed(coerce(self.seed, int, where="data.seed")))
         object.__setattr__(self, "options", self._checked(self.options, "data"))
         splits = {}
         for split, options in self.splits.items():
@@ -150,3 +151,19 @@ class DataSpec:
         parts += [f"{k}={v}" for k, v in self.options.items()]
         parts += [f"{s} {k}={v}" for s, o in self.splits.items() for k, v in o.items()]
         return f"{self.name} ({', '.join(parts)})"
+
+
+def training_data(data: Any) -> Any:
+    """A recorded data spec without its test split's options: which test images score a run does
+    not change what it was trained on, so two runs with equal `training_data` trained alike."""
+    if not isinstance(data, dict) or not isinstance(data.get("splits"), dict):
+        return data
+    return {**data, "splits": {k: v for k, v in data["splits"].items() if k != "test"}}
+
+
+def describe_data(data: Any) -> str:
+    """`DataSpec.describe` of a recorded spec, or its raw form when it is not one."""
+    try:
+        return DataSpec.from_dict(data).describe()
+    except (ConfigError, TypeError, ValueError):
+        return repr(data)

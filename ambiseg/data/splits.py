@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .validate import check_split
+from .validate import check_data_seed, check_split
 
 __all__ = ["DEFAULT_FRACTIONS", "check_fractions", "assign_groups", "split_indices", "subset"]
 
@@ -23,7 +23,7 @@ _NAMES = ("train", "val", "test")
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     """Three non-negative train/val/test fractions summing to 1."""
     values = tuple(float(f) for f in fractions)
-    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6:
+    if len(values) != 3 or not np.isfinite(values).all() or min(values) < 0 or abs(sum(values) - 1) > 1e-6:
         raise ConfigError(
             f"fractions must be three non-negative numbers (train, val, test) summing to 1, got {values}; "
             "e.g. fractions=(0.6, 0.2, 0.2)"
@@ -42,7 +42,7 @@ def assign_groups(
     """
     f_train, f_val, _ = check_fractions(fractions)
     unique = sorted(set(groups))
-    order = np.random.default_rng(seed).permutation(len(unique))
+    order = np.random.default_rng(check_data_seed(seed)).permutation(len(unique))
     cut1 = round(f_train * len(unique))
     cut2 = round((f_train + f_val) * len(unique))
     names = np.repeat(np.array(_NAMES), [cut1, cut2 - cut1, len(unique) - cut2])
@@ -85,7 +85,7 @@ def subset(indices: Sequence[int], limit: int | None, *, seed: int, groups: Sequ
         return list(indices)
     if limit < 1:
         raise ConfigError(f"limit must be a positive number of items, got {limit}")
-    rng = np.random.default_rng([seed, 1])
+    rng = np.random.default_rng([check_data_seed(seed), 1])
     if groups is None:
         keep = rng.choice(len(indices), size=limit, replace=False)
         return [indices[i] for i in sorted(keep)]

@@ -29,7 +29,7 @@ from scipy.ndimage import gaussian_filter
 from ..errors import ConfigError
 from ..registry import datasets
 from .base import AnnotatedDataset
-from .validate import check_split
+from .validate import MAX_ANNOTATORS, MAX_ITEMS, MAX_SIDE, check_count, check_data_seed, check_split
 
 __all__ = ["MODE_NAMES", "DEFAULT_SIZES", "Example", "make_example", "SyntheticDataset"]
 
@@ -152,16 +152,18 @@ class SyntheticDataset(AnnotatedDataset):
 
     @staticmethod
     def _check(*, seed: int, size: int, num_annotators: int, sizes: Sequence[int]) -> tuple[int, int]:
-        if seed < 0:
-            raise ConfigError(f"synthetic: seed must be >= 0, got {seed}")
+        """The seed and size, after checking every option against its bounds."""
+        check_data_seed(seed, where="synthetic: seed")
         if size < 16:
             raise ConfigError(f"synthetic: size must be at least 16 pixels, got {size}")
-        if num_annotators < 1:
-            raise ConfigError(f"synthetic: num_annotators must be >= 1, got {num_annotators}")
+        check_count(size, 16, MAX_SIDE, where="synthetic: size (pixels)")
+        check_count(num_annotators, 1, MAX_ANNOTATORS, where="synthetic: num_annotators")
         if len(sizes) != 3 or min(sizes) < 0:
             raise ConfigError(
                 f"synthetic: sizes must be three non-negative counts (train, val, test), got {tuple(sizes)}"
             )
+        for count in sizes:
+            check_count(count, 0, MAX_ITEMS, where="synthetic: each of sizes")
         return int(seed), int(size)
 
     def _load(self, index: int) -> dict[str, Any]:

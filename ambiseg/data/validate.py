@@ -7,6 +7,7 @@ how to fix it, so a bad dataset fails with one readable line instead of a NaN lo
 from __future__ import annotations
 
 import io
+import operator
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,28 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, closest
 
-__all__ = ["SPLITS", "check_split", "binary_mask", "unit_image", "check_shape", "check_nonempty", "decode_png"]
+__all__ = [
+    "SPLITS",
+    "MAX_SIDE",
+    "MAX_ITEMS",
+    "MAX_ANNOTATORS",
+    "MAX_DATA_SEED",
+    "check_split",
+    "check_count",
+    "check_data_seed",
+    "check_bits",
+    "binary_mask",
+    "unit_image",
+    "check_shape",
+    "check_nonempty",
+    "decode_png",
+]
 
 SPLITS = ("train", "val", "test", "all")
+MAX_SIDE = 2048  # pixels a dataset may generate or resize an image side to (a 40000 px side needs 12 GB per array)
+MAX_ITEMS = 1_000_000  # items a generated split may hold
+MAX_ANNOTATORS = 64  # masks a generated item may hold
+MAX_DATA_SEED = 2**64 - 1
 
 
 def check_split(split: str) -> str:
@@ -25,6 +45,35 @@ def check_split(split: str) -> str:
     if split not in SPLITS:
         raise ConfigError(f"unknown split '{split}'{closest(str(split), SPLITS)}; choose one of {', '.join(SPLITS)}")
     return split
+
+
+def check_count(value: int, low: int, high: int, *, where: str) -> int:
+    """`value` if it is an integer in low..high, else a ConfigError naming `where` and the bounds."""
+    try:
+        number = operator.index(value)  # ints and numpy integers, not floats or strings
+    except TypeError:
+        number = None
+    if isinstance(value, bool) or number is None or not low <= number <= high:
+        raise ConfigError(f"{where} must be an integer between {low:,} and {high:,}, got {value!r}")
+    return number
+
+
+def check_data_seed(seed: int, *, where: str = "data.seed") -> int:
+    """A split seed: an integer in 0..MAX_DATA_SEED (numpy refuses negative seeds with a traceback)."""
+    return check_count(seed, 0, MAX_DATA_SEED, where=where)
+
+
+def check_bits(image: np.ndarray, reference: tuple[int, str] | None, *, where: str) -> None:
+    """Refuse an integer image whose bit depth differs from the dataset's (`reference`: bits and a file
+    that has them): a 16-bit file holding 0..255 among 8-bit ones would be read near-black."""
+    if reference is None or image.dtype.kind not in "ui":
+        return
+    bits, example = reference
+    if image.dtype.itemsize * 8 != bits:
+        raise DataError(
+            f"{where}: {image.dtype.itemsize * 8}-bit image, but the dataset's images are {bits}-bit "
+            f"(e.g. {example}); re-save it with the others' bit depth (mixed depths are read at different scales)"
+        )
 
 
 def binary_mask(mask: np.ndarray, *, where: str) -> np.ndarray:
