@@ -99,7 +99,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     trained, ckpt = load_method(args.checkpoint)
     overrides = parse_sets(tuple(args.sets))
-    method = Method.from_config(apply_overrides(trained.config, overrides)) if overrides else trained
+    method = Method.from_config(apply_overrides(trained.config, overrides))  # a fresh flow, unless --keep-flow
     method.prior.load_state_dict(trained.prior.state_dict())
     if args.keep_flow:
         method.transport.load_state_dict(trained.transport.state_dict())

@@ -1,22 +1,24 @@
 #!/bin/bash
-# The whole lidc-v1 track: every method x seeds, shared by WORKERS one-thread bench processes
-# that each take the next (method, seed) from a queue. Resumable: the bench skips an evaluation
-# it already holds in OUT and loads a finished training, so rerunning continues where it stopped.
+# A whole LIDC protocol track (lidc-v1 by default, PROTOCOL=lidc-v2): every method x seeds, shared
+# by WORKERS one-thread bench processes that each take the next (method, seed) from a queue; the
+# bench preset is the protocol's. Resumable: the bench skips an evaluation it already holds in OUT
+# and loads a finished training, so rerunning continues where it stopped.
 #
-#   benchmarks/lidc_v1_track.sh                       # 2 workers, seeds 0,1,2, every method
-#   WORKERS=1 SEEDS="1 2" METHODS="atfm probunet" benchmarks/lidc_v1_track.sh
+#   benchmarks/lidc_track.sh                          # lidc-v1, 2 workers, seeds 0,1,2, every method
+#   PROTOCOL=lidc-v2 WORKERS=1 SEEDS="1 2" METHODS="atfm probunet" benchmarks/lidc_track.sh
 #
 # Logs: $OUT/logs/worker<i>.log (appended: the start and end of each run, the bench output). AMBISEG may name another
 # command that runs the ambiseg CLI (e.g. a frozen copy, so edits to the checkout do not reach a run).
 set -euo pipefail
 ROOT=${ROOT:-../shared/data/lidc-idri-slices.zip}
-OUT=${OUT:-benchmarks/results/lidc-v1}
+PROTOCOL=${PROTOCOL:-lidc-v1}
+OUT=${OUT:-benchmarks/results/$PROTOCOL}
 WORKERS=${WORKERS:-2}
 SEEDS=${SEEDS:-"0 1 2"}
 # longest first: an evaluation cannot resume mid-way, so cimd's (~95 min on one thread) should start early
 METHODS=${METHODS:-"cimd tdpm atfm atfm-nosf phiseg sfm-noise probunet act-gtr det-unet"}
 AMBISEG=${AMBISEG:-ambiseg}
-[ -e "$ROOT" ] || { echo "lidc_v1_track.sh: no LIDC data at $ROOT; set ROOT=<lidc-idri-slices.zip>" >&2; exit 2; }
+[ -e "$ROOT" ] || { echo "lidc_track.sh: no LIDC data at $ROOT; set ROOT=<lidc-idri-slices.zip>" >&2; exit 2; }
 
 mkdir -p "$OUT/logs"
 queue=$(mktemp)
@@ -32,7 +34,7 @@ worker() {
   while line=$(next) && [ -n "$line" ]; do
     set -- $line
     echo "== $1 seed $2 $(date -u +%FT%TZ)"
-    OMP_NUM_THREADS=1 $AMBISEG bench --protocol lidc-v1 --methods "$1" --seeds "$2" --root "$ROOT" --preset cpu \
+    OMP_NUM_THREADS=1 $AMBISEG bench --protocol "$PROTOCOL" --methods "$1" --seeds "$2" --root "$ROOT" \
       --no-baseline --no-progress --out "$OUT" || echo "== $1 seed $2 failed rc=$?"
     echo "== $1 seed $2 done $(date -u +%FT%TZ)"
   done
