@@ -265,6 +265,9 @@ class Trainer:
             )
         self._check_data(meta.get("data"), path)
         self._check_state(meta, path)
+        best = path.with_name("best.safetensors")
+        if best.exists():  # read at a stage's end: a damaged one would fail after the training
+            load_checkpoint(best, method=self.method.name)
         load_weights(
             self.method,
             ckpt,

@@ -386,3 +386,34 @@ def test_eval_refuses_a_damaged_stage_and_flags_an_unfinished_run(run, tmp_path,
         return
     assert code == 0 and "holds an unfinished run" in err, err
     assert json.loads(out.read_text())["stages_finished"] == 0
+
+
+# ---- resume after damage to the other files of a run (issue 30, own cases) ---------------------
+@pytest.mark.parametrize(
+    ("damage_run", "expected"),
+    [
+        (lambda out: (out / "last.safetensors").unlink(), "holds best.safetensors but no last.safetensors"),
+        (lambda out: (out / "best.safetensors").write_bytes(b""), "best.safetensors is not a readable safetensors"),
+        (
+            lambda out: (out / "last.safetensors").write_bytes((out / "last.safetensors").read_bytes()[:1000]),
+            "last.safetensors is not a readable safetensors",
+        ),
+    ],
+    ids=["last deleted", "best emptied", "last truncated"],
+)
+def test_a_resume_of_a_damaged_run_is_refused_and_keeps_its_files(run, tmp_path, capsys, damage_run, expected):
+    out = copy_run(run, tmp_path / "run")
+    damage_run(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = run_cli(["train", "det-unet", *SMOKE, "--resume", "--out", str(out)], capsys)
+    assert one_line_error(code, err) and expected in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_lidc_root_that_is_a_fifo_is_named_as_such(tmp_path, capsys, monkeypatch):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("AMBISEG_LIDC", str(fifo))
+    code, err = run_cli(["show", "--data", "lidc", "--index", "0", "--out", str(tmp_path / "f.png")], capsys)
+    assert one_line_error(code, err) and "is neither a file nor a folder" in err, err
+    assert not (tmp_path / "f.png").exists()

@@ -24,6 +24,11 @@ def check_existing_run(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to train over a run in `out` unless told to continue it (`resume`) or replace it
     (`overwrite`, which deletes its checkpoints and history first); `resume` wins over `overwrite`."""
     held = [name for name in RUN_FILES[:2] if (out / name).exists()]
+    if resume and held == ["best.safetensors"]:  # a resume would start again and replace it
+        raise ConfigError(
+            f"{out} holds best.safetensors but no last.safetensors, so there is no state to resume; "
+            "pass --overwrite to train it again from the start, or choose another --out"
+        )
     if resume or not held:
         return
     if not overwrite:

@@ -431,6 +431,11 @@ def open_source(root: str | os.PathLike[str]) -> SlicesSource | PickleSource:
         )
     if path.is_file():
         return PickleSource([path]) if path.suffix.lower() in PICKLE_SUFFIXES else SlicesSource(ZipStore(path))
+    if not path.is_dir():
+        raise DataError(
+            f"lidc root '{path}' is neither a file nor a folder (a FIFO, socket or device); pass the "
+            "lidc-idri-slices.zip, the LIDC-IDRI-slices folder (or its parent), or a folder of *.pickle files"
+        )
     pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
     if pickles:
         return PickleSource(pickles)
