@@ -297,6 +297,12 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
             untrained_eval_s = time.perf_counter() - started
             ensure_dir(run_dir)
             train_s = _train_or_load(method, sets, data_spec.to_dict(), run_dir, spec, seed, device, console)
+            if protocol is not None and train_s > 60 * protocol.train_budget_minutes:
+                console.print(
+                    f"[yellow]{method.name} seed {seed} trained {train_s / 60:.1f} min, over protocol "
+                    f"{protocol.name}'s {protocol.train_budget_minutes}-minute budget "
+                    "(marked in the leaderboard)[/yellow]"
+                )
             eval_started = time.perf_counter()
             result = evaluate_method(
                 method,

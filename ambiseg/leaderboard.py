@@ -70,6 +70,7 @@ class Row:
     device: str
     protocol: str | None = None
     reference: bool = False
+    over_budget: bool = False  # a seed trained longer than its protocol's budget
     vs_anchor: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> mean, lo, hi
     per_seed: dict[int, dict[str, list[float]]] = field(default_factory=dict, repr=False)
 
@@ -147,6 +148,7 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
                 device=recs[0]["env"]["device_name"] or recs[0]["env"]["device"],
                 protocol=protocol or None,
                 reference=bool(recs[0].get("reference")),
+                over_budget=any(_over_budget(r) for r in recs),
                 per_seed={int(r["seed"]): r["per_image"] for r in recs},
             )
         )
@@ -204,6 +206,12 @@ def _human(n: float | None) -> str:
     return f"{n:.0f}"
 
 
+def _over_budget(rec: dict[str, Any]) -> bool:
+    """Whether a record's training took longer than its protocol's budget (`train_budget_minutes`)."""
+    minutes = (rec.get("protocol") or {}).get("train_budget_minutes")
+    return isinstance(minutes, (int, float)) and rec["timing"]["train_s"] > 60 * minutes
+
+
 def _table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     cols = _columns(rows)
     counts = {int(r.untrained["samples"]) for r in rows if "GED" in r.untrained}
@@ -239,7 +247,7 @@ def _table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
             line += ["-"] * 6 + [",".join(map(str, r.seeds))]
         else:
             line += [
-                f"{r.train_s:.1f}",
+                f"{r.train_s:.1f}" + (" (over budget)" if r.over_budget else ""),
                 f"{r.sample_s:.3f}",
                 _human(r.params),
                 _human(r.flops_per_image),

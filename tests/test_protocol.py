@@ -168,3 +168,52 @@ def test_lidc_v2_keeps_lidc_v1_test_slices_and_brings_its_own_presets():
     assert v2_bench.method_presets_for("lidc") == ("cpu-lidc-v2", "cpu-lidc", "cpu")
     assert v2_bench.data_options("lidc", "val")["limit"] == 200
     assert bench_preset("cpu").method_presets_for("lidc") == ("cpu-lidc", "cpu")
+
+
+LIDC_METHODS = (
+    "atfm",
+    "act-gtr",
+    "atfm-nosf",
+    "atfm-paper",
+    "sfm-noise",
+    "tdpm",
+    "cimd",
+    "det-unet",
+    "probunet",
+    "phiseg",
+)
+
+
+@pytest.mark.parametrize("name", LIDC_METHODS)
+def test_every_lidc_method_has_a_cpu_lidc_v2_preset_by_the_one_budget_rule(name):
+    import ambiseg
+    from ambiseg.methods.budget import V2_SCHEDULE, VAL_IMAGES
+
+    v1 = ambiseg.build(name, preset="cpu-lidc").config
+    v2 = ambiseg.build(name, preset="cpu-lidc-v2").config
+    assert {k: v for k, v in v2.items() if k != "train"} == {k: v for k, v in v1.items() if k != "train"}
+    for stage, cfg in v2["train"].items():
+        assert cfg["steps"] > v1["train"][stage]["steps"] and cfg["val_images"] == VAL_IMAGES
+        assert {k: cfg[k] for k in V2_SCHEDULE} == V2_SCHEDULE
+        assert cfg["steps"] // cfg["val_every"] in (5, 6, 7)  # about six checks per stage
+        assert (cfg["batch_size"], cfg["lr"]) == (v1["train"][stage]["batch_size"], v1["train"][stage]["lr"])
+
+
+def test_the_budget_rule_refuses_a_stage_without_a_factor():
+    from ambiseg.methods.budget import with_lidc_v2
+
+    base = {"cpu-lidc": {"train": {"prior": {"steps": 100}, "transport": {"steps": 100}}}}
+    assert with_lidc_v2(base, {"prior": 2, "transport": 1})["cpu-lidc-v2"]["train"]["prior"]["steps"] == 200
+    with pytest.raises(ValueError, match=r"no factor for stage\(s\) \['transport'\]"):
+        with_lidc_v2(base, {"prior": 2})
+
+
+def test_a_run_over_its_protocols_budget_is_marked_in_the_leaderboard(tmp_path):
+    (record,) = run_bench(spec(tmp_path / "b", methods=["det-unet"]))
+    budget = {**get_protocol("lidc-v2").to_dict(), "train_budget_minutes": 40}
+    within = {**copy.deepcopy(record), "protocol": budget}
+    within["timing"]["train_s"] = 40 * 60.0
+    over = {**copy.deepcopy(within), "seed": 1}
+    over["timing"] = {**within["timing"], "train_s": 40 * 60.0 + 1}
+    assert "over budget" not in to_markdown(build_rows([within]))
+    assert "(over budget)" in to_markdown(build_rows([within, over]))

@@ -27,10 +27,13 @@ import copy
 from typing import Any
 
 from ..method import Recipe, register_recipe
+from .budget import V2, with_lidc_v2
 
 __all__ = ["PRESET_NAMES", "presets"]
 
-PRESET_NAMES = ("smoke", "cpu", "cpu-lidc", "paper-lidc", "paper-isic3")
+_STATED = ("smoke", "cpu", "cpu-lidc", "paper-lidc", "paper-isic3")  # written out below
+PRESET_NAMES = (*_STATED, V2)  # V2 is derived from cpu-lidc (ambiseg.methods.budget)
+_V2_GTR_FACTOR, _V2_FLOW_FACTOR, _V2_NOISE_FLOW_FACTOR = 2.0, 2.0, 4.0  # steps x cpu-lidc's (ambiseg.methods.budget)
 
 _GTR: dict[str, dict[str, Any]] = {
     "smoke": {"widths": (8, 16), "features": 8, "rank": 2, "mc_samples": 4},
@@ -151,7 +154,7 @@ def presets(
     paper's) apply.
     """
     out = {}
-    for name in PRESET_NAMES:
+    for name in _STATED:
         preset: dict[str, Any] = {"train": {}, **copy.deepcopy(_DATA.get(name, {}))}
         if prior:
             preset["prior"] = {k: v for k, v in _GTR[name].items() if not (paper_gtr and k in _GTR_DEPARTURES)}
@@ -162,7 +165,14 @@ def presets(
         if flow:
             preset["sampler"] = {"name": "euler", "steps": _STEPS[name]}
         out[name] = preset
-    return out
+    # lidc-v2: the GTR stage and a flow after it as measured in docs/training.md ("The lidc-v2
+    # budget"); a flow from noise (sfm-noise) is the method's only stage and takes its whole budget
+    factors = {}
+    if prior:
+        factors["prior"] = _V2_GTR_FACTOR
+    if transport:
+        factors["transport"] = _V2_FLOW_FACTOR if prior else _V2_NOISE_FLOW_FACTOR
+    return with_lidc_v2(out, factors)
 
 
 _EULER = {"name": "euler", "steps": 25}

@@ -30,6 +30,7 @@ from ..losses import pick_annotator, unpack_batch
 from ..method import Recipe, register_recipe
 from ..nets import TimeUNet
 from ..registry import transports
+from .budget import with_lidc_v2
 from .latent import GaussianEncoder
 
 __all__ = ["CIMDTransport", "ConditionalDDPM", "RECIPE"]
@@ -194,6 +195,64 @@ class CIMDTransport(ConditionalDDPM):
 
 
 _TRAIN = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "epochs": 200}
+_PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "transport": {
+            "steps": 25,
+            "width": 8,
+            "mults": (1, 2),
+            "blocks": 1,
+            "attention": False,
+            "encoder_widths": (4, 8),
+            "encoder_convs": 1,
+        },
+        "sampler": {"name": "ddim", "steps": 5},
+        "train": {"transport": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}},
+    },
+    "cpu": {
+        "transport": {
+            "steps": 100,
+            "width": 16,
+            "mults": (1, 2, 4),
+            "blocks": 1,
+            "attention": False,
+            "encoder_widths": (16, 32, 64),
+            "encoder_convs": 2,
+        },
+        "sampler": {"name": "ddim", "steps": 10},
+        "train": {"transport": {"lr": 1e-3, "steps": 1500, "batch_size": 8, "val_images": 4, "val_samples": 4}},
+    },
+    # LIDC on 2 CPU cores (64 px crops): the denoiser at ATFM's cpu-lidc ST-Net width, so a
+    # sampling step costs what ATFM's does; DDIM 10 steps; v-prediction, a departure from
+    # CIMD's eps: under eps the x0 estimate from noise never formed (docs/training.md)
+    "cpu-lidc": {
+        "transport": {
+            "prediction": "v",
+            "steps": 100,
+            "width": 8,
+            "mults": (1, 2, 4),
+            "blocks": 1,
+            "groups": 4,
+            "attention": False,
+            "encoder_widths": (16, 32, 64),
+            "encoder_convs": 2,
+        },
+        "sampler": {"name": "ddim", "steps": 10},
+        "train": {
+            "transport": {
+                "lr": 1e-3,
+                "steps": 2000,
+                "batch_size": 8,
+                "val_every": 250,
+                "val_images": 48,
+                "val_samples": 16,
+            }
+        },
+    },
+    "paper-lidc": {"in_channels": 1, "image_size": 128, "train": {"transport": {"epochs": 200}}},
+    "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"transport": {"epochs": 120}}},
+}
+
 RECIPE = register_recipe(
     Recipe(
         name="cimd",
@@ -202,63 +261,7 @@ RECIPE = register_recipe(
         sampler={"name": "ddpm"},
         stages=("transport",),
         train={"transport": dict(_TRAIN)},
-        presets={
-            "smoke": {
-                "transport": {
-                    "steps": 25,
-                    "width": 8,
-                    "mults": (1, 2),
-                    "blocks": 1,
-                    "attention": False,
-                    "encoder_widths": (4, 8),
-                    "encoder_convs": 1,
-                },
-                "sampler": {"name": "ddim", "steps": 5},
-                "train": {"transport": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}},
-            },
-            "cpu": {
-                "transport": {
-                    "steps": 100,
-                    "width": 16,
-                    "mults": (1, 2, 4),
-                    "blocks": 1,
-                    "attention": False,
-                    "encoder_widths": (16, 32, 64),
-                    "encoder_convs": 2,
-                },
-                "sampler": {"name": "ddim", "steps": 10},
-                "train": {"transport": {"lr": 1e-3, "steps": 1500, "batch_size": 8, "val_images": 4, "val_samples": 4}},
-            },
-            # LIDC on 2 CPU cores (64 px crops): the denoiser at ATFM's cpu-lidc ST-Net width, so a
-            # sampling step costs what ATFM's does; DDIM 10 steps; v-prediction, a departure from
-            # CIMD's eps: under eps the x0 estimate from noise never formed (docs/training.md)
-            "cpu-lidc": {
-                "transport": {
-                    "prediction": "v",
-                    "steps": 100,
-                    "width": 8,
-                    "mults": (1, 2, 4),
-                    "blocks": 1,
-                    "groups": 4,
-                    "attention": False,
-                    "encoder_widths": (16, 32, 64),
-                    "encoder_convs": 2,
-                },
-                "sampler": {"name": "ddim", "steps": 10},
-                "train": {
-                    "transport": {
-                        "lr": 1e-3,
-                        "steps": 2000,
-                        "batch_size": 8,
-                        "val_every": 250,
-                        "val_images": 48,
-                        "val_samples": 16,
-                    }
-                },
-            },
-            "paper-lidc": {"in_channels": 1, "image_size": 128, "train": {"transport": {"epochs": 200}}},
-            "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"transport": {"epochs": 120}}},
-        },
+        presets=with_lidc_v2(_PRESETS, {"transport": 4.0}, stage_options={"transport": {"val_samples": 4}}),
         description="CIMD-style conditional DDPM with a trained ambiguity latent (Rahman et al., CVPR 2023)",
     )
 )

@@ -19,6 +19,7 @@ from ..interfaces import Prior, Transport
 from ..losses import pick_annotator, unpack_batch
 from ..method import Recipe, register_recipe
 from ..registry import priors, transports
+from .budget import with_lidc_v2
 
 __all__ = ["DeltaPrior", "UNetMap"]
 
@@ -87,6 +88,33 @@ class UNetMap(Transport):
         return {"loss": bce, "bce": bce}
 
 
+_PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"transport": {"widths": [8, 16]}, "train": {"transport": {"steps": 2, "batch_size": 4}}},
+    "cpu": {
+        "transport": {"widths": [16, 32, 64]},
+        "train": {"transport": {"steps": 600, "batch_size": 16, "lr": 1e-3}},
+    },
+    # LIDC on 2 CPU cores: the plain U-Net without normalisation barely finds nodules in
+    # minutes; GroupNorm does; a cosine schedule steadies the end (docs/training.md)
+    "cpu-lidc": {
+        "transport": {"widths": [16, 32, 64], "norm": "group"},
+        "train": {
+            "transport": {
+                "steps": 1500,
+                "batch_size": 16,
+                "lr": 1e-3,
+                "schedule": "cosine",
+                "warmup": 100,
+                "val_every": 250,
+                "val_images": 48,
+                "val_samples": 1,
+            }
+        },
+    },
+    "paper-lidc": {"train": {"transport": {"epochs": 100, "batch_size": 32}}},
+    "paper-isic3": {"train": {"transport": {"epochs": 100, "batch_size": 16}}},
+}
+
 register_recipe(
     Recipe(
         name="det-unet",
@@ -94,31 +122,6 @@ register_recipe(
         transport={"name": "unet-map"},
         sampler={"name": "direct"},
         description="deterministic U-Net (reference row: no diversity)",
-        presets={
-            "smoke": {"transport": {"widths": [8, 16]}, "train": {"transport": {"steps": 2, "batch_size": 4}}},
-            "cpu": {
-                "transport": {"widths": [16, 32, 64]},
-                "train": {"transport": {"steps": 600, "batch_size": 16, "lr": 1e-3}},
-            },
-            # LIDC on 2 CPU cores: the plain U-Net without normalisation barely finds nodules in
-            # minutes; GroupNorm does; a cosine schedule steadies the end (docs/training.md)
-            "cpu-lidc": {
-                "transport": {"widths": [16, 32, 64], "norm": "group"},
-                "train": {
-                    "transport": {
-                        "steps": 1500,
-                        "batch_size": 16,
-                        "lr": 1e-3,
-                        "schedule": "cosine",
-                        "warmup": 100,
-                        "val_every": 250,
-                        "val_images": 48,
-                        "val_samples": 1,
-                    }
-                },
-            },
-            "paper-lidc": {"train": {"transport": {"epochs": 100, "batch_size": 32}}},
-            "paper-isic3": {"train": {"transport": {"epochs": 100, "batch_size": 16}}},
-        },
+        presets=with_lidc_v2(_PRESETS, {"transport": 4.0}),
     )
 )

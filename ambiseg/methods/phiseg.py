@@ -20,6 +20,8 @@ prior's `latent_shapes` when composed (any prior of such spatial levels feeds it
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -30,6 +32,7 @@ from ..interfaces import LatentDraw, LatentPrior, Prior, Transport
 from ..losses import pick_annotator, unpack_batch
 from ..method import Recipe, register_recipe
 from ..registry import priors, transports
+from .budget import with_lidc_v2
 from .latent import DiagonalGaussian
 
 __all__ = ["phiseg_levels", "HierarchicalEncoder", "PHiSegLatent", "PHiSegLikelihood", "RECIPE"]
@@ -401,6 +404,24 @@ class PHiSegLikelihood(Transport):
         return {"loss": ce_levels.sum() + kl, "ce": ce_levels[0], "kl": kl, "kl_unweighted": kl_levels.sum()}
 
 
+_PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "prior": {"base_width": 4, "resolution_levels": 3, "latent_levels": 2},  # the likelihood follows
+        "train": {"joint": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}},
+    },
+    "cpu": {
+        "prior": {"base_width": 8},
+        "train": {"joint": {"steps": 1000, "batch_size": 12, "val_images": 8, "val_samples": 8}},
+    },
+    # LIDC on 2 CPU cores (64 px crops, 4 latent levels); validation curve in docs/training.md
+    "cpu-lidc": {
+        "prior": {"base_width": 8},
+        "train": {"joint": {"steps": 2000, "batch_size": 12, "val_every": 250, "val_images": 48, "val_samples": 16}},
+    },
+    "paper-lidc": {"in_channels": 1, "image_size": 128, "train": {"joint": {"batch_size": 12, "epochs": 100}}},
+    "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"joint": {"batch_size": 12, "epochs": 400}}},
+}
+
 RECIPE = register_recipe(
     Recipe(
         name="phiseg",
@@ -409,25 +430,7 @@ RECIPE = register_recipe(
         sampler={"name": "direct"},
         stages=("joint",),
         train={"joint": {"optimizer": "adam", "lr": 1e-3, "batch_size": 12, "epochs": 100}},
-        presets={
-            "smoke": {
-                "prior": {"base_width": 4, "resolution_levels": 3, "latent_levels": 2},  # the likelihood follows
-                "train": {"joint": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}},
-            },
-            "cpu": {
-                "prior": {"base_width": 8},
-                "train": {"joint": {"steps": 1000, "batch_size": 12, "val_images": 8, "val_samples": 8}},
-            },
-            # LIDC on 2 CPU cores (64 px crops, 4 latent levels); validation curve in docs/training.md
-            "cpu-lidc": {
-                "prior": {"base_width": 8},
-                "train": {
-                    "joint": {"steps": 2000, "batch_size": 12, "val_every": 250, "val_images": 48, "val_samples": 16}
-                },
-            },
-            "paper-lidc": {"in_channels": 1, "image_size": 128, "train": {"joint": {"batch_size": 12, "epochs": 100}}},
-            "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"joint": {"batch_size": 12, "epochs": 400}}},
-        },
+        presets=with_lidc_v2(_PRESETS, {"joint": 2.5}),
         description="PHiSeg (Baumgartner et al., MICCAI 2019): hierarchical spatial latents, summed per-level logits",
     )
 )

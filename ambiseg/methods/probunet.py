@@ -27,6 +27,7 @@ from ..interfaces import LatentDraw, LatentPrior, Prior, Transport
 from ..losses import pick_annotator, unpack_batch
 from ..method import Recipe, register_recipe
 from ..registry import priors, transports
+from .budget import with_lidc_v2
 from .latent import DiagonalGaussian, GaussianEncoder
 
 __all__ = ["ProbUNetLatent", "FComb", "RECIPE"]
@@ -214,6 +215,44 @@ class FComb(Transport):
 
 
 _SMOKE_NET = {"widths": (4, 8), "convs": 1}
+_PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "prior": _SMOKE_NET,
+        "transport": {"backbone_options": _SMOKE_NET, "features": 4},
+        "train": {"joint": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}},
+    },
+    "cpu": {
+        "prior": {"widths": (16, 32, 64, 96), "convs": 2},
+        "transport": {"backbone_options": {"widths": (16, 32, 64, 96), "convs": 2}, "features": 16},
+        "train": {"joint": {"lr": 1e-3, "steps": 1200, "batch_size": 12, "val_images": 8, "val_samples": 8}},
+    },
+    # LIDC on 2 CPU cores: GroupNorm in every net (without it the model predicts empty masks
+    # for hundreds of steps; docs/training.md)
+    "cpu-lidc": {
+        "prior": {"widths": (16, 32, 64, 96), "convs": 2, "norm": "group"},
+        "transport": {
+            "backbone_options": {"widths": (16, 32, 64, 96), "convs": 2, "norm": "group"},
+            "features": 16,
+        },
+        "train": {
+            "joint": {
+                "lr": 1e-3,
+                "steps": 2000,
+                "batch_size": 12,
+                "val_every": 250,
+                "val_images": 48,
+                "val_samples": 16,
+            }
+        },
+    },
+    "paper-lidc": {
+        "in_channels": 1,
+        "image_size": 128,
+        "train": {"joint": {"batch_size": 32, "steps": 240_000}},
+    },
+    "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"joint": {"batch_size": 32, "epochs": 400}}},
+}
+
 RECIPE = register_recipe(
     Recipe(
         name="probunet",
@@ -222,43 +261,7 @@ RECIPE = register_recipe(
         sampler={"name": "direct"},
         stages=("joint",),
         train={"joint": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5, "batch_size": 32, "epochs": 100}},
-        presets={
-            "smoke": {
-                "prior": _SMOKE_NET,
-                "transport": {"backbone_options": _SMOKE_NET, "features": 4},
-                "train": {"joint": {"steps": 2, "batch_size": 4, "val_images": 2, "val_samples": 2}},
-            },
-            "cpu": {
-                "prior": {"widths": (16, 32, 64, 96), "convs": 2},
-                "transport": {"backbone_options": {"widths": (16, 32, 64, 96), "convs": 2}, "features": 16},
-                "train": {"joint": {"lr": 1e-3, "steps": 1200, "batch_size": 12, "val_images": 8, "val_samples": 8}},
-            },
-            # LIDC on 2 CPU cores: GroupNorm in every net (without it the model predicts empty masks
-            # for hundreds of steps; docs/training.md)
-            "cpu-lidc": {
-                "prior": {"widths": (16, 32, 64, 96), "convs": 2, "norm": "group"},
-                "transport": {
-                    "backbone_options": {"widths": (16, 32, 64, 96), "convs": 2, "norm": "group"},
-                    "features": 16,
-                },
-                "train": {
-                    "joint": {
-                        "lr": 1e-3,
-                        "steps": 2000,
-                        "batch_size": 12,
-                        "val_every": 250,
-                        "val_images": 48,
-                        "val_samples": 16,
-                    }
-                },
-            },
-            "paper-lidc": {
-                "in_channels": 1,
-                "image_size": 128,
-                "train": {"joint": {"batch_size": 32, "steps": 240_000}},
-            },
-            "paper-isic3": {"in_channels": 3, "image_size": 256, "train": {"joint": {"batch_size": 32, "epochs": 400}}},
-        },
+        presets=with_lidc_v2(_PRESETS, {"joint": 3.0}),
         aliases=("prob-unet",),
         description="Probabilistic U-Net (Kohl et al., NeurIPS 2018): global latent, fcomb decoder",
     )

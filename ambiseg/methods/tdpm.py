@@ -13,7 +13,9 @@ from typing import Any
 
 from ..method import Recipe, register_recipe
 from . import cimd, gtr  # noqa: F401  (register the components this recipe names)
+from .atfm import _V2_FLOW_FACTOR, _V2_GTR_FACTOR
 from .atfm import presets as atfm_presets
+from .budget import with_lidc_v2
 
 __all__ = ["RECIPE"]
 
@@ -49,12 +51,13 @@ _DIFFUSION["cpu-lidc"] = {
 
 def _presets() -> dict[str, dict[str, Any]]:
     """ATFM's GTR-stage preset plus this recipe's diffusion transport, sampler and training."""
-    out = atfm_presets(prior=True, transport=False, flow=False)
+    out = {k: v for k, v in atfm_presets(prior=True, transport=False, flow=False).items() if k in _DIFFUSION}
     for name, preset in out.items():
         diffusion = _DIFFUSION[name]
         preset.update({k: v for k, v in diffusion.items() if k != "train"})
         preset["train"]["transport"] = dict(diffusion["train"])
-    return out
+    # lidc-v2: ATFM's GTR stage, and the denoiser as long as ATFM's flow (ambiseg.methods.budget)
+    return with_lidc_v2(out, {"prior": _V2_GTR_FACTOR, "transport": _V2_FLOW_FACTOR})
 
 
 RECIPE = register_recipe(
