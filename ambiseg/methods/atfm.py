@@ -33,7 +33,7 @@ __all__ = ["PRESET_NAMES", "presets"]
 
 _STATED = ("smoke", "cpu", "cpu-lidc", "paper-lidc", "paper-isic3")  # written out below
 PRESET_NAMES = (*_STATED, V2)  # V2 is derived from cpu-lidc (ambiseg.methods.budget)
-_V2_GTR_FACTOR, _V2_FLOW_FACTOR, _V2_NOISE_FLOW_FACTOR = 2.0, 2.0, 4.0  # steps x cpu-lidc's (ambiseg.methods.budget)
+_V2_GTR_FACTOR, _V2_FLOW_FACTOR, _V2_NOISE_FLOW_FACTOR = 2.0, 1.0, 4.0  # steps x cpu-lidc's (ambiseg.methods.budget)
 
 _GTR: dict[str, dict[str, Any]] = {
     "smoke": {"widths": (8, 16), "features": 8, "rank": 2, "mc_samples": 4},
