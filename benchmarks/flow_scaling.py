@@ -26,10 +26,14 @@ def cell(row: dict[str, str], key: str) -> str:
 
 
 def describe(folder: Path) -> str:
-    """Width, coupling, guide and Euler steps of the run's flow."""
-    config = json.loads((folder / "config.json").read_text())["config"]
-    transport, sampler = config["transport"], config["sampler"]
+    """Width, coupling, guide, schedule and Euler steps of the run's flow."""
+    saved = json.loads((folder / "config.json").read_text())
+    transport, sampler, args = saved["config"]["transport"], saved["config"]["sampler"], saved["args"]
     extra = [transport.get("coupling", "independent")] + (["guide"] if transport.get("guide") else [])
+    if args.get("schedule", "constant") != "constant":
+        extra.append(f"{args['schedule']} lr")
+    if args.get("ema"):
+        extra.append(f"EMA {args['ema']}")
     return f"width {transport['width']}, {', '.join(extra)}, Euler {sampler['steps']}"
 
 
