@@ -19,6 +19,7 @@ from rich.console import Console
 from . import distributed as dist
 from .bench_presets import bench_preset
 from .checkpoint import Checkpoint, load_checkpoint, load_weights
+from .console import make_console
 from .data.base import ItemDataset
 from .data.spec import DataSpec, training_data
 from .errors import AmbisegError, ConfigError
@@ -251,7 +252,7 @@ def _train_or_load(
 
 def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[str, Any]]:
     """Run the benchmark; returns the records written (also under `spec.out/results`)."""
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     if not spec.methods:
         raise ConfigError("--methods is empty; give at least one registered method (see `ambiseg list`)")
     if any(c < 1 for c in spec.counts):

@@ -17,6 +17,7 @@ __all__ = [
     "DataError",
     "NonFiniteError",
     "TrainingError",
+    "PluginWarning",
     "closest",
 ]
 
@@ -50,6 +51,10 @@ class TrainingError(AmbisegError):
 
 class NonFiniteError(AmbisegError):
     """Weights or samples hold NaN or inf: an error, never a score."""
+
+
+class PluginWarning(UserWarning):
+    """An `ambiseg.plugins` entry point failed to load; ambiseg goes on without the names it registers."""
 
 
 def closest(name: str, choices: Iterable[str]) -> str:

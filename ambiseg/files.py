@@ -25,6 +25,7 @@ __all__ = [
     "write_json",
     "ensure_dir",
     "check_dir",
+    "no_new_dirs_on_error",
     "check_target",
     "is_temp_file",
     "write_error",
@@ -241,6 +242,30 @@ def check_dir(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
+def no_new_dirs_on_error(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield `path`; when the block raises, remove the directories on the way to `path` that did
+    not exist before it and are still empty, so a refused command leaves no empty --out behind.
+    A directory holding anything (a checkpoint of a run that failed later) is kept."""
+    path = Path(path)
+    new = []  # deepest first
+    for folder in (path, *path.parents):
+        if os.path.lexists(folder):
+            break
+        new.append(folder)
+    try:
+        yield path
+    except BaseException:
+        for folder in new:
+            try:
+                folder.rmdir()
+            except FileNotFoundError:  # never made: the next one up may have been
+                continue
+            except OSError:  # not empty (or not ours to remove): keep it and what holds it
+                break
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
 
@@ -257,34 +282,36 @@ def atomic_paths(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
     """Like `atomic_path` for a set of files: every temporary is written and synced before the
     first rename, so a failure (e.g. a full disk) leaves all of `paths` as they were."""
     targets = [check_target(p) for p in paths]
-    for parent in dict.fromkeys(p.parent for p in targets):
-        ensure_dir(parent)
-    temps: list[Path] = []
-    current = targets[0]
-    try:
-        for path in targets:
-            current = path
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-            os.close(fd)
-            temps.append(Path(name))
-        yield list(temps)
-        for path, tmp in zip(targets, temps, strict=True):
-            current = path
-            check_target(path, kind=_written_kind(tmp))  # the work may have taken long: check again
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 (writers may recreate it): usual permissions
-        for path, tmp in zip(targets, temps, strict=True):
-            current = path
-            os.replace(tmp, path)
-    except OSError as exc:
-        _remove(temps)
-        if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+    with contextlib.ExitStack() as made:  # a failure leaves no new empty folder either
+        for parent in dict.fromkeys(p.parent for p in targets):
+            made.enter_context(no_new_dirs_on_error(parent))
+            ensure_dir(parent)
+        temps: list[Path] = []
+        current = targets[0]
+        try:
+            for path in targets:
+                current = path
+                fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+                os.close(fd)
+                temps.append(Path(name))
+            yield list(temps)
+            for path, tmp in zip(targets, temps, strict=True):
+                current = path
+                check_target(path, kind=_written_kind(tmp))  # the work may have taken long: check again
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 (writers may recreate it): usual permissions
+            for path, tmp in zip(targets, temps, strict=True):
+                current = path
+                os.replace(tmp, path)
+        except OSError as exc:
+            _remove(temps)
+            if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+                raise
+            raise write_error(current, exc) from None
+        except BaseException:
+            _remove(temps)
             raise
-        raise write_error(current, exc) from None
-    except BaseException:
-        _remove(temps)
-        raise
 
 
 def _written_kind(tmp: Path) -> str:

@@ -21,7 +21,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from .files import atomic_paths, check_target, reading, suffix_kind
 from .metrics.evaluate import PLAUSIBILITY
 from .registry import canonical_method
 from .results import bootstrap_ci, by_seed, created_at, finite_values, read_records, summarise
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "Row",
@@ -39,6 +42,7 @@ __all__ = [
     "to_csv",
     "to_latex",
     "plot",
+    "figure",
     "write_leaderboard",
     "leaderboard_paths",
     "HEADLINE",
@@ -448,13 +452,20 @@ def to_latex(rows: list[Row]) -> str:
     return "\n".join(parts)
 
 
-def plot(rows: list[Row], path: str | Path) -> None:
-    """GED (headline count) against sampling time per image, one point per method."""
+def _styles(rows: list[Row]) -> dict[str, tuple[str, str]]:
+    """One (colour, marker) per method, the same in every panel: the names in sorted order take
+    matplotlib's ten cycle colours, and past them the next marker."""
+    names = sorted({r.method for r in rows if not r.reference})
+    return {name: (f"C{i % 10}", "osD^v"[i // 10 % 5]) for i, name in enumerate(names)}
+
+
+def figure(rows: list[Row]) -> Figure:
+    """GED (headline count) against sampling time per image, one point per method and one panel
+    per (protocol, dataset, preset); a method has the same colour and marker in every panel."""
     from matplotlib.figure import Figure
 
-    from .data.figures import save_figure
-
     sections = _sections(rows)
+    styles = _styles(rows)
     fig = Figure(figsize=(5.5 * len(sections), 4.2))
     axes = fig.subplots(1, len(sections), squeeze=False)
     for ax, ((protocol, dataset, preset), group) in zip(axes[0], sections.items(), strict=True):
@@ -469,8 +480,8 @@ def plot(rows: list[Row], path: str | Path) -> None:
             elif key in r.metrics:
                 m = r.metrics[key]
                 yerr = [[m["mean"] - m["lo"]], [m["hi"] - m["mean"]]]
-                marker = "osD^v"[methods // 10 % 5]  # matplotlib cycles 10 colours: past them, another marker
-                ax.errorbar(r.sample_s, m["mean"], yerr=yerr, fmt=marker, capsize=3, label=_mpl(r.method))
+                colour, marker = styles[r.method]
+                ax.errorbar(r.sample_s, m["mean"], yerr=yerr, fmt=marker, color=colour, capsize=3, label=_mpl(r.method))
                 methods += 1
         if methods:
             ax.legend(fontsize=7, loc="upper right", title="95% intervals", title_fontsize=7)  # close points legible
@@ -481,7 +492,14 @@ def plot(rows: list[Row], path: str | Path) -> None:
         ax.set_title(_mpl(_title(protocol, dataset, preset)))
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    save_figure(fig, path, dpi=120)
+    return fig
+
+
+def plot(rows: list[Row], path: str | Path) -> None:
+    """Write `figure(rows)` to `path`."""
+    from .data.figures import save_figure
+
+    save_figure(figure(rows), path, dpi=120)
 
 
 def leaderboard_paths(out: str | Path) -> dict[str, Path]:

@@ -13,11 +13,12 @@ import dataclasses
 import inspect
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import Any
 
-from .errors import AmbisegError, ConfigError, UnknownNameError, closest
+from .errors import ConfigError, PluginWarning, UnknownNameError, closest
 
 __all__ = [
     "Entry",
@@ -283,7 +284,10 @@ class Registry:
         if name in self._entries or name in self._aliases:
             return self._aliases.get(name, name)
         known = sorted([*self._entries, *self._aliases])
-        raise UnknownNameError(f"unknown {self.singular} '{name}'{closest(name, known)}; known: {', '.join(known)}")
+        broken = "".join(f"; {why}" for why in _broken.values())  # the name may be one of theirs
+        raise UnknownNameError(
+            f"unknown {self.singular} '{name}'{closest(name, known)}{broken}; known: {', '.join(known)}"
+        )
 
     def get(self, name: str) -> Entry:
         return self._entries[self.canonical(name)]
@@ -349,28 +353,43 @@ REGISTRIES = {
 }
 
 _plugins_loaded = False
+_broken: dict[str, str] = {}  # entry point -> why it failed to load, repeated by an unknown name's error
+
+
+def _failure(ep: metadata.EntryPoint, exc: Exception) -> str:
+    """One line: which plug-in failed, the error, and how to fix it (reinstall or uninstall)."""
+    dist = getattr(ep, "dist", None)
+    uninstall = f"pip uninstall {dist.name}" if dist is not None else "pip uninstall the package that provides it"
+    return (
+        f"plug-in '{ep.name}' ({ep.value}) failed to load ({type(exc).__name__}: {exc}), so its names are missing; "
+        f"fix its code or install it again (`pip install -e .` in its folder), or remove it (`{uninstall}`)"
+    )
 
 
 def load_plugins(*, force: bool = False) -> list[str]:
     """Import every `ambiseg.plugins` entry point once; a callable target is called.
 
     A plug-in registers its components with the decorators above when imported (or called),
-    so a new method needs no edit to ambiseg. Returns the names of the loaded entry points.
+    so a new method needs no edit to ambiseg. A plug-in that fails (not installed, an error in
+    its code) leaves the others and ambiseg working: it is reported as a `PluginWarning` naming
+    it, the error and the fix, and the error of an unknown name repeats it. Returns the names of
+    the loaded entry points.
     """
     global _plugins_loaded
     if _plugins_loaded and not force:
         return []
     _plugins_loaded = True
+    _broken.clear()
     loaded = []
     for ep in metadata.entry_points(group=PLUGIN_GROUP):
         try:
             target = ep.load()
             if callable(target) and not inspect.ismodule(target):
                 target()
-        except AmbisegError:
-            raise
-        except Exception as exc:
-            raise AmbisegError(f"plug-in '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+        except Exception as exc:  # any error of a third party's code, ours (a name registered twice) too
+            _broken[ep.name] = _failure(ep, exc)
+            warnings.warn(_broken[ep.name], PluginWarning, stacklevel=2)
+            continue
         loaded.append(ep.name)
     return loaded
 

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import distributed as dist
 from .averaging import StageAverage
 from .checkpoint import load_checkpoint, load_weights, optimizer_state, restore_rng, save_checkpoint
+from .console import make_console
 from .data.base import ItemDataset
 from .data.spec import describe_data, training_data
 from .errors import AmbisegError, ConfigError, TrainingError, closest
@@ -195,7 +196,7 @@ class Trainer:
         self.progress, self.detect_anomaly, self.save_every = progress, detect_anomaly, max(1, int(save_every))
         self.amp = amp and self.device.type == "cuda"
         self.channels_last = bool(channels_last)
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self.history: list[dict[str, Any]] = []
         self._checked: dict[str, Any] | None = None
 

@@ -191,3 +191,38 @@ def test_records_and_checkpoints_of_a_former_method_name_join_todays(bench_dir):
     assert ckpt.config["method"] == "sfm" and Method.from_config(ckpt.config).name == "sfm-noise"
     with pytest.raises(AmbisegError, match="is of method 'sfm', not 'atfm'"):
         load_checkpoint(old_run, method="atfm")
+
+
+def test_a_method_has_one_colour_in_every_panel():
+    """leaderboard.png: each method keeps its colour and marker across panels, whatever the rows'
+    order or which methods a panel has."""
+    from matplotlib.colors import to_hex
+
+    from ambiseg.leaderboard import figure
+
+    def record(method: str, preset: str, ged: float) -> dict:
+        return {
+            "kind": RECORD_KIND,
+            "dataset": "synthetic",
+            "preset": preset,
+            "method": method,
+            "seed": 0,
+            "created": "2025-01-01T00:00:00+00:00",
+            "per_image": {"GED4": [ged, ged + 0.1, ged - 0.1]},
+            "timing": {"train_s": 1.0, "sample_s_per_image": 0.1 + ged, "samples_per_image": 4},
+            "params": 10,
+            "env": {"device": "cpu", "device_name": "CPU"},
+        }
+
+    smoke = [record(m, "smoke", g) for m, g in [("atfm", 0.3), ("phiseg", 0.4), ("probunet", 0.5)]]
+    cpu = [record(m, "cpu", g) for m, g in [("probunet", 0.2), ("det-unet", 0.3), ("atfm", 0.6)]]
+    fig = figure(build_rows(smoke + cpu))
+    panels = []
+    for ax in fig.axes:
+        points = {bar.get_label(): bar.lines[0] for bar in ax.containers}
+        panels.append({name: (to_hex(line.get_color()), line.get_marker()) for name, line in points.items()})
+    by_methods = {tuple(sorted(p)): p for p in panels}
+    one, two = by_methods[("atfm", "phiseg", "probunet")], by_methods[("atfm", "det-unet", "probunet")]
+    assert one["atfm"] == two["atfm"] and one["probunet"] == two["probunet"]
+    styles = {**one, **two}
+    assert len(set(styles.values())) == 4  # and no two methods share one

@@ -134,3 +134,50 @@ def test_eval_inference_options_change_speed_not_scores(tmp_path, capsys):
     for label in ("one-image", "cl"):
         for key, values in scores["default"]["per_image"].items():
             assert scores[label]["per_image"][key] == pytest.approx(values, abs=1e-6), (label, key)
+
+
+def test_a_piped_leaderboard_prints_every_cell_whole(tmp_path):
+    """Off a terminal (a pipe, `COLUMNS=80`) the console table is laid out at its own width: every
+    cell of every column is printed as `to_rich` holds it, none cut to `0.…`."""
+    import io
+    import os
+
+    from rich.console import Console
+
+    from ambiseg.files import write_json
+    from ambiseg.leaderboard import build_rows, to_rich
+    from ambiseg.results import RECORD_KIND, read_records
+
+    keys = ["GED16", "GED32", "GED100", "Diversity100", "HM-IoU32", "HM-IoU100", "MDM32", "TrueGED100", "ModeTV100"]
+    keys += ["Stray", "MissedConsensus", "SoftShare"]
+    for k, method in enumerate(["atfm", "a-plug-in-method-with-a-rather-long-name"]):
+        values = {key: [0.1 + 0.01 * (i + j + k) for i in range(4)] for j, key in enumerate(keys)}
+        record = {
+            "kind": RECORD_KIND,
+            "dataset": "synthetic",
+            "preset": "smoke",
+            "method": method,
+            "seed": 0,
+            "created": "2025-01-01T00:00:00+00:00",
+            "per_image": values,
+            "untrained": {"GED": 1.25, "samples": 16},
+            "timing": {"train_s": 12.5, "sample_s_per_image": 0.125, "samples_per_image": 100},
+            "params": 1000,
+            "env": {"device": "cpu", "device_name": "CPU"},
+        }
+        write_json(tmp_path / "bench" / "results" / f"{method}.json", record)
+    (table,) = to_rich(build_rows(read_records([tmp_path / "bench"])))
+    narrow = io.StringIO()
+    Console(file=narrow, width=200).print(table)
+    assert "…" in narrow.getvalue()  # the width the console used to have cuts this table
+
+    env = {**os.environ, "COLUMNS": "80", "OMP_NUM_THREADS": "1"}
+    args = ["leaderboard", str(tmp_path / "bench"), "--out", str(tmp_path / "board")]
+    res = subprocess.run([sys.executable, "-m", "ambiseg", *args], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "…" not in res.stdout
+    for column in table.columns:
+        lines = [line for line in res.stdout.splitlines() if column.header in line]
+        assert lines, column.header  # the header whole
+        for cell in column.cells:
+            assert f" {cell} " in res.stdout, (column.header, cell)

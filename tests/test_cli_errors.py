@@ -376,3 +376,37 @@ def test_bad_input_exits_2_with_one_line(name, command, expected, files, tmp_pat
     assert not files["marker"].exists()  # the crafted pickle executed nothing
     if name == "checkpoint of another method":
         assert (files["other_run"] / "last.safetensors").read_bytes()[:8]  # still there, untouched
+
+
+NEW_OUT = [
+    ("train: a typo'd method", "train atfn --preset smoke --out {new}", "did you mean 'atfm'"),
+    ("train: an unknown option", "train atfm --preset smoke --set prior.rnk=3 --out {new}", "did you mean 'rank'"),
+    ("bench: a typo'd method", "bench --methods atfn --preset smoke --out {new}", "did you mean 'atfm'"),
+    ("bench: an unknown option", "bench --methods atfm --preset smoke --set prior.rnk=3 --out {new}", "'rnk'"),
+    ("sample: an index out of range", "sample {ckpt} --indices 99 --samples 2 --out {new}", "out of range"),
+    ("sample: an unknown option", "sample {ckpt} --set prior.rnk=1 --samples 2 --out {new}", "'rnk'"),
+    ("eval: a typo'd split", "eval {ckpt} --samples 2 --split tst --out {new}/eval.json", "--split"),
+    ("show: an index out of range", "show --index 9999 --out {new}/item.png", "out of range"),
+    ("leaderboard: not a record", "leaderboard {notes} --out {new}", "notes.json"),
+]
+
+
+@pytest.mark.parametrize("name, command, expected", NEW_OUT, ids=[c[0] for c in NEW_OUT])
+def test_a_refused_command_leaves_no_new_folder(name, command, expected, files, tmp_path, capsys):
+    """Nothing is written before the inputs are checked: --out two folders deep stays absent."""
+    argv = shlex.split(command.format(new=tmp_path / "new" / "out", **files))
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and err.startswith("error: ") and "\n" not in err, err
+    assert expected in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path):
+    from ambiseg.files import atomic_paths
+
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError), atomic_paths([tmp_path / "a" / "b" / "x.txt", tmp_path / "kept" / "y.txt"]):
+        raise RuntimeError("the work failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []

@@ -114,7 +114,7 @@ def test_item_figure_shows_annotations_modes_and_samples(tmp_path: Path):
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[0] == "image" and sum(t.startswith("annotator") for t in titles) == 4
     assert f"c p={float(item['mode_probs'][2]):.2f}" in titles and sum(t.startswith("sample") for t in titles) == 7
-    assert len(fig.axes) == 5 * 4  # rows: 5 panels, 4 modes, 7 samples wrapped over 2
+    assert len(fig.axes) == 5 * 4 + 1  # rows: 5 panels, 4 modes, 7 samples wrapped over 2; the colour bar
     out = save_figure(fig, tmp_path / "sub" / "fig.png")
     with Image.open(out) as img:
         img.verify()
@@ -125,6 +125,41 @@ def test_item_figure_shows_annotations_modes_and_samples(tmp_path: Path):
     assert {"tight p=", "satellite p=", "empty p="} <= {ax.get_title()[:-4] for ax in named.axes}
     rgb = item_figure(torch.rand(3, 16, 16), torch.zeros(2, 16, 16))
     assert [ax.get_title() for ax in rgb.axes] == ["image", "annotator 1 (empty)", "annotator 2 (empty)"]
+
+
+def test_samples_lie_over_the_image_with_a_colour_bar():
+    """A sample panel draws the image in grey under the sample's probability (transparent at 0),
+    and one colour bar reads the probabilities of every sample panel."""
+    item = build("synthetic", size=16, sizes=(1, 1, 1))[0]
+    samples = torch.rand(3, 16, 16)
+    fig = figure_for_item(item, samples=samples)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and "probability" in bars[0].get_ylabel()
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("sample")]
+    assert len(panels) == 3
+    for ax, sample in zip(panels, samples, strict=True):
+        image, probability = ax.images
+        assert image.get_cmap().name == "gray" and np.array_equal(image.get_array(), item["image"][0].numpy())
+        assert np.array_equal(probability.get_array(), sample.numpy()) and probability.get_clim() == (0.0, 1.0)
+        assert probability.get_cmap()(0.0)[3] == 0.0 and probability.get_cmap()(1.0)[3] > 0.8  # image shows through
+
+
+@pytest.mark.parametrize("samples", [None, 8], ids=["show", "with samples"])
+def test_titles_never_overlap_a_panel_or_another_title(samples):
+    """`ambiseg show`'s synthetic figure (annotators, then the modes) and one with samples: drawn,
+    no title's box meets a panel's or another title's."""
+    item = build("synthetic", size=32, sizes=(1, 1, 1))[0]
+    fig = figure_for_item(item, samples=None if samples is None else torch.rand(samples, 32, 32), title="synthetic #0")
+    fig.canvas.draw()  # the layout and the images' aspect are settled when drawn
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.images]
+    titles = [ax.title for ax in panels if ax.get_title()] + list(fig.texts)  # the suptitle is a figure text
+    assert len(titles) == (9 if samples is None else 17) + 1
+    boxes = [t.get_window_extent(renderer) for t in titles]
+    for i, box in enumerate(boxes):
+        clash = [ax.get_title() for ax in panels if box.overlaps(ax.get_window_extent(renderer))]
+        assert not clash, (titles[i].get_text(), clash)
+        assert not [titles[j].get_text() for j in range(i) if box.overlaps(boxes[j])], titles[i].get_text()
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:

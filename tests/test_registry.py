@@ -8,7 +8,8 @@ import sys
 import pytest
 
 import ambiseg
-from ambiseg.errors import ConfigError, UnknownNameError
+from ambiseg.cli import main
+from ambiseg.errors import ConfigError, PluginWarning, UnknownNameError
 from ambiseg.registry import Registry, load_plugins, priors
 
 
@@ -118,13 +119,43 @@ def test_plugin_from_an_installed_distribution(tmp_path, monkeypatch, write_plug
         sys.modules.pop("ambiseg_demo_plugin", None)
 
 
-def test_broken_plugin_gives_a_clear_error(monkeypatch):
+@pytest.fixture
+def broken_plugin(monkeypatch):
+    """One entry point naming a module that does not exist, the plug-ins not loaded yet."""
     from importlib import metadata
 
     ep = metadata.EntryPoint(name="broken", value="no_such_module_xyz", group="ambiseg.plugins")
     monkeypatch.setattr("ambiseg.registry.metadata.entry_points", lambda group: [ep])
-    with pytest.raises(ambiseg.AmbisegError, match="plug-in 'broken'.*failed to load"):
-        load_plugins(force=True)
+    monkeypatch.setattr("ambiseg.registry._plugins_loaded", False)
+    monkeypatch.setattr("ambiseg.registry._broken", {})  # what the test leaves there is dropped after it
+
+
+def test_a_broken_plugin_is_a_warning_and_named_by_an_unknown_name(broken_plugin):
+    fix = r"\(ModuleNotFoundError: No module named 'no_such_module_xyz'\).*pip install -e \..*pip uninstall"
+    with pytest.warns(PluginWarning, match=r"plug-in 'broken' \(no_such_module_xyz\) failed to load " + fix):
+        assert load_plugins(force=True) == []
+    assert "gtr" in priors.names()  # ambiseg's own names are all there
+    refused = r"unknown prior 'my-prior'; plug-in 'broken' .*failed to load.*; known: "
+    with pytest.raises(UnknownNameError, match=refused):
+        priors.get("my-prior")
+
+
+def test_the_cli_works_beside_a_broken_plugin(broken_plugin, tmp_path, capsys, monkeypatch):
+    """`ambiseg list` lists, with one warning line; a command needing the plug-in fails in one line."""
+    with pytest.raises(SystemExit) as info:
+        main(["list"])
+    out, err = capsys.readouterr()
+    assert info.value.code == 0 and "act-gtr" in out and "dopri5" in out
+    assert err.count("\n") == 1 and err.startswith("warning: plug-in 'broken' (no_such_module_xyz) failed to load")
+    assert "No module named 'no_such_module_xyz'" in err and "pip uninstall" in err
+
+    monkeypatch.setattr("ambiseg.registry._plugins_loaded", False)  # as in a new process
+    with pytest.raises(SystemExit) as info:
+        main(["train", "my-method", "--preset", "smoke", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.splitlines()
+    assert info.value.code == 2 and len(err) == 2 and err[0].startswith("warning: plug-in 'broken'")
+    assert err[1].startswith("error: unknown method 'my-method'; plug-in 'broken' (no_such_module_xyz) failed")
+    assert not (tmp_path / "run").exists()
 
 
 class Identity(ambiseg.Transport):

@@ -36,6 +36,32 @@ def test_the_plugin_is_one_short_file():
     assert len(logic) < 40, len(logic)
 
 
+def test_the_plugin_installs_beside_the_runs_folder(tmp_path):
+    """Section 3's pyproject.toml and pip line, run in a folder that also holds the runs/ of section
+    2 (setuptools' guess would package runs/ and leave the plug-in out), install the plug-in and its
+    entry point: `ambiseg list` shows its names. Offline: no build isolation, no index, and a prefix
+    of its own instead of this environment."""
+    toml, bash = blocks("toml")[0], blocks("bash")[0]
+    entry = re.search(r'^\S+ = "(\w+)"$', toml, flags=re.M)
+    assert entry is not None
+    folder = tmp_path / "plug-in"
+    (folder / "runs" / "tutorial" / "results").mkdir(parents=True)
+    (folder / "runs" / "tutorial" / "leaderboard.md").write_text("a table\n")
+    (folder / f"{entry.group(1)}.py").write_text(blocks("python")[0])
+    (folder / "pyproject.toml").write_text(toml)
+    pip = next(line for line in bash.splitlines() if line.startswith("pip install")).split("#")[0].split()
+    offline = ["--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check", "-q"]
+    prefix = tmp_path / "prefix"
+    result = run([sys.executable, "-m", *pip, *offline, "--prefix", str(prefix)], folder, tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (finder,) = prefix.rglob("__editable__*.pth")  # the editable install's path hook, as pip wrote it
+    show = f"import site; site.addsitedir({str(finder.parent)!r}); from ambiseg.cli import main; main(['list'])"
+    result = run([sys.executable, "-c", show], tmp_path, tmp_path)  # the plug-in's folder is not on the path
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-3000:]
+    for name in ("power", "uniform-noise", "power-atfm", "uniform-cimd"):
+        assert re.search(rf"\b{name}\b", result.stdout), result.stdout
+
+
 @pytest.mark.slow
 def test_the_tutorial_runs_as_written(tmp_path, write_plugin):
     python, toml, bash = blocks("python"), blocks("toml"), blocks("bash")

@@ -6,10 +6,12 @@ Every user error ends as one line on stderr and exit code 2; no traceback.
 from __future__ import annotations
 
 import sys
+import warnings
+from typing import TextIO
 
 import click
 
-from ..errors import AmbisegError
+from ..errors import AmbisegError, PluginWarning
 from . import (  # each module registers its commands
     bench,
     evaluate,
@@ -35,7 +37,30 @@ def out_of_memory(exc: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run `cli`, turning user errors into one line and exit code 2."""
+    """Console entry point: run `cli`, turning user errors into one line and exit code 2 and a
+    `PluginWarning` into one line `warning: ...`."""
+    with warnings.catch_warnings():  # gives an in-process caller its own warning display back
+        python_shows = warnings.showwarning
+
+        def show(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: TextIO | None = None,
+            line: str | None = None,
+        ) -> None:
+            if issubclass(category, PluginWarning):
+                click.echo(f"warning: {one_line(str(message))}", err=True)
+            else:
+                python_shows(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
+    """`main` without the warning display."""
     try:
         cli.main(args=argv, prog_name="ambiseg", standalone_mode=False)
     except click.exceptions.Exit as exc:

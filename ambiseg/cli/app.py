@@ -6,16 +6,15 @@ import os
 import sys
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
+from ..console import make_console
 from ..files import reading
 
 __all__ = ["cli", "console", "read_inputs"]
 
-# wide enough for the leaderboard when the output is a file or a pipe (rich would use 80)
-console = Console(width=None if sys.stdout.isatty() else 200)
+console = make_console()  # off a terminal, wide enough for any leaderboard (rich would cut it to 80 columns)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -11,6 +11,7 @@ from ..bench import BenchSpec, pick_device, run_bench
 from ..distributed import distributed_run
 from ..errors import ConfigError
 from ..evaluation import InferenceOptions
+from ..files import no_new_dirs_on_error
 from ..leaderboard import to_rich, write_leaderboard
 from ..protocols import get_protocol
 from .app import cli, console, read_inputs
@@ -83,7 +84,7 @@ def bench_cmd(
             data_name = chosen.dataset
         if context.get_parameter_source("preset") is ParameterSource.DEFAULT:
             preset = chosen.preset
-    with distributed_run(pick_device(device), console) as dev:
+    with distributed_run(pick_device(device), console) as dev, no_new_dirs_on_error(out):  # a refusal leaves none
         spec = BenchSpec(
             methods=names,
             data=data_name,

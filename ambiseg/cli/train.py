@@ -12,8 +12,9 @@ from ..bench_presets import bench_preset
 from ..data.spec import DataSpec
 from ..distributed import distributed_run, is_main
 from ..errors import ConfigError
-from ..files import check_target, ensure_dir, write_json
+from ..files import check_target, ensure_dir, no_new_dirs_on_error, write_json
 from ..lock import run_lock
+from ..registry import methods
 from .app import cli, console, read_inputs
 from .options import OutPath, common_set_option, data_options, parse_sets, seed_option, split_sets
 
@@ -96,6 +97,7 @@ def train_cmd(
     from ..train import Trainer, seed_everything
 
     read_inputs(root)
+    methods.canonical(method)  # a typo is refused before the data is read
     if log is not None:  # refused now, not at the first validation
         check_target(log, kind="text", option="--log")
     if resume and overwrite:
@@ -103,8 +105,8 @@ def train_cmd(
     overrides, data_settings = split_sets(parse_sets(sets))
     spec = DataSpec(name=data_name, root=root, preset=preset).with_settings(data_settings)
     dev = pick_device(device)
-    with distributed_run(dev, console) as dev:
-        sel = spec.build_splits()  # refused data leaves no empty --out behind
+    with distributed_run(dev, console) as dev, no_new_dirs_on_error(out):  # a refusal leaves no empty --out
+        sel = spec.build_splits()
         ensure_dir(out)
         seed_everything(seed)
         model = build_for_data(

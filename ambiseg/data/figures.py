@@ -2,9 +2,9 @@
 
 `item_figure` draws rows of panels: the image and each annotator's mask over it; the true
 modes with their probabilities (synthetic data); and any predicted samples `[S, H, W]`
-(foreground probabilities) a caller passes. `save_figure` writes it atomically. Only the
-Agg canvas is used, never pyplot, so nothing needs a display.
-"""
+(foreground probabilities, drawn over the image with a colour bar) a caller passes.
+`save_figure` writes it atomically. Only the Agg canvas is used, never pyplot, so nothing
+needs a display."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 from einops import rearrange
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import ListedColormap
+from matplotlib.colors import LinearSegmentedColormap, ListedColormap
 from matplotlib.figure import Figure
 
 from ..errors import ConfigError
@@ -29,6 +30,17 @@ __all__ = ["item_figure", "figure_for_item", "save_figure"]
 
 _OVERLAY = ListedColormap(["#ff3b30"])
 _PANEL_INCHES = 1.8
+
+
+def _probability_colours() -> LinearSegmentedColormap:
+    """`plasma` fading out towards 0, so a sample's probability lies over the image and the image
+    shows through where the sample sees background."""
+    colours = colormaps["plasma"](np.linspace(0.0, 1.0, 256))
+    colours[:, 3] = np.linspace(0.0, 0.9, 256)
+    return LinearSegmentedColormap.from_list("probability over image", colours)
+
+
+_PROBABILITY = _probability_colours()
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -61,7 +73,8 @@ def item_figure(
         masks: [A, H, W] annotator masks (0/1, bool or probabilities > 0.5 shown).
         modes: optional [K, H, W] true modes; `mode_probs` [K] their probabilities.
         mode_names: optional K names shown with the probabilities.
-        samples: optional [S, H, W] predicted foreground probabilities in [0, 1].
+        samples: optional [S, H, W] predicted foreground probabilities in [0, 1], drawn over the
+            image (transparent at 0) with their 0.5 contour and one colour bar.
         title: figure title.
         columns: most panels per row; longer groups wrap onto further rows.
 
@@ -94,10 +107,13 @@ def item_figure(
 
     columns = min(columns, max(len(group) for group in groups))
     rows = sum(math.ceil(len(group) / columns) for group in groups)
-    fig = Figure(figsize=(columns * _PANEL_INCHES, rows * _PANEL_INCHES + (0.4 if title else 0)))
+    # constrained layout keeps every title clear of the row above it, and makes room for the colour bar
+    width = columns * _PANEL_INCHES + (0.7 if samples is not None else 0)
+    fig = Figure(figsize=(width, rows * _PANEL_INCHES + (0.4 if title else 0)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, columns, squeeze=False)
     row = 0
+    probability_axes, probability = [], None
     for group in groups:
         for start in range(0, len(group), columns):
             for col in range(columns):
@@ -106,24 +122,29 @@ def item_figure(
                 if start + col >= len(group):
                     continue
                 label, data, kind = group[start + col]
-                if kind == "probability":
-                    ax.imshow(data, cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
-                else:
-                    ax.imshow(shown, cmap="gray" if grey else None, vmin=0.0, vmax=1.0, interpolation="nearest")
-                    if data is not None:
-                        ax.imshow(
-                            np.ma.masked_where(~data, data),
-                            cmap=_OVERLAY,
-                            alpha=0.5,
-                            vmin=0,
-                            vmax=1,
-                            interpolation="nearest",
-                        )
+                ax.imshow(shown, cmap="gray" if grey else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+                if kind == "probability" and data is not None:
+                    probability = ax.imshow(data, cmap=_PROBABILITY, vmin=0.0, vmax=1.0, interpolation="nearest")
+                    if data.min() < 0.5 < data.max():  # the mask the sample gives (probability >= 0.5)
+                        ax.contour(data, levels=[0.5], colors="white", linewidths=0.8)
+                    probability_axes.append(ax)
+                elif data is not None:
+                    ax.imshow(
+                        np.ma.masked_where(~data, data),
+                        cmap=_OVERLAY,
+                        alpha=0.5,
+                        vmin=0,
+                        vmax=1,
+                        interpolation="nearest",
+                    )
                 ax.set_title(label, fontsize=8)
             row += 1
+    if probability is not None:
+        bar = fig.colorbar(probability, ax=probability_axes, shrink=0.9, aspect=30)
+        bar.set_label("foreground probability (white: 0.5)", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
