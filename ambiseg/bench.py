@@ -281,7 +281,7 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
                 continue
             console.print(
                 f"[bold]{method.name}[/bold] on {spec.data} (preset {spec.preset}, seed {seed}, "
-                f"{method.num_parameters():,} parameters, device {device})"
+                f"{method.num_parameters():,} parameters, device {device}, threads {torch.get_num_threads()})"
             )
             run_dir = _run_dir(spec, method.name, seed)
             _existing_run(method, data_spec.to_dict(), run_dir, spec)  # refuse a mismatch before any work

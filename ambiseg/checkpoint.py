@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from ._version import __version__
 from .errors import AmbisegError, ConfigError, NonFiniteError
 from .files import atomic_path, write_error
 from .registry import canonical_method

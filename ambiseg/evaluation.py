@@ -1,6 +1,6 @@
 """Evaluation of a method on a test set: `evaluate_method` (sample, time and score every test
-image), `InferenceOptions` (batching, precision, layout, compilation of sampling), `PeakMemory`
-(peak memory of a block) and `count_flops` (FLOPs of sampling).
+image), `InferenceOptions` (batching, precision, layout, compilation of sampling; defined in
+`ambiseg.inference`), `PeakMemory` (peak memory of a block) and `count_flops` (FLOPs of sampling).
 
 `evaluate_method` streams: each group of images is scored as soon as its samples exist and only
 its numbers are kept, so memory holds one group's samples whatever the size of the test set.
@@ -22,11 +22,12 @@ import torch
 from . import distributed as dist
 from . import metrics
 from .data.base import ItemDataset
-from .errors import AmbisegError, ConfigError, NonFiniteError, closest
+from .errors import AmbisegError, ConfigError, NonFiniteError
+from .inference import COMPILE_MODES, PRECISION_DTYPES, InferenceOptions
 from .method import Method
 from .train import collate
 
-__all__ = ["evaluate_method", "InferenceOptions", "PRECISIONS", "PeakMemory", "count_flops"]
+__all__ = ["evaluate_method", "InferenceOptions", "PRECISIONS", "COMPILE_MODES", "PeakMemory", "count_flops"]
 
 
 class PeakMemory:
@@ -99,63 +100,7 @@ def _score(
     return scores, truth
 
 
-@dataclasses.dataclass(frozen=True)
-class InferenceOptions:
-    """How sampling runs: batching, numerics and layout. They change speed, not the model (bf16
-    changes the numbers a little: measure its effect before trusting it, docs/sampling-speed.md).
-
-    Attributes:
-        max_batch: at most this many states per sampler call (bounds memory); None: the method's.
-        image_batch: test images sampled together (their states share sampler calls up to
-            `max_batch`; each image keeps its own generator, so results do not depend on it).
-        precision: "fp32", or "bf16" (autocast of sampling on CPU or CUDA).
-        channels_last: convert the method's 4-D weights to channels-last memory layout.
-        compile: `torch.compile` the transport (the network every sampler step calls).
-        compile_mode: `torch.compile`'s mode when `compile`: "default", "reduce-overhead" (CUDA
-            graphs: fewer kernel launches), "max-autotune" (slow to compile).
-    """
-
-    max_batch: int | None = None
-    image_batch: int = 8
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    compile_mode: str = "default"
-
-    def __post_init__(self) -> None:
-        if self.compile_mode not in COMPILE_MODES:
-            raise ConfigError(
-                f"--compile-mode is {self.compile_mode!r}{closest(self.compile_mode, COMPILE_MODES)}; "
-                f"choose one of: {', '.join(COMPILE_MODES)}"
-            )
-        if self.max_batch is not None and self.max_batch < 1:
-            raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
-        if self.image_batch < 1:
-            raise ConfigError(f"--image-batch must be >= 1, got {self.image_batch}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"--precision is {self.precision!r}{closest(self.precision, PRECISIONS)}; "
-                f"choose one of: {', '.join(PRECISIONS)}"
-            )
-
-    def prepare(self, method: Method, device: torch.device) -> Method:
-        """Move `method` to `device` in eval mode with this layout (and compiled transport)."""
-        method.to(device).eval()
-        if self.channels_last:
-            method.to(memory_format=torch.channels_last)
-        if self.compile:
-            method.transport.compile(mode=None if self.compile_mode == "default" else self.compile_mode)
-        return method
-
-    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-        """The precision context sampling runs in."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=PRECISIONS[self.precision])
-
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+PRECISIONS = {name: getattr(torch, dtype) for name, dtype in PRECISION_DTYPES.items()}  # name -> torch dtype
 
 
 def evaluate_method(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import importlib
 import inspect
 import types
 import typing
@@ -27,7 +28,11 @@ __all__ = [
     "coerce",
     "type_name",
     "load_plugins",
+    "load_builtins",
+    "plugin_entry_points",
+    "nothing_registered",
     "PLUGIN_GROUP",
+    "BUILTIN_MODULES",
     "priors",
     "transports",
     "samplers",
@@ -41,6 +46,16 @@ __all__ = [
 ]
 
 PLUGIN_GROUP = "ambiseg.plugins"
+# the modules whose import registers ambiseg's own components, imported on a registry's first lookup
+BUILTIN_MODULES = (
+    "ambiseg.backbones",
+    "ambiseg.data",
+    "ambiseg.methods",
+    "ambiseg.metrics",
+    "ambiseg.noise_schedules",
+    "ambiseg.paths",
+    "ambiseg.samplers",
+)
 
 
 def type_name(annotation: Any) -> str:
@@ -276,6 +291,7 @@ class Registry:
 
     def canonical(self, name: str) -> str:
         """The registered name behind `name` or its alias; raises with the closest match."""
+        load_builtins()
         if name in self._entries:
             return name
         if name in self._aliases:
@@ -324,18 +340,22 @@ class Registry:
         return sorted(self._entries)
 
     def aliases(self, name: str) -> list[str]:
+        load_builtins()
         return sorted(a for a, n in self._aliases.items() if n == name)
 
     def __contains__(self, name: object) -> bool:
+        load_builtins()
         return isinstance(name, str) and (name in self._entries or name in self._aliases)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        load_builtins()
         return len(self._entries)
 
     def __repr__(self) -> str:
+        load_builtins()
         return f"Registry({self.kind!r}, {sorted(self._entries)})"
 
 
@@ -352,8 +372,38 @@ REGISTRIES = {
     r.kind: r for r in (priors, transports, samplers, paths, noise_schedules, methods, backbones, datasets, metrics)
 }
 
+_builtins_loaded = False
 _plugins_loaded = False
 _broken: dict[str, str] = {}  # entry point -> why it failed to load, repeated by an unknown name's error
+
+
+def load_builtins() -> None:
+    """Import the modules of ambiseg's own components once (`BUILTIN_MODULES`), which registers them.
+
+    Every lookup calls it, so `import ambiseg` stays light (no torch) until a name is needed.
+    Code that registers a built-in's name before this ran is refused here (the built-in's
+    registration raises); plug-ins load after the built-ins, so theirs are refused at the plug-in.
+    """
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True  # set first: the modules imported below register through these registries
+    try:
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+    except BaseException:
+        _builtins_loaded = False
+        raise
+
+
+def nothing_registered() -> bool:
+    """Whether every registry is still empty: no built-in imported, no plug-in loaded, nothing of the caller's."""
+    return not any(r._entries for r in REGISTRIES.values())
+
+
+def plugin_entry_points() -> list[metadata.EntryPoint]:
+    """The installed `ambiseg.plugins` entry points (loaded or not)."""
+    return list(metadata.entry_points(group=PLUGIN_GROUP))
 
 
 def _failure(ep: metadata.EntryPoint, exc: Exception) -> str:
@@ -376,12 +426,13 @@ def load_plugins(*, force: bool = False) -> list[str]:
     the loaded entry points.
     """
     global _plugins_loaded
+    load_builtins()  # first, so that a plug-in's name that a built-in holds is refused at the plug-in
     if _plugins_loaded and not force:
         return []
     _plugins_loaded = True
     _broken.clear()
     loaded = []
-    for ep in metadata.entry_points(group=PLUGIN_GROUP):
+    for ep in plugin_entry_points():
         try:
             target = ep.load()
             if callable(target) and not inspect.ismodule(target):

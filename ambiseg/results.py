@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 from .errors import AmbisegError
 from .files import is_temp_file
 
@@ -77,6 +77,7 @@ RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "env": ((dict,), True),
     "env.device": ((str,), True),
     "env.device_name": ((str, type(None)), False),
+    "env.threads": ((int,), False),  # torch's CPU threads in the run (ambiseg.threads); optional
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -12,11 +13,17 @@ import torch
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """Tests use tiny nets, which gain nothing from intra-op threads; on a busy machine OpenMP
-    threads spin-waiting for a core cost ten times the work. Subprocesses set OMP_NUM_THREADS."""
-    before = torch.get_num_threads()
+    threads spin-waiting for a core cost ten times the work. OMP_NUM_THREADS=1 too: the CLI's
+    commands called in-process follow it (ambiseg.threads), and so do subprocesses."""
+    before, variable = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(before)
+    if variable is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = variable
 
 
 def _write_plugin(folder: Path, module: str, source: str, *, entry: str = "demo") -> None:

@@ -160,11 +160,13 @@ def test_seeds_on_the_same_images_are_not_counted_as_more_images():
         bootstrap_ci(np.zeros((2, 2, 2)))
 
 
-def test_same_seed_gives_the_same_numbers_when_trained_again(bench_dir, tmp_path):
+def test_same_seed_gives_the_same_numbers_when_trained_again(bench_dir, tmp_path, capsys):
     out, records = bench_dir
     again = run_bench(spec(tmp_path / "again"))[0]
     np.testing.assert_equal(again["per_image"], records[0]["per_image"])  # NaN where undefined, in both
     assert again["untrained"]["GED"] == records[0]["untrained"]["GED"]
+    assert "device cpu, threads 1)" in capsys.readouterr().err  # the run header: the session's one thread
+    assert again["env"]["threads"] == records[0]["env"]["threads"] == 1  # and the record's
 
 
 def test_a_finished_run_with_tuple_options_is_recognised(tmp_path):

@@ -31,9 +31,10 @@ def one_line(text: str) -> str:
 
 def out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` says an allocation failed (Python's MemoryError, or torch's on CPU or CUDA)."""
-    import torch
-
-    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
+    torch = sys.modules.get("torch")  # not imported: the error cannot be torch's (and importing it takes seconds)
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, MemoryError) or "can't allocate memory" in str(exc)
 
 
 def main(argv: list[str] | None = None) -> None:

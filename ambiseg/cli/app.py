@@ -8,7 +8,7 @@ import sys
 import click
 from rich.table import Table
 
-from .. import __version__
+from .._version import __version__
 from ..console import make_console
 from ..files import reading
 
@@ -30,15 +30,13 @@ def cli() -> None:
 @cli.command("list")
 def list_cmd() -> None:
     """Show every registry and the names registered in it."""
-    from ..method import list_components
-    from ..registry import REGISTRIES
+    from ..catalog import component_names  # without a plug-in, read from the sources: no torch
 
     table = Table(title="ambiseg components")
     table.add_column("registry", style="bold")
     table.add_column("names")
-    for kind, names in list_components().items():
-        registry = REGISTRIES[kind]
-        shown = [n + (f" ({', '.join(registry.aliases(n))})" if registry.aliases(n) else "") for n in names]
+    for kind, names in component_names().items():
+        shown = [name + (f" ({', '.join(aliases)})" if aliases else "") for name, aliases in names.items()]
         table.add_row(kind, ", ".join(shown) or "-")
     console.print(table)
 

@@ -7,12 +7,9 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ..bench import BenchSpec, pick_device, run_bench
-from ..distributed import distributed_run
 from ..errors import ConfigError
-from ..evaluation import InferenceOptions
 from ..files import no_new_dirs_on_error
-from ..leaderboard import to_rich, write_leaderboard
+from ..inference import InferenceOptions
 from ..protocols import get_protocol
 from .app import cli, console, read_inputs
 from .options import (
@@ -25,6 +22,7 @@ from .options import (
     parse_ints,
     parse_sets,
     split_sets,
+    threads_option,
 )
 
 
@@ -45,6 +43,7 @@ from .options import (
     default=None,
     help="a named evaluation protocol (e.g. lidc-v1: split, test slices, sample counts; sets --data)",
 )
+@threads_option
 def bench_cmd(
     methods: str,
     data_name: str,
@@ -66,11 +65,14 @@ def bench_cmd(
     A bench stopped part-way continues where it stopped: finished evaluations (same method
     config, data, seed, counts, protocol) are kept, finished trainings loaded, interrupted ones
     resumed."""
+    from ..bench import BenchSpec, pick_device, run_bench
+    from ..distributed import distributed_run
+    from ..registry import methods as registry
+
     read_inputs(root)
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for seed in parse_ints(seeds, "--seeds"):
         check_seed(seed, "--seeds")
-    from ..registry import methods as registry
 
     names = [registry.canonical(n) for n in names]  # unknown names fail before any work
     twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
@@ -115,6 +117,8 @@ def bench_cmd(
 )
 def leaderboard_cmd(inputs: tuple[Path, ...], out: Path | None) -> None:
     """Merge bench records from INPUTS (directories or record files) into one leaderboard."""
+    from ..leaderboard import to_rich, write_leaderboard
+
     read_inputs(*inputs)
     target = out or (inputs[0] if inputs[0].is_dir() else inputs[0].parent)
     rows, paths = write_leaderboard(list(inputs), target)

@@ -5,23 +5,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
-import torch
 
-from ..bench import evaluate_method, pick_device
-from ..checkpoint import Checkpoint, load_method
-from ..data.base import AnnotatedDataset
-from ..data.spec import SPLIT_NAMES, DataSpec
 from ..errors import AmbisegError, ConfigError, NonFiniteError
-from ..evaluation import InferenceOptions
 from ..files import atomic_paths, check_target, suffix_kind, write_json
-from ..method import Method
+from ..inference import InferenceOptions
 from ..registry import datasets
-from ..results import environment, summarise
-from ..train import collate
 from .app import cli, console, read_inputs
 from .options import (
     MAX_SAMPLES,
@@ -34,12 +25,23 @@ from .options import (
     parse_sets,
     seed_option,
     split_sets,
+    threads_option,
 )
+
+if TYPE_CHECKING:  # the commands import torch and the modules below when they run, not at start-up
+    import torch
+
+    from ..checkpoint import Checkpoint
+    from ..data.base import AnnotatedDataset
+    from ..data.spec import DataSpec
+    from ..method import Method
 
 
 def load_run(path: Path, sets: tuple[str, ...]) -> tuple[Method, Checkpoint, dict[str, Any]]:
     """The checkpoint's method with the sampling overrides among `sets` (`prior.*`, `transport.*`,
     `sampler.*`; e.g. `sampler.steps=10`); training options are refused: the weights are trained."""
+    from ..checkpoint import load_method
+
     settings = split_sets(parse_sets(sets))[0]
     trained = [k for k in settings if k.split(".")[0] in ("train", "stages", "in_channels", "image_size")]
     if trained:
@@ -71,6 +73,8 @@ def _run_data(
     Another dataset name starts from that dataset's defaults; `--root`, `--preset` and
     `--set data.*` change the recorded spec.
     """
+    from ..data.spec import DataSpec
+
     data_settings = split_sets(parse_sets(sets))[1]
     recorded = ckpt.meta.get("data")
     base = DataSpec.from_dict(recorded, where=f"checkpoint {path} data record") if recorded else DataSpec()
@@ -86,6 +90,8 @@ def _run_data(
 
 def _check_split(split: str) -> str:
     """`split` if it names a split, else a ConfigError."""
+    from ..data.spec import SPLIT_NAMES
+
     if split not in SPLIT_NAMES:
         raise ConfigError(f"--split must be one of {', '.join(SPLIT_NAMES)}, got '{split}'")
     return split
@@ -124,6 +130,8 @@ def draw_samples(
 ) -> torch.Tensor:
     """`num` samples [N, num, H, W] (float, CPU) of `method` for `images`, refusing non-finite ones
     (NaN >= 0.5 is False: they would be drawn or saved as empty masks)."""
+    import torch
+
     dev = device or torch.device("cpu")
     inference = inference or InferenceOptions()
     gen = torch.Generator(dev).manual_seed(seed)
@@ -148,6 +156,7 @@ def draw_samples(
 @click.option("--device", default=None)
 @inference_options(image_batch=False)
 @click.option("--out", type=OutPath(file_okay=False, path_type=Path), required=True)
+@threads_option
 def sample_cmd(
     checkpoint: Path,
     data_name: str | None,
@@ -163,7 +172,11 @@ def sample_cmd(
     out: Path,
 ) -> None:
     """Draw samples for chosen images: OUT/samples.npz and one PNG per image."""
+    import numpy as np
+
+    from ..bench import pick_device
     from ..data import figure_for_item
+    from ..train import collate
 
     if not 1 <= num <= MAX_SAMPLES:
         raise ConfigError(f"--samples must be between 1 and {MAX_SAMPLES}, got {num}")
@@ -218,6 +231,7 @@ def _sample_targets(out: Path, split: str, indices: tuple[int, ...]) -> list[Pat
 @click.option("--device", default=None)
 @inference_options
 @click.option("--out", type=OutPath(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here")
+@threads_option
 def eval_cmd(
     checkpoint: Path,
     data_name: str | None,
@@ -235,6 +249,11 @@ def eval_cmd(
 
     With no data flags the run's own data (recorded in the checkpoint) is used.
     """
+    import numpy as np
+
+    from ..bench import evaluate_method, pick_device
+    from ..results import environment, summarise
+
     counts = parse_counts(samples)
     read_inputs(checkpoint, root)
     if out is not None:  # before the work: a folder, an input or a file of another kind is refused now

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import ConfigError
-from ..evaluation import COMPILE_MODES, PRECISIONS, InferenceOptions
+from ..inference import COMPILE_MODES, PRECISION_DTYPES, InferenceOptions
 
 __all__ = [
     "OutPath",
@@ -25,6 +25,7 @@ __all__ = [
     "data_options",
     "common_set_option",
     "data_set_option",
+    "threads_option",
     "MAX_SAMPLES",
     "MAX_SEED",
     "MAX_SET_DEPTH",
@@ -199,6 +200,26 @@ def data_set_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def threads_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--threads N`: torch's CPU threads for the command (default: `OMP_NUM_THREADS`, else the CPUs
+    this process may use; see `ambiseg.threads`), set before its work and restored after it."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, threads: int | None, **kwargs: Any) -> Any:
+        from ..threads import choose_threads, using_threads
+
+        with using_threads(choose_threads(threads)):
+            return func(*args, **kwargs)
+
+    return click.option(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads of torch (default: OMP_NUM_THREADS, else the CPUs this process may use)",
+    )(wrapper)
+
+
 def inference_options(func: Callable[..., Any] | None = None, *, image_batch: bool = True) -> Any:
     """--max-batch, --image-batch (when `image_batch`), --precision, --channels-last, --compile, --compile-mode,
     handed to the command as one `inference` argument (an `InferenceOptions`, validated before any work)."""
@@ -228,7 +249,7 @@ def inference_options(func: Callable[..., Any] | None = None, *, image_batch: bo
             click.option("--max-batch", type=int, default=None, help="at most this many states per sampler call"),
             click.option(
                 "--precision",
-                type=click.Choice(list(PRECISIONS)),
+                type=click.Choice(list(PRECISION_DTYPES)),
                 default="fp32",
                 show_default=True,
                 help="of sampling (bf16: autocast)",

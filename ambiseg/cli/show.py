@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from ..files import check_target, suffix_kind
 from .app import cli, console, read_inputs
 from .evaluate import check_fits, draw_samples, load_run
-from .options import MAX_SAMPLES, OutPath, parse_sets, seed_option
+from .options import MAX_SAMPLES, OutPath, parse_sets, seed_option, threads_option
 
 __all__ = ["show_cmd"]
 
@@ -47,6 +47,7 @@ __all__ = ["show_cmd"]
     help="number of samples drawn with --checkpoint",
 )
 @seed_option("seed of the sample generator")
+@threads_option
 def show_cmd(
     data: str,
     root: Path | None,

@@ -7,16 +7,13 @@ from pathlib import Path
 
 import click
 
-from ..bench import build_for_data, pick_device
 from ..bench_presets import bench_preset
-from ..data.spec import DataSpec
-from ..distributed import distributed_run, is_main
 from ..errors import ConfigError
 from ..files import check_target, ensure_dir, no_new_dirs_on_error, write_json
 from ..lock import run_lock
 from ..registry import methods
 from .app import cli, console, read_inputs
-from .options import OutPath, common_set_option, data_options, parse_sets, seed_option, split_sets
+from .options import OutPath, common_set_option, data_options, parse_sets, seed_option, split_sets, threads_option
 
 RUN_FILES = ("last.safetensors", "best.safetensors", "history.csv")
 
@@ -72,6 +69,7 @@ def check_existing_run(out: Path, *, resume: bool, overwrite: bool) -> None:
     default=None,
     help="learning curves: validation history as CSV (default: OUT/history.csv)",
 )
+@threads_option
 def train_cmd(
     method: str,
     data_name: str,
@@ -94,6 +92,11 @@ def train_cmd(
     OUT is locked while training; a run already in OUT is continued with --resume, replaced
     with --overwrite, and otherwise refused.
     """
+    import torch
+
+    from ..bench import build_for_data, pick_device
+    from ..data.spec import DataSpec
+    from ..distributed import distributed_run, is_main
     from ..train import Trainer, seed_everything
 
     read_inputs(root)
@@ -143,6 +146,10 @@ def train_cmd(
                         "data_settings": data_settings,
                         **({"channels_last": True} if channels_last else {}),  # the default leaves the file as before
                     },
+                )
+                console.print(
+                    f"[bold]{model.name}[/bold] on {data_name} (preset {preset}, seed {seed}, "
+                    f"{model.num_parameters():,} parameters, device {dev}, threads {torch.get_num_threads()})"
                 )
             result = trainer.fit(resume=resume)
     console.print(

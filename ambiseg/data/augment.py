@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.functional import rotate
 
 __all__ = ["joint_augment"]
 
@@ -41,6 +39,9 @@ def joint_augment(
     if dims:
         image, masks = image.flip(dims), masks.flip(dims)
     if max_degrees > 0:
+        from torchvision.transforms import InterpolationMode  # here: importing torchvision takes seconds
+        from torchvision.transforms.functional import rotate
+
         angle = float((2 * draws[2] - 1) * max_degrees)
         image = rotate(image, angle, interpolation=InterpolationMode.BILINEAR, fill=0.0)
         dtype = masks.dtype
