@@ -83,7 +83,22 @@ def test_the_committed_track_is_complete(runs):
 )
 def test_a_committed_checkpoint_reproduces_its_record(method, seed, test_images, runs):
     (record,) = [r for r in runs if (r["method"], r["seed"]) == (method, seed)]
-    run = RESULTS / "runs" / f"{method}-lidc-cpu-seed{seed}" / "last.safetensors"
+    reproduces(record, RESULTS / "runs" / f"{method}-lidc-cpu-seed{seed}" / "last.safetensors", test_images)
+
+
+@pytest.mark.parametrize("method", ["atfm", "probunet", "det-unet"])
+def test_a_committed_lidc_v2_checkpoint_reproduces_its_record(method, test_images):
+    """lidc-v2 scores lidc-v1's test slices (the same protocol data settings), so the same images serve."""
+    v2 = RESULTS.parent / "lidc-v2"
+    runs = [r for r in newest_records(read_records([v2 / "results"])) if not r.get("reference")]
+    (record,) = [r for r in runs if (r["method"], r["seed"]) == (method, 0)]
+    assert record["protocol"]["name"] == "lidc-v2" and record["preset"] == "cpu-v2"
+    reproduces(record, v2 / "runs" / f"{method}-lidc-cpu-v2-seed0" / "last.safetensors", test_images)
+
+
+def reproduces(record: dict, run: Path, test_images) -> None:
+    """The checkpoint `run` gives the record's per-image values on the first test images."""
+    seed = record["seed"]
     model, _ = load_method(run, overrides={"sampler": record["config"]["sampler"]})
     assert model.config["sampler"] == record["config"]["sampler"]
     result = evaluate_method(
