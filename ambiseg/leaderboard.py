@@ -311,6 +311,13 @@ def _title(protocol: str, dataset: str, preset: str) -> str:
     return f"{'protocol ' + protocol + ' / ' if protocol else ''}{dataset} / preset {preset}"
 
 
+# printed under a table of this preset: its runs test the plumbing, not the methods
+PRESET_CAVEATS = {
+    "smoke": "preset smoke: a few training steps of tiny networks to check that everything runs; "
+    "these numbers say nothing about the methods (use --preset cpu or paper)",
+}
+
+
 CONSOLE_DROP = ("HM-IoU16", "CI32", "NCC32", "params", "FLOPs/image", "FLOPs/sample", "peak MB", "seeds")
 
 
@@ -323,7 +330,10 @@ def to_rich(rows: list[Row]) -> list[Any]:
     for (protocol, dataset, preset), group in _sections(rows).items():
         header, body = _table(group)
         keep = [i for i, name in enumerate(header) if name not in CONSOLE_DROP]
-        table = Table(title=escape(_plain(f"{_title(protocol, dataset, preset)} / {group[0].device}")))
+        table = Table(
+            title=escape(_plain(f"{_title(protocol, dataset, preset)} / {group[0].device}")),
+            caption=escape(PRESET_CAVEATS[preset]) if preset in PRESET_CAVEATS else None,
+        )
         for i in keep:
             table.add_column(escape(_plain(header[i])), justify="left" if i == 0 else "right")
         for line in body:  # the method's name whole; of a number, the mean without its interval
@@ -340,6 +350,8 @@ def to_markdown(rows: list[Row]) -> str:
         parts.append("| " + " | ".join(map(_md, header)) + " |")
         parts.append("|" + "---|" * len(header))
         parts += ["| " + " | ".join([_md(line[0]), *line[1:]]) + " |" for line in body]
+        if preset in PRESET_CAVEATS:
+            parts.append(f"\n**{_md(PRESET_CAVEATS[preset])}**")
         parts.append("")
     parts.append(
         "Metrics: mean over test images [95% bootstrap interval]; lower GED is better, higher HM-IoU/MDM "

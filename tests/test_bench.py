@@ -228,3 +228,14 @@ def test_a_method_has_one_colour_in_every_panel():
     assert one["atfm"] == two["atfm"] and one["probunet"] == two["probunet"]
     styles = {**one, **two}
     assert len(set(styles.values())) == 4  # and no two methods share one
+
+
+def test_a_smoke_table_says_its_numbers_mean_nothing(bench_dir):
+    from ambiseg.leaderboard import PRESET_CAVEATS, to_markdown, to_rich
+
+    _, records = bench_dir
+    as_cpu = [{**r, "preset": "cpu"} for r in records]
+    assert PRESET_CAVEATS["smoke"] in to_markdown(build_rows(records))
+    assert "preset smoke: a few training steps" in str(to_rich(build_rows(records))[0].caption)
+    assert "say nothing" not in to_markdown(build_rows(as_cpu))
+    assert to_rich(build_rows(as_cpu))[0].caption is None
