@@ -279,8 +279,8 @@ class Trainer:
         try:
             opt_state = optimizer_state(ckpt)
             if opt_state is not None and meta["stage_index"] < len(self.method.stages):
-                cfg = self.method.train_config[self.method.stages[meta["stage_index"]]]
                 stage = self.method.stages[meta["stage_index"]]
+                cfg = self.method.train_config[stage]
                 params = [p for m in self.method.stage_modules(stage) for p in m.parameters()]
                 make_optimizer(cfg, params).load_state_dict(opt_state)  # a throwaway optimiser: a check only
                 _check_moments(opt_state, params)

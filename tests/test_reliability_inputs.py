@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 from test_cli_errors import lidc_folder, png
+from test_reliability import ENV, one_line_error, run_cli
 
 import ambiseg
 from ambiseg import distributed
@@ -31,19 +32,11 @@ from ambiseg.data.synthetic import SyntheticDataset
 from ambiseg.data.validate import MAX_ANNOTATORS, MAX_ITEMS, MAX_SIDE
 from ambiseg.errors import AmbisegError, ConfigError, DataError
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 NODULE = "LIDC-IDRI-slices/LIDC-IDRI-0000/nodule-0"
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """Exit code and stderr of `ambiseg argv`, run in-process."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    return info.value.code, capsys.readouterr().err.strip()
-
-
 def assert_one_line(code: int, err: str, expected: str) -> None:
-    assert code == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err, (code, err)
+    assert one_line_error(code, err), (code, err)
     assert expected.lower() in err.lower(), err
 
 
