@@ -6,6 +6,7 @@
 #
 #   benchmarks/lidc_track.sh                          # lidc-v1, 2 workers, seeds 0,1,2, every method
 #   PROTOCOL=lidc-v2 WORKERS=1 SEEDS="1 2" METHODS="atfm probunet" benchmarks/lidc_track.sh
+#   PROTOCOL=lidc-v2 JOBS="atfm 1,cimd 0" benchmarks/lidc_track.sh   # an explicit queue of "method seed"
 #
 # Logs: $OUT/logs/worker<i>.log (appended: the start and end of each run, the bench output). AMBISEG may name another
 # command that runs the ambiseg CLI (e.g. a frozen copy, so edits to the checkout do not reach a run).
@@ -23,7 +24,11 @@ AMBISEG=${AMBISEG:-ambiseg}
 mkdir -p "$OUT/logs"
 queue=$(mktemp)
 trap 'rm -f "$queue" "$queue.lock"' EXIT
-for seed in $SEEDS; do for method in $METHODS; do echo "$method $seed" >> "$queue"; done; done
+if [ -n "${JOBS:-}" ]; then
+  tr ',' '\n' <<< "$JOBS" | sed 's/^ *//; s/ *$//; /^$/d' > "$queue"
+else
+  for seed in $SEEDS; do for method in $METHODS; do echo "$method $seed" >> "$queue"; done; done
+fi
 
 next() {  # pops the queue's first line under a lock; empty when the queue is done
   flock "$queue.lock" bash -c 'line=$(head -n 1 "$1"); [ -z "$line" ] || sed -i 1d "$1"; echo "$line"' _ "$queue"
