@@ -20,7 +20,8 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .errors import AmbisegError, CompatibilityError, ConfigError, DataError, UnknownNameError
     from .interfaces import LatentDraw, LatentPrior, Prior, Sampler, Transport
-    from .method import Method, Recipe, build, compose, list_components, register_recipe
+    from .method import Method
+    from .recipes import Recipe, build, compose, list_components, register_recipe
     from .registry import Registry, load_plugins
 
 __all__ = [
@@ -46,7 +47,8 @@ __all__ = [
 ]
 
 _HOMES = {  # public name -> the module that defines it
-    **dict.fromkeys(["build", "compose", "list_components", "register_recipe", "Method", "Recipe"], "method"),
+    **dict.fromkeys(["build", "compose", "list_components", "register_recipe", "Recipe"], "recipes"),
+    "Method": "method",
     **dict.fromkeys(["Prior", "LatentPrior", "LatentDraw", "Transport", "Sampler"], "interfaces"),
     **dict.fromkeys(["Registry", "load_plugins"], "registry"),
     **dict.fromkeys(["AmbisegError", "ConfigError", "UnknownNameError", "CompatibilityError", "DataError"], "errors"),

@@ -23,88 +23,21 @@ from .console import make_console
 from .data.base import ItemDataset
 from .data.spec import DataSpec, training_data
 from .errors import AmbisegError, ConfigError
-from .evaluation import InferenceOptions, PeakMemory, count_flops, evaluate_method
+from .evaluation import InferenceOptions, count_flops, evaluate_method
 from .files import check_dir, ensure_dir, write_json
 from .leaderboard import leaderboard_paths, to_rich, write_leaderboard
 from .lock import run_lock
-from .method import Method, method_config
+from .method import Method
 from .protocols import Protocol, get_protocol
+from .recipes import build_for_data
 from .reference import reference_records
-from .registry import methods
-from .results import RECORD_KIND, RECORD_SCHEMA, REFERENCE_KIND, environment, read_records, summarise
-from .train import Trainer, collate, seed_everything
+from .results import RECORD_SCHEMA, REFERENCE_KIND, environment, make_record, read_records
+from .runtime import collate, pick_device, seed_everything
+from .train import Trainer
 
-__all__ = [
-    "BenchSpec",
-    "run_bench",
-    "evaluate_method",
-    "build_for_data",
-    "pick_preset",
-    "pick_device",
-    "PeakMemory",
-    "count_flops",
-]
+__all__ = ["BenchSpec", "run_bench"]
 
 BASELINE = "det-unet"
-
-
-def pick_device(device: str | None) -> torch.device:
-    """`None`/"auto" -> CUDA when present, else CPU; a clear error for an unusable device."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device '{device}'; use cpu, cuda, cuda:N or auto") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(
-            f"device '{device}' is not supported (ambiseg trains and samples on cpu or cuda); "
-            "use cpu, cuda, cuda:N or auto"
-        )
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' requested but CUDA is not available here; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(
-            f"device '{device}' does not exist; this machine has {torch.cuda.device_count()} "
-            f"CUDA device(s), cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
-        )
-    return dev
-
-
-def pick_preset(name: str, candidates: str | tuple[str, ...] | None) -> str | None:
-    """The first of `candidates` that method `name` defines (a plug-in factory gets the last)."""
-    if candidates is None or isinstance(candidates, str):
-        return candidates
-    recipe = methods.get(name).info.get("recipe")
-    if recipe is None:
-        return candidates[-1]
-    return next((c for c in candidates if c in recipe.presets), candidates[-1])
-
-
-def build_for_data(
-    name: str, dataset: ItemDataset, *, preset: str | tuple[str, ...] | None, overrides: dict[str, Any]
-) -> Method:
-    """Build recipe `name` once, sized for `dataset` (channels, image size), with CLI-style overrides.
-
-    `preset` may list candidates, most specific first (`("cpu-lidc", "cpu")`, see `pick_preset`).
-
-    The config is assembled first and the modules built once from it, so the config saved with
-    the run is exactly the one the modules were built from. An override of `in_channels` or
-    `image_size` that contradicts the data is refused.
-    """
-    data_size = int(getattr(dataset, "image_shape", (None,))[0] or 0) or None
-    channels = int(getattr(dataset, "in_channels", 1))
-    config = method_config(
-        name, preset=pick_preset(name, preset), overrides=overrides, in_channels=channels, image_size=data_size
-    )
-    for key, have in (("in_channels", channels), ("image_size", data_size)):
-        if have is not None and config.get(key) is not None and config[key] != have:
-            what = "channels" if key == "in_channels" else "pixels per side"
-            raise ConfigError(
-                f"{key}={config[key]} contradicts the data, which has {have} {what}; "
-                f"drop --set {key} (the data decides it) or change the data (e.g. --set data.size=...)"
-            )
-    return Method.from_config(config)
 
 
 @dataclass
@@ -318,30 +251,14 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
             image = collate([sets["test"][0]])["image"].to(device)
             flops = count_flops(method, image) if preset.flops else None
             key = f"GED{preset.untrained_samples}"
-            record = {
-                "kind": RECORD_KIND,
-                "schema": RECORD_SCHEMA,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(),
-                "method": method.name,
-                "dataset": spec.data,
-                "preset": spec.preset,
-                "protocol": protocol.to_dict() if protocol is not None else None,
-                "seed": seed,
-                "root": spec.root,
-                "data": data_spec.to_dict(),
-                "config": method.config,
-                "counts": list(spec.counts),
-                "sizes": {k: len(v) for k, v in sets.items()},
-                "metrics": summarise(result["per_image"]),
-                "per_image": result["per_image"],
-                "untrained": {
-                    "GED": sum(untrained["per_image"][key]) / len(untrained["per_image"][key]),
-                    "samples": preset.untrained_samples,
-                },
-                # per test image, so "beats its own untrained weights" is a paired claim with an interval
-                "untrained_per_image": {key: untrained["per_image"][key]},
-                "truth": {k: _mean_rows(v) for k, v in result["truth"].items()},
-                "timing": {
+            record = make_record(
+                method=method.name,
+                dataset=spec.data,
+                preset=spec.preset,
+                seed=seed,
+                counts=spec.counts,
+                per_image=result["per_image"],
+                timing={
                     "train_s": train_s,
                     # wall seconds of the whole (method, seed): the untrained and trained evaluations with their
                     # metrics, and the training (or the checkpoint load, when the run was trained earlier)
@@ -354,16 +271,28 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
                     "nfe": method.sampler.nfe,
                     "inference": dataclasses.asdict(spec.inference),
                 },
-                "memory": {
+                params=method.num_parameters(),
+                env=environment(device),
+                protocol=protocol.to_dict() if protocol is not None else None,
+                root=spec.root,
+                data=data_spec.to_dict(),
+                config=method.config,
+                sizes={k: len(v) for k, v in sets.items()},
+                untrained={
+                    "GED": sum(untrained["per_image"][key]) / len(untrained["per_image"][key]),
+                    "samples": preset.untrained_samples,
+                },
+                # per test image, so "beats its own untrained weights" is a paired claim with an interval
+                untrained_per_image={key: untrained["per_image"][key]},
+                truth={k: _mean_rows(v) for k, v in result["truth"].items()},
+                memory={
                     "peak_mb": result["peak_mb"],
                     "kind": result["memory_kind"],
                     "max_batch": spec.inference.max_batch or method.max_batch,
                 },
-                "params": method.num_parameters(),
-                "flops": flops or {},
-                "env": environment(device),
-                "checkpoint": str(run_dir / "last.safetensors"),
-            }
+                flops=flops or {},
+                checkpoint=str(run_dir / "last.safetensors"),
+            )
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
             if dist.is_main():
                 write_json(
@@ -396,10 +325,16 @@ def _write_references(
     if target.exists():
         return
     console.print(f"[dim]reference rows from the annotations of {len(test_set)} test images[/dim]")
-    rows = reference_records(test_set, counts=spec.counts, device=device)
-    for rec in rows:
-        rec.update(dataset=spec.data, preset=spec.preset, data=data, root=spec.root)
-        rec["protocol"] = protocol.to_dict() if protocol is not None else None
+    rows = reference_records(
+        test_set,
+        counts=spec.counts,
+        device=device,
+        dataset=spec.data,
+        preset=spec.preset,
+        data=data,
+        root=spec.root,
+        protocol=protocol.to_dict() if protocol is not None else None,
+    )
     write_json(target, {"kind": REFERENCE_KIND, "schema": RECORD_SCHEMA, "records": rows})
 
 

@@ -67,7 +67,7 @@ class _Reader(ast.NodeVisitor):
         for alias in node.names:
             if module[-1] == "registry" and alias.name in registry.REGISTRIES:
                 self.registries[alias.asname or alias.name] = alias.name
-            if module[-1] == "method" and alias.name in ("register_recipe", "Recipe"):
+            if module[-1] in ("recipes", "method") and alias.name in ("register_recipe", "Recipe"):
                 self.recipe_names[alias.asname or alias.name] = alias.name
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:

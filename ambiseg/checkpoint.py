@@ -254,7 +254,8 @@ def load_method(path: str | os.PathLike, *, overrides: dict[str, Any] | None = N
     stored config before building: sampling options apply to the trained weights; an override
     that changes a weight's shape is refused by the weight check, naming the first difference.
     """
-    from .method import Method, apply_overrides
+    from .config import apply_overrides
+    from .method import Method
 
     ckpt = load_checkpoint(path)
     try:

@@ -25,7 +25,7 @@ from .data.base import ItemDataset
 from .errors import AmbisegError, ConfigError, NonFiniteError
 from .inference import COMPILE_MODES, PRECISION_DTYPES, InferenceOptions
 from .method import Method
-from .train import collate
+from .runtime import collate
 
 __all__ = ["evaluate_method", "InferenceOptions", "PRECISIONS", "COMPILE_MODES", "PeakMemory", "count_flops"]
 

@@ -142,8 +142,13 @@ class Transport(nn.Module, ABC):
 
     @property
     def accepts(self) -> frozenset[str]:
-        """The STATE_KINDS of prior samples this transport carries (all by default); compose refuses others."""
-        return frozenset(STATE_KINDS)
+        """The STATE_KINDS of prior samples this transport carries; compose refuses any other.
+
+        Every transport declares it (`accepts = frozenset({"noise"})` on the class, or a property
+        when it depends on the options): none is assumed, so a prior whose samples the transport
+        cannot start from is refused when the method is built, not with a shape error when sampling.
+        """
+        return frozenset()
 
     def condition(self, images: Tensor) -> Any:
         """Image-only work, run once per image. `images`: [B, C, H, W]."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .files import atomic_paths, check_target, reading, suffix_kind
-from .metrics.evaluate import PLAUSIBILITY
+from .metrics.suite import PLAUSIBILITY
 from .registry import canonical_method
 from .results import bootstrap_ci, by_seed, created_at, finite_values, read_records, summarise
 

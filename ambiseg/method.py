@@ -1,21 +1,17 @@
-"""`Method` = Prior + Transport + Sampler + training recipe, and the `build`/`compose` API.
+"""`Method`: a prior, a transport and a sampler, trained in stages and sampled in bounded chunks.
 
-A method's config is a nested, JSON-safe dict::
-
-    {"method": "atfm", "prior": {"name": "gtr", ...}, "transport": {"name": "sfm", ...},
-     "sampler": {"name": "euler", "steps": 25}, "stages": ["prior", "transport"],
-     "train": {"prior": {...}, "transport": {...}}, "in_channels": 1, "image_size": null,
-     "max_batch": 64}
-
-`Method.from_config(method.config)` rebuilds the same method; checkpoints store it.
+`Method.from_config(method.config)` rebuilds the same method (the config's shape is in
+`ambiseg.config`); checkpoints store that config. Registered recipes and the `build`/`compose`
+API are in `ambiseg.recipes`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import json
-import typing
+import warnings
 from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any, cast
@@ -23,180 +19,13 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from .config import CONFIG_KEYS, DATA_KEYS, STAGES, StageTraining, _positive_int, _spec, _top_value
+from .config import apply_overrides as apply_overrides  # the name many callers import from here
 from .errors import CompatibilityError, ConfigError, closest
 from .interfaces import STATE_KINDS, Prior, Sampler, Transport, map_tensors
-from .registry import REGISTRIES, canonical_method, coerce, methods, priors, samplers, transports
+from .registry import canonical_method, priors, samplers, transports
 
-__all__ = [
-    "Method",
-    "Recipe",
-    "StageTraining",
-    "register_recipe",
-    "build",
-    "compose",
-    "list_components",
-    "apply_overrides",
-    "method_config",
-    "STAGES",
-    "DEFAULT_TRAINING",
-]
-
-STAGES = ("prior", "transport", "joint")
-CONFIG_KEYS = ("method", "prior", "transport", "sampler", "stages", "train", "in_channels", "image_size", "max_batch")
-DATA_KEYS = ("in_channels", "image_size")
-ROLES = ("prior", "transport", "sampler")
-
-
-SCHEDULES = ("constant", "cosine", "linear")
-SELECTIONS = ("first-best", "last-best")  # which of equally good validation checkpoints a stage keeps
-
-
-@dataclasses.dataclass(frozen=True)
-class StageTraining:
-    """One stage's training options, `train.<stage>.<key>` in a method config.
-
-    `steps` (optimiser steps) overrides `epochs` when set; `accumulate` splits each batch into
-    that many micro-batches; `val_images`/`val_samples` size the validation, which runs at every
-    epoch end, or every `val_every` steps when set (and at the stage's last step).
-    `schedule` shapes the learning rate over the stage ("constant", "cosine" or "linear" decay to
-    `min_lr`), after `warmup` steps of linear warm-up from 0; it is a function of the step alone,
-    so a resumed run follows the same curve. `select` picks the checkpoint a stage ends with among
-    equal validation scores: "first-best" keeps the earliest, "last-best" the latest (more trained)
-    step. `ema` (a decay in [0, 1), e.g. 0.999) keeps an exponential moving average of the stage's
-    weights (`torch.optim.swa_utils`); validation, the best checkpoint and the stage's final
-    weights are the average's.
-    """
-
-    optimizer: str = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    epochs: int = 1
-    steps: int | None = None
-    batch_size: int = 8
-    grad_clip: float | None = None
-    val_images: int = 8
-    val_samples: int = 8
-    val_every: int | None = None
-    accumulate: int = 1
-    schedule: str = "constant"
-    warmup: int = 0
-    min_lr: float = 0.0
-    select: str = "first-best"
-    ema: float | None = None
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, stage: str) -> StageTraining:
-        """Typed options from a dict (CLI strings coerced); unknown keys and bad values refused."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        hints = typing.get_type_hints(cls)
-        out = {}
-        for key, value in values.items():
-            if key not in fields:
-                raise ConfigError(
-                    f"train.{stage} has no option '{key}'{closest(key, fields)}; options: {', '.join(fields)}"
-                )
-            out[key] = coerce(value, hints[key], where=f"train.{stage}.{key}")
-        for key in ("epochs", "steps", "batch_size", "val_images", "val_samples", "val_every", "accumulate"):
-            if out.get(key) is not None and out[key] < 1:
-                raise ConfigError(f"train.{stage}.{key} must be >= 1, got {out[key]}")
-        if out.get("schedule", "constant") not in SCHEDULES:
-            raise ConfigError(
-                f"train.{stage}.schedule must be one of {', '.join(SCHEDULES)}, got "
-                f"'{out['schedule']}'{closest(str(out['schedule']), SCHEDULES)}"
-            )
-        if out.get("select", "first-best") not in SELECTIONS:
-            raise ConfigError(
-                f"train.{stage}.select must be one of {', '.join(SELECTIONS)}, got "
-                f"'{out['select']}'{closest(str(out['select']), SELECTIONS)}"
-            )
-        if out.get("warmup", 0) < 0:
-            raise ConfigError(f"train.{stage}.warmup must be >= 0, got {out['warmup']}")
-        if out.get("ema") is not None and not 0.0 <= out["ema"] < 1.0:
-            raise ConfigError(f"train.{stage}.ema is a decay in [0, 1) (e.g. 0.999), got {out['ema']}")
-        for key in ("lr", "weight_decay", "grad_clip", "min_lr"):
-            if out.get(key) is not None and out[key] < 0:
-                raise ConfigError(f"train.{stage}.{key} must be >= 0, got {out[key]}")
-        return cls(**out)
-
-
-DEFAULT_TRAINING: dict[str, Any] = dataclasses.asdict(StageTraining())
-_TOP_TYPES: dict[str, Any] = {"in_channels": int, "image_size": int | None, "max_batch": int}
-
-
-def _spec(value: Any, default: dict[str, Any] | None, role: str) -> dict[str, Any]:
-    """Merge an override (name, dict, or None) into a component spec `{name, **kwargs}`."""
-    if value is None:
-        return dict(default or {})
-    if isinstance(value, str):
-        return {"name": value} if not default or default.get("name") != value else dict(default)
-    if isinstance(value, dict):
-        if "name" in value and (not default or value["name"] != default.get("name")):
-            return dict(value)
-        return {**(default or {}), **value}
-    raise ConfigError(f"{role}: expected a name or a dict of options, got {type(value).__name__}")
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Apply `{"prior.rank": 5, "sampler": "heun", "train.prior.epochs": 3}` to a method config.
-
-    A component given by a new name replaces the old spec; dotted keys set single options. The
-    data keys `in_channels` and `image_size` are set at the top level only and reach every
-    component that declares them, so the config never says one size while a module has another.
-    """
-    config = copy.deepcopy(config)
-    for key, value in overrides.items():
-        head, _, rest = key.partition(".")
-        if head not in CONFIG_KEYS:
-            raise ConfigError(
-                f"unknown config key '{key}'{closest(head, CONFIG_KEYS)}; top-level keys: {', '.join(CONFIG_KEYS)}"
-            )
-        if head in ROLES:
-            if rest in DATA_KEYS:
-                raise ConfigError(f"'{key}' is set for the whole method: use '{rest}' (e.g. --set {rest}={value})")
-            config[head] = _spec({rest: value} if rest else value, config.get(head), head)
-        elif head == "train" and rest:
-            node = config.setdefault("train", {})
-            *path, leaf = rest.split(".")
-            for part in path:
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict):
-                    raise ConfigError(f"config key '{key}': train.{part} is not a group of options")
-            node[leaf] = value
-        elif rest:
-            raise ConfigError(f"config key '{head}' has no sub-keys (got '{key}')")
-        elif head == "stages":
-            config[head] = list(value.split(",")) if isinstance(value, str) else list(value)
-        elif head == "train":
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key 'train' expects a dict of stages, got {value!r}")
-            config[head] = _deep_merge(config.get("train") or {}, value)
-        elif head in _TOP_TYPES:
-            config[head] = _top_value(head, value)
-            if head in DATA_KEYS:
-                for role in ROLES:
-                    if isinstance(config.get(role), dict) and key in config[role]:
-                        config[role][key] = config[head]
-        else:
-            config[head] = value
-    return config
-
-
-def _top_value(key: str, value: Any) -> Any:
-    """A top-level number (`in_channels`, `image_size`, `max_batch`), typed and positive."""
-    out = coerce(value, _TOP_TYPES[key], where=key)
-    if out is not None and out < 1:
-        raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
-    return out
+__all__ = ["Method", "check_states"]
 
 
 def check_states(prior: Prior, transport: Transport) -> None:
@@ -204,6 +33,11 @@ def check_states(prior: Prior, transport: Transport) -> None:
     if prior.draws not in STATE_KINDS:
         raise CompatibilityError(
             f"prior {type(prior).__name__} declares draws={prior.draws!r}; declare one of: {', '.join(STATE_KINDS)}"
+        )
+    if not transport.accepts:
+        raise CompatibilityError(
+            f"transport {type(transport).__name__} declares no prior state it carries; set `accepts = "
+            f"frozenset({{...}})` on the class to the kinds it can start from ({', '.join(STATE_KINDS)})"
         )
     if prior.draws not in transport.accepts:
         raise CompatibilityError(
@@ -229,16 +63,6 @@ def _cat_batches(parts: list[Any]) -> Any:
         f"cannot batch a transport's per-sample conditioning across images: its {type(first).__name__} "
         "values differ between images; return tensors (or dicts/tuples of tensors) from Transport.expand"
     )
-
-
-def _positive_int(value: Any, where: str) -> int:
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected a positive integer, got {value!r}") from None
-    if out < 1:
-        raise ConfigError(f"{where}: expected a positive integer, got {value!r}")
-    return out
 
 
 def _create(registry: Any, spec: dict[str, Any], data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -505,166 +329,16 @@ class Method(nn.Module):
         return f"name={self.name!r}, stages={self.stages}, sampler={self.sampler!r}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """A registered method: component specs, stages, per-stage training and named presets.
-
-    `presets` maps a preset name (e.g. "cpu", "paper-lidc") to overrides in the shape of the
-    method config (nested dicts), applied over the defaults.
-    """
-
-    name: str
-    prior: dict[str, Any]
-    transport: dict[str, Any]
-    sampler: dict[str, Any]
-    stages: tuple[str, ...] | None = None
-    train: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    presets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    aliases: tuple[str, ...] = ()
-    description: str = ""
-
-    def config(self, preset: str | None = None) -> dict[str, Any]:
-        """The method config of this recipe, with `preset` applied."""
-        base = {
-            "method": self.name,
-            "prior": dict(self.prior),
-            "transport": dict(self.transport),
-            "sampler": dict(self.sampler),
-            "train": copy.deepcopy(self.train),
-        }
-        if self.stages:
-            base["stages"] = list(self.stages)
-        if preset is None:
-            return base
-        if preset not in self.presets:
-            raise ConfigError(
-                f"method '{self.name}' has no preset '{preset}'{closest(preset, self.presets)}; "
-                f"presets: {', '.join(sorted(self.presets)) or '(none)'}"
-            )
-        return _deep_merge(base, self.presets[preset])
+_MOVED = ("Recipe", "register_recipe", "build", "compose", "method_config", "list_components")
 
 
-def _recipe_config(recipe: Recipe, *, preset: str | None = None, **overrides: Any) -> dict[str, Any]:
-    """The (unbuilt) config of `recipe` with `preset` and keyword overrides applied."""
-    config = recipe.config(preset)
-    for key, value in overrides.items():
-        if key in ROLES and value is not None:
-            config[key] = _spec(value, config.get(key), key)
-        elif value is not None:
-            config = apply_overrides(config, {key: value})
-    return config
-
-
-def register_recipe(recipe: Recipe) -> Recipe:
-    """Add `recipe` to the methods registry (name and aliases) and return it."""
-
-    def factory(
-        *,
-        preset: str | None = None,
-        in_channels: int | None = None,
-        image_size: int | None = None,
-        prior: Any = None,
-        transport: Any = None,
-        sampler: Any = None,
-        train: dict[str, Any] | None = None,
-        stages: Any = None,
-        max_batch: int | None = None,
-    ) -> Method:
-        return Method.from_config(
-            _recipe_config(
-                recipe,
-                preset=preset,
-                in_channels=in_channels,
-                image_size=image_size,
-                prior=prior,
-                transport=transport,
-                sampler=sampler,
-                train=train,
-                stages=stages,
-                max_batch=max_batch,
-            )
+def __getattr__(name: str) -> Any:
+    """Names that moved to `ambiseg.recipes`, still importable from here with a DeprecationWarning."""
+    if name in _MOVED:
+        warnings.warn(
+            f"ambiseg.method.{name} moved to ambiseg.recipes.{name} (or ambiseg.{name}); import it from there",
+            DeprecationWarning,
+            stacklevel=2,
         )
-
-    methods.register(recipe.name, aliases=recipe.aliases, recipe=recipe, description=recipe.description)(factory)
-    return recipe
-
-
-def build(name: str, *, preset: str | None = None, **overrides: Any) -> Method:
-    """A registered recipe with its defaults, a preset and keyword overrides.
-
-    Example: ``build("atfm", preset="cpu", sampler={"name": "heun", "steps": 10}, prior={"rank": 5})``.
-    """
-    # cast: every `methods` entry is a factory returning a Method (register_recipe's, or a plug-in's by contract)
-    return cast(Method, methods.create(name, preset=preset, **overrides))
-
-
-def method_config(
-    name: str, *, preset: str | None = None, overrides: dict[str, Any] | None = None, **keywords: Any
-) -> dict[str, Any]:
-    """The full config of registered method `name` without building it twice.
-
-    `keywords` are `build`'s (e.g. `in_channels=3`); `overrides` are CLI-style dotted keys applied
-    after them (`{"prior.rank": 5}`). For a recipe nothing is built; a plug-in method registered
-    as a plain factory is built once to read its config. `Method.from_config` of the result
-    builds the modules exactly as the config says.
-    """
-    entry = methods.get(name)
-    recipe = entry.info.get("recipe")
-    if recipe is not None:
-        config = _recipe_config(recipe, preset=preset, **keywords)
-    else:
-        config = entry.create(preset=preset, **keywords).config
-    return apply_overrides(config, overrides or {})
-
-
-def compose(
-    *,
-    prior: str | dict[str, Any] | Prior,
-    transport: str | dict[str, Any] | Transport,
-    sampler: str | dict[str, Any] | Sampler,
-    stages: tuple[str, ...] | None = None,
-    train: dict[str, Any] | None = None,
-    in_channels: int = 1,
-    image_size: int | None = None,
-    max_batch: int = 64,
-    name: str = "custom",
-) -> Method:
-    """A new method from components given by name, by `{name, **options}` or as instances.
-
-    Raises `CompatibilityError` with a one-line explanation when the sampler cannot integrate
-    the transport (e.g. euler on a diffusion denoiser) or the transport cannot use the prior.
-    """
-    parts = {"prior": prior, "transport": transport, "sampler": sampler}
-    if not any(isinstance(p, (Prior, Transport, Sampler)) for p in parts.values()):
-        config = {
-            "method": name,
-            "stages": list(stages) if stages else None,
-            "train": train or {},
-            "in_channels": in_channels,
-            "image_size": image_size,
-            "max_batch": max_batch,
-        }
-        config.update({k: _spec(v, None, k) for k, v in parts.items()})
-        return Method.from_config(config)
-    data = {"in_channels": in_channels, "image_size": image_size}
-
-    def instance(value: Any, role: str) -> Any:
-        """`value` itself, or the component its name or `{name, **options}` spec builds."""
-        if isinstance(value, (str, dict)):
-            return _create(REGISTRIES[role + "s"], _spec(value, None, role), data)[0]
-        return value
-
-    return Method(
-        instance(prior, "prior"),
-        instance(transport, "transport"),
-        instance(sampler, "sampler"),
-        name=name,
-        stages=stages,
-        train=train,
-        max_batch=max_batch,
-    )
-
-
-def list_components() -> dict[str, list[str]]:
-    """Every registry kind and its registered names (plug-ins included)."""
-    return {kind: registry.names() for kind, registry in REGISTRIES.items()}
+        return getattr(importlib.import_module("ambiseg.recipes"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

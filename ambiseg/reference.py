@@ -25,7 +25,6 @@ all mark something without a strict majority agreeing on any pixel.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ import torch
 
 from . import metrics
 from .data.base import ItemDataset
-from .results import RECORD_KIND, RECORD_SCHEMA, environment, summarise
+from .results import environment, make_record
 
 __all__ = ["REFERENCES", "reference_samples", "reference_records"]
 
@@ -66,10 +65,18 @@ def reference_samples(
 
 
 def reference_records(
-    test_set: ItemDataset, *, counts: Sequence[int], device: torch.device, seed: int = 0
+    test_set: ItemDataset,
+    *,
+    counts: Sequence[int],
+    device: torch.device,
+    seed: int = 0,
+    dataset: str = "",
+    preset: str = "",
+    **fields: Any,
 ) -> list[dict[str, Any]]:
     """One bench-shaped record per reference row (per-image metrics of every test image; no
-    training, no timing: those fields are zero and `reference` is true)."""
+    training, no timing: those fields are zero and `reference` is true). `fields` (the data
+    spec, the protocol, ...) go into every row."""
     generator = torch.Generator().manual_seed(seed)
     per_image: dict[str, dict[str, list[float]]] = {}
     for i in range(len(test_set)):
@@ -80,22 +87,21 @@ def reference_records(
         for name, samples in rows.items():
             for key, value in metrics.evaluate(samples, masks[None], counts=tuple(counts), **known).items():
                 per_image.setdefault(name, {}).setdefault(key, []).append(float(value.item()))
-    created = dt.datetime.now(dt.timezone.utc).isoformat()
     env = environment(device)
+    timing = {"train_s": 0.0, "sample_s_per_image": 0.0, "samples_per_image": max(counts)}
     return [
-        {
-            "kind": RECORD_KIND,
-            "schema": RECORD_SCHEMA,
-            "reference": True,
-            "created": created,
-            "method": name,
-            "seed": seed,
-            "counts": list(counts),
-            "metrics": summarise(values),
-            "per_image": values,
-            "timing": {"train_s": 0.0, "sample_s_per_image": 0.0, "samples_per_image": max(counts)},
-            "params": 0,
-            "env": env,
-        }
+        make_record(
+            method=name,
+            dataset=dataset,
+            preset=preset,
+            seed=seed,
+            counts=counts,
+            per_image=values,
+            timing=dict(timing),
+            params=0,
+            env=env,
+            reference=True,
+            **fields,
+        )
         for name, values in per_image.items()
     ]

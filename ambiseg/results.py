@@ -13,7 +13,7 @@ import math
 import platform
 import re
 import subprocess
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "by_seed",
     "of_seeds",
     "summarise",
+    "make_record",
     "environment",
     "read_records",
     "check_record",
@@ -212,6 +213,46 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+def make_record(
+    *,
+    method: str,
+    dataset: str,
+    preset: str,
+    seed: int,
+    counts: Sequence[int],
+    per_image: dict[str, list[float]],
+    timing: dict[str, Any],
+    params: int,
+    env: dict[str, Any],
+    reference: bool = False,
+    **fields: Any,
+) -> dict[str, Any]:
+    """One record in the schema the leaderboard reads: the fields every record has, the summary of
+    `per_image` (mean and interval per metric) and the writer's own `fields` (config, data,
+    protocol, ...). Checked by `check_record` before it is returned, so a writer cannot produce a
+    record that `read_records` would refuse. The bench, the reference rows and `ambiseg eval`
+    write their records through it."""
+    record: dict[str, Any] = {
+        "kind": RECORD_KIND,
+        "schema": RECORD_SCHEMA,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "method": method,
+        "dataset": dataset,
+        "preset": preset,
+        "seed": seed,
+        "counts": list(counts),
+        **({"reference": True} if reference else {}),
+        **fields,
+        "metrics": summarise(per_image),
+        "per_image": per_image,
+        "timing": timing,
+        "params": params,
+        "env": env,
+    }
+    check_record(record, f"the {method} record being written")
+    return record
+
+
 def _bad(file: Path | str, field: str, why: str) -> AmbisegError:
     """The one-line error for a malformed `field` of the record in `file`."""
     return AmbisegError(
@@ -259,17 +300,22 @@ def _check_field(record: dict[str, Any], name: str, types: tuple[type, ...], req
 
 
 def _check_lists(record: dict[str, Any], group: str, file: Path | str, images: int | None) -> int | None:
-    """Check that `record[group]` maps metric names to lists of numbers (null where undefined), all
-    of one length (`images`, when given); return that length (None when the group is empty)."""
+    """Check that `record[group]` maps metric names to lists of numbers (null where undefined; NaN
+    in a record not yet written), all of one length (`images`, when given); return that length
+    (None when the group is empty)."""
     for key, value in record.get(group, {}).items():
         if not isinstance(value, list) or not value:
             raise _bad(file, f"{group}.{key}", "is not a non-empty list of numbers (null where undefined)")
-        if any(v is not None and not _is_number(v) for v in value):
+        if any(v is not None and not _is_number(v) and not _is_nan(v) for v in value):
             raise _bad(file, f"{group}.{key}", "holds a value that is not a number")
         if images is not None and len(value) != images:
             raise _bad(file, f"{group}.{key}", f"holds {len(value)} values, not {images} (one per test image)")
         images = len(value)
     return images
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _is_number(value: Any) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,16 +35,14 @@ from .errors import AmbisegError, ConfigError, TrainingError, closest
 from .files import ensure_dir, write_text
 from .lock import run_lock
 from .method import Method
+from .runtime import collate, seed_everything, to_device
 
 __all__ = [
     "Trainer",
     "TrainResult",
     "TrainingError",
-    "collate",
-    "to_device",
     "make_optimizer",
     "learning_rate",
-    "seed_everything",
 ]
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -87,30 +85,6 @@ class TrainResult:
     steps: dict[str, int]
     best: dict[str, float | None]
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), NumPy and Python's `random`."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds numpy's global RNG that user code may draw from
-    torch.manual_seed(seed)
-
-
-def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensor fields of dataset items; other fields become lists."""
-    out: dict[str, Any] = {}
-    for key in items[0]:
-        values = [item[key] for item in items]
-        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
-    return out
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def learning_rate(cfg: dict[str, Any], step: int, total: int) -> float:

@@ -33,11 +33,13 @@ from safetensors.torch import save_file
 from ambiseg.averaging import StageAverage
 from ambiseg.checkpoint import load_checkpoint, load_method
 from ambiseg.cli.options import parse_sets
+from ambiseg.config import apply_overrides
 from ambiseg.data.spec import DataSpec
 from ambiseg.flow_effect import paired_difference, prior_only_twin
-from ambiseg.method import Method, apply_overrides
+from ambiseg.method import Method
 from ambiseg.metrics import evaluate
-from ambiseg.train import collate, learning_rate, make_optimizer
+from ambiseg.runtime import collate
+from ambiseg.train import learning_rate, make_optimizer
 
 PAIRED = ("GED16", "HM-IoU16", "Diversity16", "Stray", "MissedConsensus", "SoftShare")
 

@@ -20,10 +20,11 @@ import time
 import torch
 
 from ambiseg import metrics
-from ambiseg.bench import build_for_data
 from ambiseg.cli.options import parse_sets
 from ambiseg.data import DataSpec
-from ambiseg.train import collate, make_optimizer, seed_everything
+from ambiseg.recipes import build_for_data
+from ambiseg.runtime import collate, seed_everything
+from ambiseg.train import make_optimizer
 
 
 def gaussian_stats(method, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:

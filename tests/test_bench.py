@@ -239,3 +239,20 @@ def test_a_smoke_table_says_its_numbers_mean_nothing(bench_dir):
     assert "preset smoke: a few training steps" in str(to_rich(build_rows(records))[0].caption)
     assert "say nothing" not in to_markdown(build_rows(as_cpu))
     assert to_rich(build_rows(as_cpu))[0].caption is None
+
+
+def test_make_record_writes_the_schema_and_refuses_what_read_records_would_refuse():
+    from ambiseg.errors import AmbisegError
+    from ambiseg.results import check_record, make_record
+
+    fields = dict(method="m", dataset="synthetic", preset="cpu", seed=0, counts=[2], params=3, env={"device": "cpu"})
+    timing = {"train_s": 1.0, "sample_s_per_image": 0.5, "samples_per_image": 2}
+    rec = make_record(per_image={"GED2": [0.2, 0.4], "Stray": [float("nan"), 1.0]}, timing=timing, **fields)
+    assert rec["kind"] == RECORD_KIND and rec["metrics"]["GED2"]["mean"] == pytest.approx(0.3)
+    assert rec["metrics"]["Stray"]["n"] == 1 and "reference" not in rec
+    check_record(json.loads(json.dumps(rec).replace("NaN", "null")), "roundtrip")
+    assert make_record(per_image={"GED2": [0.1]}, timing=timing, reference=True, **fields)["reference"] is True
+    with pytest.raises(AmbisegError, match=r"the m record being written.*timing.train_s"):
+        make_record(per_image={"GED2": [0.1]}, timing={**timing, "train_s": -1.0}, **fields)
+    with pytest.raises(AmbisegError, match=r"per_image.GED2.*holds 1 values, not 2"):
+        make_record(per_image={"Stray": [0.1, 0.2], "GED2": [0.1]}, timing=timing, **fields)

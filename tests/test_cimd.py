@@ -8,7 +8,7 @@ import ambiseg
 from ambiseg import data
 from ambiseg.diffusion import DDIM
 from ambiseg.methods.cimd import CIMDTransport
-from ambiseg.train import collate
+from ambiseg.runtime import collate
 
 TINY = {
     "steps": 25,

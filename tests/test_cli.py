@@ -127,7 +127,12 @@ def test_eval_inference_options_change_speed_not_scores(tmp_path, capsys):
             )
         assert info.value.code == 0
         scores[label] = json.loads((tmp_path / f"{label}.json").read_text())
-    assert scores["cl"]["inference"]["channels_last"] and scores["one-image"]["inference"]["image_batch"] == 1
+    assert scores["cl"]["timing"]["inference"]["channels_last"]
+    assert scores["one-image"]["timing"]["inference"]["image_batch"] == 1
+    from ambiseg.results import read_records
+
+    (record,) = read_records([tmp_path / "default.json"])  # a record in the bench's schema
+    assert record["split"] == "test" and record["timing"]["samples_per_image"] == 3
     printed = capsys.readouterr().out
     for key in ("Stray", "MissedConsensus", "SoftShare"):  # printed and written, null where undefined
         assert f"{key}:" in printed and len(scores["default"]["per_image"][key]) == 4

@@ -24,11 +24,12 @@ from ambiseg import data
 from ambiseg.checkpoint import load_method, save_checkpoint
 from ambiseg.errors import CompatibilityError, ConfigError
 from ambiseg.interfaces import STATE_KINDS, TRANSPORT_KINDS, Prior, Sampler, Transport
-from ambiseg.method import method_config
 from ambiseg.noise_schedules import DiffusionSchedule
 from ambiseg.paths import ProbPath
+from ambiseg.recipes import method_config
 from ambiseg.registry import REGISTRIES, methods, noise_schedules, paths, priors, samplers, transports
-from ambiseg.train import Trainer, collate
+from ambiseg.runtime import collate
+from ambiseg.train import Trainer
 
 NAMES = methods.names()
 DETERMINISTIC = {"det-unet"}

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 import ambiseg
 from ambiseg import data
-from ambiseg.bench import evaluate_method
 from ambiseg.checkpoint import load_method
+from ambiseg.evaluation import evaluate_method
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -24,8 +24,9 @@ SCRIPT = textwrap.dedent("""
     from safetensors.torch import save_file
     import ambiseg
     from ambiseg import data, distributed as dist
-    from ambiseg.bench import evaluate_method
-    from ambiseg.train import Trainer, seed_everything
+    from ambiseg.evaluation import evaluate_method
+    from ambiseg.runtime import seed_everything
+    from ambiseg.train import Trainer
 
     out = sys.argv[1]
     with dist.distributed_run(torch.device("cpu")) as dev:
@@ -108,7 +109,8 @@ STOPPING = textwrap.dedent("""
     import torch
     import ambiseg
     from ambiseg import data, distributed as dist
-    from ambiseg.train import Trainer, seed_everything
+    from ambiseg.runtime import seed_everything
+    from ambiseg.train import Trainer
 
     with dist.distributed_run(torch.device("cpu")) as dev:
         seed_everything(0)

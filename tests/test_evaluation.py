@@ -12,7 +12,7 @@ from torch import nn
 
 import ambiseg
 from ambiseg import data, evaluation, metrics
-from ambiseg.train import collate
+from ambiseg.runtime import collate
 
 CPU = torch.device("cpu")
 

@@ -10,7 +10,7 @@ import ambiseg
 from ambiseg import data
 from ambiseg.errors import CompatibilityError
 from ambiseg.methods.latent import DiagonalGaussian
-from ambiseg.train import collate
+from ambiseg.runtime import collate
 
 FCOMB = {"name": "fcomb", "backbone_options": {"widths": (4, 8), "convs": 1}, "features": 4}
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import ambiseg
 from ambiseg.errors import CompatibilityError, ConfigError
-from ambiseg.method import Recipe, register_recipe
+from ambiseg.recipes import Recipe, register_recipe
 from ambiseg.registry import methods, priors, transports
 
 
@@ -41,6 +41,7 @@ class ToyFlow(ambiseg.Transport):
     """v = w * (image - x): flows each state towards the image; records batch sizes."""
 
     kind = "flow"
+    accepts = frozenset({"noise"})
 
     def __init__(self, in_channels: int = 1) -> None:
         super().__init__()
@@ -169,7 +170,7 @@ def test_build_presets_overrides_and_config_round_trip(toy_registered):
 
 
 def test_apply_overrides_dotted_keys(toy_registered):
-    from ambiseg.method import apply_overrides
+    from ambiseg.config import apply_overrides
 
     cfg = ambiseg.build("toy").config
     cfg = apply_overrides(cfg, {"prior.scale": "2", "sampler": "rk4", "train.transport.epochs": 3})
@@ -237,3 +238,30 @@ def test_declared_state_kinds_decide_what_composes():
 
     with pytest.raises(CompatibilityError, match="declares draws='logits'; declare one of: noise, mask, latent, none"):
         ambiseg.compose(prior=Undeclared(), transport="sfm", sampler="euler")
+
+
+def test_a_transport_must_declare_the_states_it_carries_and_a_mismatch_is_refused_at_build(toy_registered):
+    """A plug-in flow paired with a latent prior used to build and fail at sampling with torch's expand error."""
+    latent = {"name": "probunet-latent", "latent_dim": 2, "widths": [8, 16], "convs": 1}
+    with pytest.raises(CompatibilityError, match="ToyFlow carries noise states, but prior ProbUNetLatent draws latent"):
+        ambiseg.build("toy", prior=latent)
+
+    class Silent(ToyFlow):
+        accepts = frozenset()
+
+    with pytest.raises(CompatibilityError, match=r"Silent declares no prior state it carries; set `accepts"):
+        ambiseg.compose(prior=ToyPrior(), transport=Silent(), sampler="euler")
+    with pytest.raises(CompatibilityError, match="UNetMap carries none states, but prior GTRPrior draws mask"):
+        ambiseg.build("det-unet", prior={"name": "gtr", "widths": [8, 16], "features": 8, "rank": 2})
+
+
+@pytest.mark.parametrize("name", ["build", "compose", "Recipe", "register_recipe", "method_config", "list_components"])
+def test_names_that_moved_to_recipes_still_import_from_method_with_a_warning(name):
+    import ambiseg.method
+    import ambiseg.recipes
+
+    with pytest.warns(DeprecationWarning, match=f"ambiseg.recipes.{name}"):
+        value = getattr(ambiseg.method, name)
+    assert value is getattr(ambiseg.recipes, name)
+    with pytest.raises(AttributeError):
+        ambiseg.method.no_such_name  # noqa: B018 - the attribute access is the test

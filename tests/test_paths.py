@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 import ambiseg
+from ambiseg.config import apply_overrides
 from ambiseg.errors import CompatibilityError, ConfigError, UnknownNameError
 from ambiseg.losses import soft_dice
-from ambiseg.method import apply_overrides
 from ambiseg.methods.noise import NoisePrior
 from ambiseg.methods.sfm import SFMTransport
 from ambiseg.paths import CosinePath, StraightPath

@@ -11,7 +11,7 @@ from ambiseg import data
 from ambiseg.errors import CompatibilityError, ConfigError
 from ambiseg.losses import pick_annotator
 from ambiseg.methods.phiseg import PHiSegLatent, PHiSegLikelihood, phiseg_levels
-from ambiseg.train import collate
+from ambiseg.runtime import collate
 
 
 def toy_batch(n: int = 4, size: int = 16) -> dict[str, torch.Tensor]:

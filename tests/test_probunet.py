@@ -12,7 +12,7 @@ from ambiseg.errors import CompatibilityError
 from ambiseg.losses import pick_annotator
 from ambiseg.methods.latent import DiagonalGaussian
 from ambiseg.methods.probunet import FComb, ProbUNetLatent
-from ambiseg.train import collate
+from ambiseg.runtime import collate
 
 
 def toy_batch(n: int = 4, size: int = 16) -> dict[str, torch.Tensor]:

@@ -160,6 +160,7 @@ def test_the_cli_works_beside_a_broken_plugin(broken_plugin, tmp_path, capsys, m
 
 class Identity(ambiseg.Transport):
     kind = "map"
+    accepts = frozenset({"noise"})
 
     def forward(self, x, t, cond):
         return x

@@ -14,14 +14,16 @@ import pytest
 import torch
 
 import ambiseg
-from ambiseg.bench import build_for_data
 from ambiseg.cli import main
+from ambiseg.config import apply_overrides
 from ambiseg.data import DataSpec
 from ambiseg.errors import ConfigError
-from ambiseg.method import Method, apply_overrides, method_config
+from ambiseg.method import Method
 from ambiseg.methods.gtr import GTRPrior
+from ambiseg.recipes import build_for_data, method_config
 from ambiseg.registry import Registry
-from ambiseg.train import Trainer, seed_everything
+from ambiseg.runtime import seed_everything
+from ambiseg.train import Trainer
 
 
 def run_cli(argv, capsys):
@@ -248,8 +250,8 @@ def test_data_seed_is_fixed_across_training_seeds(tmp_path):
 
 
 def test_lidc_cpu_uses_each_recipes_lidc_preset_where_it_has_one():
-    from ambiseg.bench import pick_preset
     from ambiseg.bench_presets import bench_preset
+    from ambiseg.recipes import pick_preset
 
     candidates = bench_preset("cpu").method_presets_for("lidc")
     assert candidates == ("cpu-lidc", "cpu") and bench_preset("cpu").method_presets_for("synthetic") == ("cpu",)

@@ -79,7 +79,7 @@ def test_the_reader_reads_literal_registrations_and_gives_up_on_computed_ones(tm
     (tmp_path / "components.py").write_text(
         textwrap.dedent(
             """
-            from ambiseg.method import Recipe, register_recipe as add
+            from ambiseg.recipes import Recipe, register_recipe as add
             from ambiseg.registry import priors as prior_registry, samplers
 
             @prior_registry.register("flat", aliases=("level",))

@@ -14,7 +14,7 @@ import click
 from ..errors import AmbisegError, PluginWarning
 from . import (  # each module registers its commands
     bench,
-    evaluate,
+    checkpoints,
     show,
     train,
 )

@@ -65,9 +65,10 @@ def bench_cmd(
     A bench stopped part-way continues where it stopped: finished evaluations (same method
     config, data, seed, counts, protocol) are kept, finished trainings loaded, interrupted ones
     resumed."""
-    from ..bench import BenchSpec, pick_device, run_bench
+    from ..bench import BenchSpec, run_bench
     from ..distributed import distributed_run
     from ..registry import methods as registry
+    from ..runtime import pick_device
 
     read_inputs(root)
     names = [m.strip() for m in methods.split(",") if m.strip()]

@@ -9,7 +9,7 @@ import click
 from ..errors import ConfigError
 from ..files import check_target, suffix_kind
 from .app import cli, console, read_inputs
-from .evaluate import check_fits, draw_samples, load_run
+from .checkpoints import check_fits, draw_samples, load_run
 from .options import MAX_SAMPLES, OutPath, parse_sets, seed_option, threads_option
 
 __all__ = ["show_cmd"]

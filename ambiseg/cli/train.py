@@ -94,10 +94,11 @@ def train_cmd(
     """
     import torch
 
-    from ..bench import build_for_data, pick_device
     from ..data.spec import DataSpec
     from ..distributed import distributed_run, is_main
-    from ..train import Trainer, seed_everything
+    from ..recipes import build_for_data
+    from ..runtime import pick_device, seed_everything
+    from ..train import Trainer
 
     read_inputs(root)
     methods.canonical(method)  # a typo is refused before the data is read

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ..method import Recipe, register_recipe
+from ..recipes import Recipe, register_recipe
 from .budget import V2, with_lidc_v2
 
 __all__ = ["PRESET_NAMES", "presets"]

@@ -27,8 +27,8 @@ from ..diffusion import DiffusionTransport
 from ..errors import ConfigError
 from ..interfaces import Prior, repeat_cond
 from ..losses import pick_annotator, unpack_batch
-from ..method import Recipe, register_recipe
 from ..nets import TimeUNet
+from ..recipes import Recipe, register_recipe
 from ..registry import transports
 from .budget import with_lidc_v2
 from .latent import GaussianEncoder

@@ -17,7 +17,7 @@ from .. import backbones
 from ..errors import ConfigError, closest
 from ..interfaces import Prior, Transport
 from ..losses import pick_annotator, unpack_batch
-from ..method import Recipe, register_recipe
+from ..recipes import Recipe, register_recipe
 from ..registry import priors, transports
 from .budget import with_lidc_v2
 
@@ -50,6 +50,7 @@ class UNetMap(Transport):
     """
 
     kind = "map"
+    accepts = frozenset({"none"})  # the map ignores the prior's state: a random one would be discarded
     default_training = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5}
     TARGETS = ("mean", "random")
 

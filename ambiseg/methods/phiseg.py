@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..errors import CompatibilityError, ConfigError
 from ..interfaces import LatentDraw, LatentPrior, Prior, Transport
 from ..losses import pick_annotator, unpack_batch
-from ..method import Recipe, register_recipe
+from ..recipes import Recipe, register_recipe
 from ..registry import priors, transports
 from .budget import with_lidc_v2
 from .latent import DiagonalGaussian

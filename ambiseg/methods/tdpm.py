@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..method import Recipe, register_recipe
+from ..recipes import Recipe, register_recipe
 from . import cimd, gtr  # noqa: F401  (register the components this recipe names)
 from .atfm import _V2_FLOW_FACTOR, _V2_GTR_FACTOR
 from .atfm import presets as atfm_presets

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from .ci import CI_COMBINATIONS, ci_score, combined_sensitivity, diversity_agreement
 from .consensus import dice, iou, mean_prediction
-from .evaluate import better, evaluate
 from .ged import GEDTerms, ged, ged_terms, sample_diversity
 from .inputs import binarize
 from .matching import hm_iou, mdm
 from .ncc import ncc, pearson
 from .overlap import Overlaps, pairwise_dice, pairwise_iou
 from .plausibility import SOFT_RANGE, missed_consensus, soft_share, stray_rate
+from .suite import better, evaluate
 from .truth import ged_true, ged_true_terms, mode_mass, mode_tv
 
 __all__ = [

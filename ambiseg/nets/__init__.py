@@ -6,10 +6,11 @@ from __future__ import annotations
 from .attention import FullAttention, LinearAttention
 from .blocks import Downsample, ResBlock, Upsample, WSConv2d
 from .embedding import SinusoidalEmbedding
-from .time_unet import TimeUNet
+from .time_unet import STNet, TimeUNet
 
 __all__ = [
     "TimeUNet",
+    "STNet",
     "ResBlock",
     "WSConv2d",
     "Downsample",

@@ -20,7 +20,7 @@ from .attention import FullAttention, LinearAttention
 from .blocks import Downsample, ResBlock, Upsample
 from .embedding import SinusoidalEmbedding
 
-__all__ = ["TimeUNet"]
+__all__ = ["TimeUNet", "STNet"]
 
 
 class _Level(nn.Module):
@@ -218,3 +218,8 @@ def _check(
         )
     if cond_dim is not None and int(cond_dim) < 1:
         raise ConfigError(f"TimeUNet option 'cond_dim' must be a positive integer or None, got {cond_dim}")
+
+
+STNet = TimeUNet
+"""ATFM's name for this network (its "ST-Net", the SFM transport's velocity field); CIMD's and
+tdpm's denoisers are the same class."""

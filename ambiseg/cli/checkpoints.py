@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -145,15 +145,28 @@ def draw_samples(
     return probs
 
 
+def _checkpoint_inputs(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The inputs of a command on a trained run: CHECKPOINT, its data (the recorded data by
+    default) and the split."""
+    command = click.option(
+        "--split", default="test", show_default=True, help="train, val, test or all (a whole dataset)"
+    )(command)
+    command = data_set_option(command)
+    command = data_options(recorded=True)(command)
+    return click.argument("checkpoint", type=click.Path(path_type=Path))(command)
+
+
+def _sampling_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The seed of the sample generators and the device."""
+    command = click.option("--device", default=None)(command)
+    return seed_option("seed of the sample generators")(command)
+
+
 @cli.command("sample")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@data_options(recorded=True)
-@data_set_option
-@click.option("--split", default="test", show_default=True, help="train, val, test or all (a whole dataset)")
+@_checkpoint_inputs
 @click.option("--indices", default="0", show_default=True, help="comma-separated item indices of the split")
 @click.option("--samples", "num", type=int, default=16, show_default=True, help="samples per image")
-@seed_option("seed of the sample generators")
-@click.option("--device", default=None)
+@_sampling_options
 @inference_options(image_batch=False)
 @click.option("--out", type=OutPath(file_okay=False, path_type=Path), required=True)
 @threads_option
@@ -174,9 +187,8 @@ def sample_cmd(
     """Draw samples for chosen images: OUT/samples.npz and one PNG per image."""
     import numpy as np
 
-    from ..bench import pick_device
     from ..data import figure_for_item
-    from ..train import collate
+    from ..runtime import collate, pick_device
 
     if not 1 <= num <= MAX_SAMPLES:
         raise ConfigError(f"--samples must be between 1 and {MAX_SAMPLES}, got {num}")
@@ -222,13 +234,9 @@ def _sample_targets(out: Path, split: str, indices: tuple[int, ...]) -> list[Pat
 
 
 @cli.command("eval")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@data_options(recorded=True)
-@data_set_option
-@click.option("--split", default="test", show_default=True, help="train, val, test or all (a whole dataset)")
+@_checkpoint_inputs
 @click.option("--samples", "samples", default="16,32,100", show_default=True)
-@seed_option("seed of the sample generators")
-@click.option("--device", default=None)
+@_sampling_options
 @inference_options
 @click.option("--out", type=OutPath(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here")
 @threads_option
@@ -251,8 +259,9 @@ def eval_cmd(
     """
     import numpy as np
 
-    from ..bench import evaluate_method, pick_device
-    from ..results import environment, summarise
+    from ..evaluation import evaluate_method
+    from ..results import environment, make_record, summarise
+    from ..runtime import pick_device
 
     counts = parse_counts(samples)
     read_inputs(checkpoint, root)
@@ -276,21 +285,28 @@ def eval_cmd(
         console.print(f"{key:>{width}}: {m['mean']:.4f}  [{m['lo']:.4f}, {m['hi']:.4f}]  (n={m['n']}{note})")
     console.print(f"sampling: {np.mean(result['sample_seconds']):.3f} s per image for {max(counts)} samples")
     if out is not None:
-        write_json(
-            out,
-            {
-                "checkpoint": str(checkpoint),
-                "method": method.name,
-                "stages_finished": ckpt.meta.get("stage_index"),
-                "data": spec.to_dict(),
-                "split": split,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(),
-                "metrics": summary,
-                "per_image": result["per_image"],
+        record = make_record(
+            method=method.name,
+            dataset=spec.name,
+            preset=spec.preset,
+            seed=seed,
+            counts=counts,
+            per_image=result["per_image"],
+            timing={
+                "train_s": float(ckpt.meta.get("seconds", 0.0)),
+                "sample_s_per_image": float(np.mean(result["sample_seconds"])),
+                "samples_per_image": result["samples_per_image"],
                 "sample_s": result["sample_seconds"],
-                "env": environment(dev),
-                "config": method.config,
-                "overrides": overrides,
+                "nfe": method.sampler.nfe,
                 "inference": dataclasses.asdict(inference),
             },
+            params=method.num_parameters(),
+            env=environment(dev),
+            checkpoint=str(checkpoint),
+            stages_finished=ckpt.meta.get("stage_index"),
+            data=spec.to_dict(),
+            split=split,
+            config=method.config,
+            overrides=overrides,
         )
+        write_json(out, record)
