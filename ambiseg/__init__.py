@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .errors import AmbisegError, CompatibilityError, ConfigError, DataError, UnknownNameError
     from .interfaces import LatentDraw, LatentPrior, Prior, Sampler, Transport
     from .method import Method
+    from .pretrained import list_pretrained, load_pretrained
     from .recipes import Recipe, build, compose, list_components, register_recipe
     from .registry import Registry, load_plugins
 
@@ -30,6 +31,8 @@ __all__ = [
     "compose",
     "list_components",
     "register_recipe",
+    "load_pretrained",
+    "list_pretrained",
     "Method",
     "Recipe",
     "Prior",
@@ -49,6 +52,7 @@ __all__ = [
 _HOMES = {  # public name -> the module that defines it
     **dict.fromkeys(["build", "compose", "list_components", "register_recipe", "Recipe"], "recipes"),
     "Method": "method",
+    **dict.fromkeys(["load_pretrained", "list_pretrained"], "pretrained"),
     **dict.fromkeys(["Prior", "LatentPrior", "LatentDraw", "Transport", "Sampler"], "interfaces"),
     **dict.fromkeys(["Registry", "load_plugins"], "registry"),
     **dict.fromkeys(["AmbisegError", "ConfigError", "UnknownNameError", "CompatibilityError", "DataError"], "errors"),

@@ -24,8 +24,9 @@ from .data.base import ItemDataset
 from .data.spec import DataSpec, training_data
 from .errors import AmbisegError, ConfigError
 from .evaluation import InferenceOptions, count_flops, evaluate_method
+from .expectations import expectation_lines, load_average
 from .files import check_dir, ensure_dir, write_json
-from .leaderboard import leaderboard_paths, to_rich, write_leaderboard
+from .leaderboard import build_rows, leaderboard_paths, to_rich, write_leaderboard
 from .lock import run_lock
 from .method import Method
 from .protocols import Protocol, get_protocol
@@ -33,6 +34,7 @@ from .recipes import build_for_data
 from .reference import reference_records
 from .results import RECORD_SCHEMA, REFERENCE_KIND, environment, make_record, read_records
 from .runtime import collate, pick_device, seed_everything
+from .threads import available_cpus
 from .train import Trainer
 
 __all__ = ["BenchSpec", "run_bench"]
@@ -202,7 +204,19 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
     ensure_dir(spec.out)
     names = ([BASELINE] if spec.baseline and BASELINE not in spec.methods else []) + list(spec.methods)
     method_preset = preset.method_presets_for(spec.data)
+    if dist.is_main():
+        for line in expectation_lines(
+            spec.data,
+            spec.preset,
+            names,
+            seeds=len(spec.seeds),
+            threads=torch.get_num_threads(),
+            cpus=available_cpus(),
+            load=load_average(),
+        ):
+            console.print(f"[yellow]{line}[/yellow]" if line.startswith("load") else line)
     records = []
+    mine: set[Path] = set()  # this run's record files: the printed table shows these, not earlier runs'
     for seed in spec.seeds:
         for name in names:
             seed_everything(seed)
@@ -211,6 +225,7 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
             if done is not None:
                 console.print(f"[dim]{method.name} seed {seed}: already evaluated in {spec.out / 'results'}[/dim]")
                 records.append(done)
+                mine.add(Path(done["_file"]).resolve())
                 continue
             console.print(
                 f"[bold]{method.name}[/bold] on {spec.data} (preset {spec.preset}, seed {seed}, "
@@ -295,19 +310,37 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
             )
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
             if dist.is_main():
-                write_json(
-                    spec.out / "results" / f"{method.name}-{spec.data}-{spec.preset}-seed{seed}-{stamp}.json", record
-                )
+                target = spec.out / "results" / f"{method.name}-{spec.data}-{spec.preset}-seed{seed}-{stamp}.json"
+                write_json(target, record)
+                mine.add(target.resolve())
             records.append(record)
     if not dist.is_main():
         return records
     if spec.references:
-        _write_references(spec, sets["test"], data_spec.to_dict(), protocol, device, console)
-    rows, paths = write_leaderboard([spec.out], spec.out)
-    for table in to_rich(rows):
-        console.print(table)
-    console.print(f"leaderboard written to {paths['md']} (also .csv, .tex, .png)")
+        mine.add(_write_references(spec, sets["test"], data_spec.to_dict(), protocol, device, console).resolve())
+    _report(spec.out, mine, console)
     return records
+
+
+def _report(out: Path, mine: set[Path], console: Console) -> None:
+    """Write the leaderboard of every record in `out` and print the table of this run's records
+    (`mine`): records that earlier runs left in `out` (other methods, seeds, or an interrupted run)
+    go into the files but not into this run's table, and the last line says how many there are."""
+    rows, paths = write_leaderboard([out], out)
+    everything = read_records([out])
+    own = [r for r in everything if Path(r["_file"]).resolve() in mine]
+    for table in to_rich(build_rows(own)):
+        console.print(table)
+    others = len(everything) - len(own)
+    where = f"{paths['md']} (also .csv, .tex, .png)"
+    if others:
+        console.print(
+            f"leaderboard of all {len(everything)} records in {out} written to {where}; the table above holds "
+            f"this run's {len(own)}, the files also {others} that earlier runs left there "
+            f"(`ambiseg leaderboard {out}` prints them all; a new --out keeps runs apart)"
+        )
+    else:
+        console.print(f"leaderboard written to {where}")
 
 
 def _write_references(
@@ -317,13 +350,14 @@ def _write_references(
     protocol: Protocol | None,
     device: torch.device,
     console: Console,
-) -> None:
-    """The reference rows of this test set (majority vote, union, empty, raters), once per output."""
+) -> Path:
+    """The reference rows of this test set (majority vote, union, empty, raters), once per output;
+    returns their file."""
     folder = ensure_dir(spec.out / "results")
     name = f"reference-{spec.data}-{spec.preset}.json"
     target = folder / name
     if target.exists():
-        return
+        return target
     console.print(f"[dim]reference rows from the annotations of {len(test_set)} test images[/dim]")
     rows = reference_records(
         test_set,
@@ -336,6 +370,7 @@ def _write_references(
         protocol=protocol.to_dict() if protocol is not None else None,
     )
     write_json(target, {"kind": REFERENCE_KIND, "schema": RECORD_SCHEMA, "records": rows})
+    return target
 
 
 def _mean_rows(rows: list[Any]) -> Any:

@@ -22,6 +22,7 @@ __all__ = [
     "atomic_path",
     "atomic_paths",
     "write_text",
+    "json_text",
     "write_json",
     "ensure_dir",
     "check_dir",
@@ -342,7 +343,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON to `path` atomically; a float NaN (a metric undefined on an
     image) is written as `null`, since JSON has no NaN (`ambiseg.results.read_records` reads it back
     as NaN)."""
-    write_text(path, json.dumps(_null_for_nan(obj), indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(path, json_text(obj))
+
+
+def json_text(obj: Any) -> str:
+    """`obj` as the indented JSON `write_json` writes (NaN as null)."""
+    return json.dumps(_null_for_nan(obj), indent=2, sort_keys=False, default=_json_default) + "\n"
 
 
 def _null_for_nan(obj: Any) -> Any:

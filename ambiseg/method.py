@@ -103,6 +103,8 @@ def _infer_stages(prior: Prior, transport: Transport) -> tuple[str, ...]:
 class Method(nn.Module):
     """A prior, a transport and a sampler, trained in `stages` and sampled in bounded chunks."""
 
+    pretrained: Any = None  # the published run it was loaded from (`ambiseg.load_pretrained`), if any
+
     def __init__(
         self,
         prior: Prior,

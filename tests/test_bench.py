@@ -256,3 +256,21 @@ def test_make_record_writes_the_schema_and_refuses_what_read_records_would_refus
         make_record(per_image={"GED2": [0.1]}, timing={**timing, "train_s": -1.0}, **fields)
     with pytest.raises(AmbisegError, match=r"per_image.GED2.*holds 1 values, not 2"):
         make_record(per_image={"Stray": [0.1, 0.2], "GED2": [0.1]}, timing=timing, **fields)
+
+
+def test_the_printed_table_holds_this_runs_records_and_names_what_earlier_runs_left(bench_dir, tmp_path):
+    """Records an earlier run left in --out (another method here) go into the files, not into the
+    table this run prints; the last line says how many there are."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    out = tmp_path / "bench"
+    shutil.copytree(bench_dir[0], out)
+    buffer = io.StringIO()
+    run_bench(spec(out, methods=["act-gtr"]), console=Console(file=buffer, width=400))
+    printed = buffer.getvalue()
+    assert "act-gtr" in printed and "ref:majority" in printed and "det-unet" not in printed.split("act-gtr on")[-1]
+    assert "the table above holds this run's 6, the files also 1 that earlier runs left there" in printed
+    assert "| det-unet" in (out / "leaderboard.md").read_text()

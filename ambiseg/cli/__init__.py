@@ -15,6 +15,7 @@ from ..errors import AmbisegError, PluginWarning
 from . import (  # each module registers its commands
     bench,
     checkpoints,
+    pretrained,
     show,
     train,
 )

@@ -12,6 +12,7 @@ import click
 from ..errors import AmbisegError, ConfigError, NonFiniteError
 from ..files import atomic_paths, check_target, suffix_kind, write_json
 from ..inference import InferenceOptions
+from ..pretrained import resolve_checkpoint
 from ..registry import datasets
 from .app import cli, console, read_inputs
 from .options import (
@@ -193,6 +194,7 @@ def sample_cmd(
     if not 1 <= num <= MAX_SAMPLES:
         raise ConfigError(f"--samples must be between 1 and {MAX_SAMPLES}, got {num}")
     idx = parse_ints(indices, "--indices")
+    checkpoint = resolve_checkpoint(checkpoint)
     read_inputs(checkpoint, root)
     targets = _sample_targets(out, split, idx)  # every output, before any work
     method, ckpt, _ = load_run(checkpoint, sets)
@@ -264,6 +266,7 @@ def eval_cmd(
     from ..runtime import pick_device
 
     counts = parse_counts(samples)
+    checkpoint = resolve_checkpoint(checkpoint)
     read_inputs(checkpoint, root)
     if out is not None:  # before the work: a folder, an input or a file of another kind is refused now
         check_target(out, kind="json")

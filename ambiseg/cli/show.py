@@ -63,6 +63,10 @@ def show_cmd(
     data the true modes with their probabilities, and with --checkpoint the method's samples."""
     from ..data import build, figure_for_item, save_figure
 
+    if checkpoint is not None:
+        from ..pretrained import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(checkpoint)
     read_inputs(checkpoint, root)
     check_target(out, kind=suffix_kind(out))  # before the work
     settings = {key.removeprefix("data."): value for key, value in parse_sets(options).items()}
