@@ -29,7 +29,7 @@ from .files import check_dir, ensure_dir, write_json
 from .leaderboard import build_rows, leaderboard_paths, to_rich, write_leaderboard
 from .lock import run_lock
 from .method import Method
-from .protocols import Protocol, get_protocol
+from .protocols import Protocol, get_protocol, over_budget
 from .recipes import build_for_data
 from .reference import reference_records
 from .results import RECORD_SCHEMA, REFERENCE_KIND, environment, make_record, read_records
@@ -203,6 +203,11 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
         protocol.check_test_ids(list(getattr(sets["test"], "ids", [])), where=f"{spec.data} at {spec.root}")
     ensure_dir(spec.out)
     names = ([BASELINE] if spec.baseline and BASELINE not in spec.methods else []) + list(spec.methods)
+    if spec.overrides and names[0] != spec.methods[0]:
+        console.print(
+            f"[dim]{BASELINE} (the baseline row) is built without --set, which names the methods' options; "
+            f"add it to --methods to apply them to it[/dim]"
+        )
     method_preset = preset.method_presets_for(spec.data)
     if dist.is_main():
         for line in expectation_lines(
@@ -220,7 +225,9 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
     for seed in spec.seeds:
         for name in names:
             seed_everything(seed)
-            method = build_for_data(name, sets["train"], preset=method_preset, overrides=spec.overrides)
+            implicit = name == BASELINE and name not in spec.methods  # the reference row: --set is for the methods
+            overrides = {} if implicit else spec.overrides
+            method = build_for_data(name, sets["train"], preset=method_preset, overrides=overrides)
             done = _finished_record(spec, method, seed, data_spec.to_dict())
             if done is not None:
                 console.print(f"[dim]{method.name} seed {seed}: already evaluated in {spec.out / 'results'}[/dim]")
@@ -246,7 +253,7 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
             untrained_eval_s = time.perf_counter() - started
             ensure_dir(run_dir)
             train_s = _train_or_load(method, sets, data_spec.to_dict(), run_dir, spec, seed, device, console)
-            if protocol is not None and train_s > 60 * protocol.train_budget_minutes:
+            if protocol is not None and over_budget(protocol.to_dict(), train_s):
                 console.print(
                     f"[yellow]{method.name} seed {seed} trained {train_s / 60:.1f} min, over protocol "
                     f"{protocol.name}'s {protocol.train_budget_minutes}-minute budget "

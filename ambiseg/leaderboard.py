@@ -27,6 +27,7 @@ import numpy as np
 
 from .files import atomic_paths, check_target, reading, suffix_kind
 from .metrics.suite import PLAUSIBILITY
+from .protocols import over_budget
 from .registry import canonical_method
 from .results import bootstrap_ci, by_seed, created_at, finite_values, read_records, summarise
 
@@ -152,7 +153,7 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
                 device=recs[0]["env"]["device_name"] or recs[0]["env"]["device"],
                 protocol=protocol or None,
                 reference=bool(recs[0].get("reference")),
-                over_budget=any(_over_budget(r) for r in recs),
+                over_budget=any(over_budget(r.get("protocol"), r["timing"]["train_s"]) for r in recs),
                 per_seed={int(r["seed"]): r["per_image"] for r in recs},
             )
         )
@@ -208,12 +209,6 @@ def _human(n: float | None) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return f"{n:.0f}"
-
-
-def _over_budget(rec: dict[str, Any]) -> bool:
-    """Whether a record's training took longer than its protocol's budget (`train_budget_minutes`)."""
-    minutes = (rec.get("protocol") or {}).get("train_budget_minutes")
-    return isinstance(minutes, (int, float)) and rec["timing"]["train_s"] > 60 * minutes
 
 
 def _table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ConfigError, DataError, closest
 
-__all__ = ["Protocol", "PROTOCOLS", "get_protocol", "ids_digest"]
+__all__ = ["Protocol", "PROTOCOLS", "get_protocol", "ids_digest", "over_budget"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,13 @@ PROTOCOLS = {
         + "; stray, missed-consensus and soft rates over all samples, images where one is undefined left out",
     ),
 }
+
+
+def over_budget(protocol: dict[str, Any] | None, train_s: float) -> bool:
+    """Whether `train_s` seconds of training exceed the budget of `protocol` (a record's protocol
+    dict, `Protocol.to_dict()`); never for a record without a protocol or budget."""
+    minutes = (protocol or {}).get("train_budget_minutes")
+    return isinstance(minutes, (int, float)) and train_s > 60 * minutes
 
 
 def get_protocol(name: str) -> Protocol:

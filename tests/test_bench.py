@@ -274,3 +274,22 @@ def test_the_printed_table_holds_this_runs_records_and_names_what_earlier_runs_l
     assert "act-gtr" in printed and "ref:majority" in printed and "det-unet" not in printed.split("act-gtr on")[-1]
     assert "the table above holds this run's 6, the files also 1 that earlier runs left there" in printed
     assert "| det-unet" in (out / "leaderboard.md").read_text()
+
+
+def test_set_applies_to_the_methods_not_to_the_implicit_baseline(tmp_path):
+    """`--set prior.rank=3` names an option of the GTR; the det-unet row (no GTR) used to be built with
+    it too and refused the whole bench."""
+    import io
+
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    records = run_bench(
+        spec(tmp_path / "b", methods=["act-gtr"], baseline=True, overrides={"prior.rank": 3}),
+        console=Console(file=buffer, width=300),
+    )
+    by_name = {r["method"]: r for r in records}
+    assert (
+        by_name["act-gtr"]["config"]["prior"]["rank"] == 3 and by_name["det-unet"]["config"]["prior"]["name"] == "delta"
+    )
+    assert "det-unet (the baseline row) is built without --set" in buffer.getvalue()

@@ -29,11 +29,11 @@ from typing import Any
 from ..recipes import Recipe, register_recipe
 from .budget import V2, with_lidc_v2
 
-__all__ = ["PRESET_NAMES", "presets"]
+__all__ = ["PRESET_NAMES", "presets", "V2_GTR_FACTOR", "V2_FLOW_FACTOR", "V2_NOISE_FLOW_FACTOR"]
 
 _STATED = ("smoke", "cpu", "cpu-lidc", "paper-lidc", "paper-isic3")  # written out below
 PRESET_NAMES = (*_STATED, V2)  # V2 is derived from cpu-lidc (ambiseg.methods.budget)
-_V2_GTR_FACTOR, _V2_FLOW_FACTOR, _V2_NOISE_FLOW_FACTOR = 2.0, 1.0, 4.0  # steps x cpu-lidc's (ambiseg.methods.budget)
+V2_GTR_FACTOR, V2_FLOW_FACTOR, V2_NOISE_FLOW_FACTOR = 2.0, 1.0, 4.0  # steps x cpu-lidc's (ambiseg.methods.budget)
 
 _GTR: dict[str, dict[str, Any]] = {
     "smoke": {"widths": (8, 16), "features": 8, "rank": 2, "mc_samples": 4},
@@ -169,9 +169,9 @@ def presets(
     # budget"); a flow from noise (sfm-noise) is the method's only stage and takes its whole budget
     factors = {}
     if prior:
-        factors["prior"] = _V2_GTR_FACTOR
+        factors["prior"] = V2_GTR_FACTOR
     if transport:
-        factors["transport"] = _V2_FLOW_FACTOR if prior else _V2_NOISE_FLOW_FACTOR
+        factors["transport"] = V2_FLOW_FACTOR if prior else V2_NOISE_FLOW_FACTOR
     return with_lidc_v2(out, factors)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..recipes import Recipe, register_recipe
 from . import cimd, gtr  # noqa: F401  (register the components this recipe names)
-from .atfm import _V2_FLOW_FACTOR, _V2_GTR_FACTOR
+from .atfm import V2_FLOW_FACTOR, V2_GTR_FACTOR
 from .atfm import presets as atfm_presets
 from .budget import with_lidc_v2
 
@@ -57,7 +57,7 @@ def _presets() -> dict[str, dict[str, Any]]:
         preset.update({k: v for k, v in diffusion.items() if k != "train"})
         preset["train"]["transport"] = dict(diffusion["train"])
     # lidc-v2: ATFM's GTR stage, and the denoiser as long as ATFM's flow (ambiseg.methods.budget)
-    return with_lidc_v2(out, {"prior": _V2_GTR_FACTOR, "transport": _V2_FLOW_FACTOR})
+    return with_lidc_v2(out, {"prior": V2_GTR_FACTOR, "transport": V2_FLOW_FACTOR})
 
 
 RECIPE = register_recipe(
