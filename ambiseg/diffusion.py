@@ -24,7 +24,7 @@ from .errors import CompatibilityError, ConfigError, closest
 from .interfaces import Field, Prior, Sampler, Transport
 from .noise_schedules import DiffusionSchedule, linear_betas
 from .registry import noise_schedules, samplers
-from .samplers import refuse_unknown_options
+from .samplers import handed_over
 
 __all__ = [
     "linear_betas",
@@ -203,14 +203,8 @@ class _DiffusionSampler(Sampler):
     ) -> Tensor:
         """x_0 [N, ...] from the state `x0` [N, ...] at step `start` (default T) of the noise schedule
         `schedule`, the options a diffusion transport hands over in `sampler_options()`."""
-        schedule, start = options.pop("schedule", None), options.pop("start", None)
-        refuse_unknown_options(self, options)
-        if not isinstance(schedule, DiffusionSchedule):
-            raise CompatibilityError(
-                f"{type(self).__name__} needs the transport's noise schedule: sample through a Method, or pass "
-                f"the diffusion transport's sampler_options() (schedule=, start=); got schedule={schedule!r}"
-            )
-        taus = self.timesteps(schedule.steps if start is None else int(start))
+        schedule, start = handed_over(self, options, "schedule", DiffusionSchedule, "noise schedule")
+        taus = self.timesteps(schedule.steps if start is None else start)
         x = x0
         for k, prev in zip(taus, [*taus[1:], 0], strict=True):
             x0_hat, eps = self._estimate(field, schedule, x, k, cond)

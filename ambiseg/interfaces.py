@@ -29,13 +29,14 @@ __all__ = [
     "STATE_KINDS",
 ]
 
-TRANSPORT_KINDS = ("map", "flow", "diffusion")
+TRANSPORT_KINDS = ("map", "flow", "diffusion", "categorical")
 # What a prior's samples are, declared by the prior (`Prior.draws`) and matched against what a
 # transport carries (`Transport.accepts`) when a method is composed:
 STATE_KINDS = {
     "noise": "standard normal states shaped like a mask [.., C, H, W]",
     "mask": "foreground probabilities in [0, 1] shaped like a mask [.., 1, H, W]",
     "latent": "a latent code decoded by a likelihood network (a LatentPrior, with a posterior for training)",
+    "logits": "real-valued class logits [.., K, H, W] drawn around an image-conditioned mean (Flow-SSN's base)",
     "none": "no randomness: every sample starts from the same state",
 }
 
@@ -131,7 +132,9 @@ class Transport(nn.Module, ABC):
     """Carries a prior state to a segmentation.
 
     `kind` declares what it is: "map" (one call), "flow" (a velocity field integrated from
-    t=0 to t=1) or "diffusion" (a denoiser run by a diffusion sampler); `accepts` the kinds of
+    t=0 to t=1), "diffusion" (a Gaussian denoiser run by a diffusion sampler) or "categorical"
+    (a denoiser of a discrete-state diffusion, giving x_0 class probabilities, run by a
+    categorical sampler: `ambiseg.categorical`); `accepts` the kinds of
     prior states it carries (`STATE_KINDS`, matched with `Prior.draws`). `joint = True` means
     it trains together with its prior (cVAEs) in one stage called "joint".
     """

@@ -40,6 +40,19 @@ def refuse_unknown_options(sampler: Sampler, options: dict[str, Any]) -> None:
         )
 
 
+def handed_over(sampler: Sampler, options: dict[str, Any], key: str, kind: type, what: str) -> tuple[Any, int | None]:
+    """The `key` object (of type `kind`) and the `start` step a transport hands a chain sampler in
+    `sampler_options()`; any other option, or a missing `key`, is refused in one line."""
+    value, start = options.pop(key, None), options.pop("start", None)
+    refuse_unknown_options(sampler, options)
+    if not isinstance(value, kind):
+        raise CompatibilityError(
+            f"{type(sampler).__name__} needs the transport's {what}: sample through a Method, or pass the "
+            f"transport's sampler_options() ({key}=, start=); got {key}={value!r}"
+        )
+    return value, None if start is None else int(start)
+
+
 class _FlowSampler(Sampler):
     """Integrates dx/dt = field(x, t, cond) from t0 to t1 with torchdiffeq.
 

@@ -234,9 +234,11 @@ def test_declared_state_kinds_decide_what_composes():
         )
 
     class Undeclared(UniformNoise):
-        draws = "logits"
+        draws = "heatmap"
 
-    with pytest.raises(CompatibilityError, match="declares draws='logits'; declare one of: noise, mask, latent, none"):
+    with pytest.raises(
+        CompatibilityError, match="declares draws='heatmap'; declare one of: noise, mask, latent, logits, none"
+    ):
         ambiseg.compose(prior=Undeclared(), transport="sfm", sampler="euler")
 
 

@@ -170,18 +170,15 @@ def test_lidc_v2_keeps_lidc_v1_test_slices_and_brings_its_own_presets():
     assert bench_preset("cpu").method_presets_for("lidc") == ("cpu-lidc", "cpu")
 
 
-LIDC_METHODS = (
-    "atfm",
-    "act-gtr",
-    "atfm-nosf",
-    "atfm-paper",
-    "sfm-noise",
-    "tdpm",
-    "cimd",
-    "det-unet",
-    "probunet",
-    "phiseg",
-)
+def _lidc_methods() -> list[str]:
+    """Every registered recipe with a cpu-lidc preset (a new method is checked without editing this file)."""
+    from ambiseg.registry import methods
+
+    return [n for n in methods.names() if "cpu-lidc" in getattr(methods.get(n).info.get("recipe"), "presets", {})]
+
+
+LIDC_METHODS = _lidc_methods()
+assert {"atfm", "cimd", "flow-ssn", "ccdm", "berdiff", "det-unet"} <= set(LIDC_METHODS)
 
 
 @pytest.mark.parametrize("name", LIDC_METHODS)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from . import (  # each module registers its components
     atfm,
+    ccdm,
     cimd,
     deterministic,
+    flow_ssn,
     gtr,
     identity,
     noise,
