@@ -201,14 +201,20 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
     protocol = get_protocol(spec.protocol) if spec.protocol is not None else None
     if protocol is not None:
         protocol.check_test_ids(list(getattr(sets["test"], "ids", [])), where=f"{spec.data} at {spec.root}")
-    ensure_dir(spec.out)
     names = ([BASELINE] if spec.baseline and BASELINE not in spec.methods else []) + list(spec.methods)
+    method_preset = preset.method_presets_for(spec.data)
+
+    def overrides_of(name: str) -> dict[str, Any]:  # --set names the methods' options, not the baseline row's
+        return {} if name == BASELINE and name not in spec.methods else spec.overrides
+
+    for name in names:  # a bad --set or preset is refused before any work or output, not after other methods ran
+        build_for_data(name, sets["train"], preset=method_preset, overrides=overrides_of(name))
+    ensure_dir(spec.out)
     if spec.overrides and names[0] != spec.methods[0]:
         console.print(
             f"[dim]{BASELINE} (the baseline row) is built without --set, which names the methods' options; "
             f"add it to --methods to apply them to it[/dim]"
         )
-    method_preset = preset.method_presets_for(spec.data)
     if dist.is_main():
         for line in expectation_lines(
             spec.data,
@@ -225,9 +231,7 @@ def run_bench(spec: BenchSpec, *, console: Console | None = None) -> list[dict[s
     for seed in spec.seeds:
         for name in names:
             seed_everything(seed)
-            implicit = name == BASELINE and name not in spec.methods  # the reference row: --set is for the methods
-            overrides = {} if implicit else spec.overrides
-            method = build_for_data(name, sets["train"], preset=method_preset, overrides=overrides)
+            method = build_for_data(name, sets["train"], preset=method_preset, overrides=overrides_of(name))
             done = _finished_record(spec, method, seed, data_spec.to_dict())
             if done is not None:
                 console.print(f"[dim]{method.name} seed {seed}: already evaluated in {spec.out / 'results'}[/dim]")
