@@ -337,8 +337,8 @@ def _report(out: Path, mine: set[Path], console: Console) -> None:
     """Write the leaderboard of every record in `out` and print the table of this run's records
     (`mine`): records that earlier runs left in `out` (other methods, seeds, or an interrupted run)
     go into the files but not into this run's table, and the last line says how many there are."""
-    rows, paths = write_leaderboard([out], out)
     everything = read_records([out])
+    _, paths = write_leaderboard([out], out, records=everything)
     own = [r for r in everything if Path(r["_file"]).resolve() in mine]
     for table in to_rich(build_rows(own)):
         console.print(table)

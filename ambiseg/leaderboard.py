@@ -518,15 +518,20 @@ def leaderboard_paths(out: str | Path) -> dict[str, Path]:
     return paths
 
 
-def write_leaderboard(inputs: list[str | Path], out: str | Path) -> tuple[list[Row], dict[str, Path]]:
+def write_leaderboard(
+    inputs: list[str | Path], out: str | Path, *, records: list[dict[str, Any]] | None = None
+) -> tuple[list[Row], dict[str, Path]]:
     """Read records from `inputs`, write leaderboard.{md,csv,tex,png} into `out`, return rows and paths.
+
+    `records`: records the caller already read from `inputs` (with their `_file`), used instead of
+    reading them again.
 
     The four files are written as a set: all to temporaries first, then renamed, so a failure
     (e.g. a full disk) leaves the previous set whole and a reader never sees new tables beside
     an old figure.
     """
     paths = leaderboard_paths(out)
-    records = read_records(inputs)
+    records = read_records(inputs) if records is None else records
     rows = build_rows(records)
     with reading(*{r["_file"] for r in records}), atomic_paths(list(paths.values())) as temps:
         tmp = dict(zip(paths, temps, strict=True))

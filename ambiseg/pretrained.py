@@ -17,6 +17,7 @@ Every run comes with its record (metrics, timings, environment) and a model card
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import shutil
 import textwrap
@@ -70,29 +71,35 @@ def weight_roots() -> list[Path]:
     return roots
 
 
-def _runs_in(root: Path) -> list[Pretrained]:
-    """The published runs under one root, exported ones first."""
+def _runs_in(root: Path, want: tuple[str, str, int] | None = None) -> list[Pretrained]:
+    """The published runs under one root, exported ones first; with `want` = (method, protocol,
+    seed) only the files that can hold that run are read (record files are named
+    `<method>-<data>-<preset>-seed<k>-<stamp>.json`)."""
     from .results import load_json, read_records
 
     found: list[Pretrained] = []
     if not root.is_dir():
         return found
-    for folder in sorted(p for p in root.glob(f"*/*/{CHECKPOINT}")):
+    method, protocol, seed = (glob.escape(want[0]), glob.escape(want[1]), want[2]) if want else ("*", "*", None)
+    runs = f"{method}-seed{seed}" if want is not None else "*"
+    for folder in sorted(root.glob(f"{protocol}/{runs}/{CHECKPOINT}")):
         record = load_json(folder.parent / RECORD, what="pretrained record")
         found.append(Pretrained(record["method"], folder.parent.parent.name, int(record["seed"]), folder, record, root))
-    for protocol_dir in sorted(p for p in root.iterdir() if (p / "results").is_dir()):
+    pattern = f"{method}-*-seed{seed}-*.json" if want is not None else "*.json"
+    for protocol_dir in sorted(p for p in root.glob(protocol) if (p / "results").is_dir()):
         newest: dict[tuple[str, int], dict[str, Any]] = {}
-        for rec in read_records([protocol_dir / "results"], allow_empty=True):
+        files = sorted(p for p in (protocol_dir / "results").glob(pattern) if p.is_file())
+        for rec in read_records(files, allow_empty=True) if files else []:
             name = (rec.get("protocol") or {}).get("name")
             if rec.get("reference") or name != protocol_dir.name or not rec.get("checkpoint"):
                 continue
             key = (rec["method"], rec["seed"])
             if key not in newest or rec["created"] > newest[key]["created"]:
                 newest[key] = rec
-        for (method, seed), rec in sorted(newest.items()):
+        for (name, k), rec in sorted(newest.items()):
             path = protocol_dir / "runs" / Path(rec["checkpoint"]).parent.name / "last.safetensors"
-            if path.is_file():
-                found.append(Pretrained(method, protocol_dir.name, seed, path, rec, root))
+            if path.is_file() and (want is None or (name, protocol_dir.name, k) == want):
+                found.append(Pretrained(name, protocol_dir.name, k, path, rec, root))
     return found
 
 
@@ -111,10 +118,11 @@ def find_pretrained(method: str, *, protocol: str = "lidc-v1", seed: int = 0) ->
     from .registry import canonical_method
 
     name = canonical_method(method)
+    for root in weight_roots():  # only the files that can hold this run are read
+        for run in _runs_in(root, (name, protocol, seed)):
+            if (run.method, run.protocol, run.seed) == (name, protocol, seed):
+                return run
     runs = list_pretrained()
-    match = [r for r in runs if (r.method, r.protocol, r.seed) == (name, protocol, seed)]
-    if match:
-        return match[0]
     have = sorted({f"{r.method} {r.protocol} seed {r.seed}" for r in runs if r.method == name}) or ["none"]
     searched = ", ".join(str(r) for r in weight_roots())
     raise AmbisegError(

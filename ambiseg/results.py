@@ -404,7 +404,7 @@ def _nan_for_null(record: dict[str, Any]) -> None:
             summary.update({k: nan for k, v in summary.items() if v is None})
 
 
-def read_records(paths: list[str | Path], *, allow_empty: bool = False) -> list[dict[str, Any]]:
+def read_records(paths: Sequence[str | Path], *, allow_empty: bool = False) -> list[dict[str, Any]]:
     """Every bench record in `paths` (files or directories, searched recursively), reference
     rows included (their files hold several records, each marked `reference`).
 

@@ -118,6 +118,16 @@ def test_leaderboard_merges_directories_without_dropping(bench_dir, tmp_path):
     assert "GED8 95\\% CI" in tex and "\\Delta" not in tex  # no atfm row here: no paired column
 
 
+def test_leaderboard_uses_the_records_it_is_given(bench_dir, tmp_path):
+    out, _ = bench_dir
+    records = read_records([out])
+    models = [r for r in records if not r.get("reference")]
+    rows, _ = write_leaderboard([out], tmp_path / "given", records=models)  # the references left out
+    assert [r.method for r in rows] == ["det-unet"]
+    rows, _ = write_leaderboard([out], tmp_path / "read")  # read from `inputs`: references back in
+    assert "ref:majority" in {r.method for r in rows}
+
+
 def test_a_file_that_is_not_a_record_is_refused(tmp_path):
     bad = tmp_path / "notes.json"
     bad.write_text(json.dumps({"hello": 1}))

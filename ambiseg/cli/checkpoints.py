@@ -146,6 +146,39 @@ def draw_samples(
     return probs
 
 
+@dataclasses.dataclass
+class _Run:
+    """A trained run opened for `sample` or `eval`: the method, its checkpoint, the sampling
+    overrides, the data spec, the device and the split's data."""
+
+    method: Method
+    ckpt: Checkpoint
+    overrides: dict[str, Any]
+    spec: DataSpec
+    device: torch.device
+    data: AnnotatedDataset
+
+
+def _open_run(
+    checkpoint: Path,
+    data_name: str | None,
+    root: str | None,
+    preset: str | None,
+    sets: tuple[str, ...],
+    split: str,
+    device: str | None,
+) -> _Run:
+    """Load `checkpoint` (already resolved and read as an input) with its data and split; every
+    mismatch is refused in one line before any sampling."""
+    from ..runtime import pick_device
+
+    method, ckpt, overrides = load_run(checkpoint, sets)
+    spec = _run_data(checkpoint, ckpt, data_name, root, preset, sets)
+    read_inputs(spec.root)
+    dev = pick_device(device)
+    return _Run(method, ckpt, overrides, spec, dev, _load_split(spec, split, method, checkpoint))
+
+
 def _checkpoint_inputs(command: Callable[..., Any]) -> Callable[..., Any]:
     """The inputs of a command on a trained run: CHECKPOINT, its data (the recorded data by
     default) and the split."""
@@ -189,7 +222,7 @@ def sample_cmd(
     import numpy as np
 
     from ..data import figure_for_item
-    from ..runtime import collate, pick_device
+    from ..runtime import collate
 
     if not 1 <= num <= MAX_SAMPLES:
         raise ConfigError(f"--samples must be between 1 and {MAX_SAMPLES}, got {num}")
@@ -197,11 +230,8 @@ def sample_cmd(
     checkpoint = resolve_checkpoint(checkpoint)
     read_inputs(checkpoint, root)
     targets = _sample_targets(out, split, idx)  # every output, before any work
-    method, ckpt, _ = load_run(checkpoint, sets)
-    spec = _run_data(checkpoint, ckpt, data_name, root, preset, sets)
-    read_inputs(spec.root)
-    dev = pick_device(device)
-    data = _load_split(spec, split, method, checkpoint)
+    run = _open_run(checkpoint, data_name, root, preset, sets, split, device)
+    method, spec, data = run.method, run.spec, run.data
     bad = [i for i in idx if not 0 <= i < len(data)]
     if bad:
         raise ConfigError(
@@ -210,7 +240,7 @@ def sample_cmd(
     items = collate([data[i] for i in idx])
     what = f"the {split} items {list(idx)}"
     probs = draw_samples(
-        method, items["image"], num, seed=seed, path=checkpoint, what=what, device=dev, inference=inference
+        method, items["image"], num, seed=seed, path=checkpoint, what=what, device=run.device, inference=inference
     )
     with atomic_paths(targets) as temps:  # all or nothing: a failed figure keeps the previous samples.npz
         with open(temps[0], "wb") as fh:
@@ -263,18 +293,14 @@ def eval_cmd(
 
     from ..evaluation import evaluate_method
     from ..results import environment, make_record, summarise
-    from ..runtime import pick_device
 
     counts = parse_counts(samples)
     checkpoint = resolve_checkpoint(checkpoint)
     read_inputs(checkpoint, root)
     if out is not None:  # before the work: a folder, an input or a file of another kind is refused now
         check_target(out, kind="json")
-    method, ckpt, overrides = load_run(checkpoint, sets)
-    spec = _run_data(checkpoint, ckpt, data_name, root, preset, sets)
-    read_inputs(spec.root)
-    dev = pick_device(device)
-    data = _load_split(spec, split, method, checkpoint)
+    run = _open_run(checkpoint, data_name, root, preset, sets, split, device)
+    method, ckpt, spec, data, dev = run.method, run.ckpt, run.spec, run.data, run.device
     console.print(f"[dim]scoring {method.name} on {spec.describe()}, split {split} ({len(data)} images)[/dim]")
     result = evaluate_method(method, data, counts=counts, seed=seed, device=dev, options=inference)
     summary = summarise(result["per_image"])
@@ -310,6 +336,6 @@ def eval_cmd(
             data=spec.to_dict(),
             split=split,
             config=method.config,
-            overrides=overrides,
+            overrides=run.overrides,
         )
         write_json(out, record)
