@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, closest
 from ..registry import backbones
 
-__all__ = ["conv_block", "UNetEncoder", "UNet"]
+__all__ = ["conv_block", "encode_levels", "UNetEncoder", "UNet"]
 
 
 NORMS: dict[str, Callable[[int], nn.Module]] = {
@@ -49,6 +49,25 @@ def _check_widths(widths: tuple[int, ...]) -> tuple[int, ...]:
     return widths
 
 
+def encode_levels(blocks: nn.ModuleList, x: Tensor, *, owner: str, hint: str) -> list[Tensor]:
+    """Each block on the 2 x 2 average-pooled output of the one before (the first on `x` [B, C, H, W]):
+    the feature map of every level, finest first.
+
+    Raises:
+        ConfigError: H or W is not divisible by 2^(levels - 1); the message names `owner` and ends with `hint`.
+    """
+    factor = 2 ** (len(blocks) - 1)
+    if x.shape[-1] % factor or x.shape[-2] % factor:
+        raise ConfigError(
+            f"{owner} with {len(blocks)} levels needs H and W divisible by {factor}, got {tuple(x.shape[-2:])}; {hint}"
+        )
+    feats = []
+    for i, block in enumerate(blocks):
+        x = block(x if i == 0 else F.avg_pool2d(x, 2))
+        feats.append(x)
+    return feats
+
+
 class UNetEncoder(nn.Module):
     """Encoder half: returns the feature map of every level, finest first."""
 
@@ -61,17 +80,7 @@ class UNetEncoder(nn.Module):
         self.blocks = nn.ModuleList(conv_block(chans[i], chans[i + 1], convs, norm) for i in range(len(self.widths)))
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        factor = 2 ** (len(self.widths) - 1)
-        if x.shape[-1] % factor or x.shape[-2] % factor:
-            raise ConfigError(
-                f"unet with {len(self.widths)} levels needs H and W divisible by {factor}, "
-                f"got {tuple(x.shape[-2:])}; resize the images or use fewer widths"
-            )
-        feats = []
-        for i, block in enumerate(self.blocks):
-            x = block(x if i == 0 else F.avg_pool2d(x, 2))
-            feats.append(x)
-        return feats
+        return encode_levels(self.blocks, x, owner="unet", hint="resize the images or use fewer widths")
 
 
 @backbones.register("unet")

@@ -9,6 +9,7 @@ from . import (  # each module registers its components
     deterministic,
     flow_ssn,
     gtr,
+    hpunet,
     identity,
     noise,
     phiseg,
