@@ -278,6 +278,9 @@ def distributed_run(device: torch.device, console: Any = None) -> Iterator[torch
         console.quiet = True
     try:
         yield local_device(device)
+        if joined:
+            barrier()  # no rank leaves the group while another still talks to it (a gloo rank that
+            # did abort at exit under load); only on the normal path: after an error it would hang
     finally:
         if joined:
             teardown()
