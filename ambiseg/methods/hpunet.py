@@ -487,7 +487,7 @@ RECIPE = register_recipe(
         stages=("joint",),
         train={"joint": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 2e-5, "batch_size": 32, "steps": 240_000}},
         presets=with_lidc_v2(_PRESETS, {"joint": 3.0}),
-        aliases=("hpu-net", "hierarchical-probunet"),
+        aliases=("hierarchical-probunet", "hpu-net"),
         description="Hierarchical Prob. U-Net (Kohl et al., 2019): latents at the coarse decoder scales, GECO + top-k",
     )
 )
