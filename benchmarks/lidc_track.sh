@@ -16,8 +16,15 @@ PROTOCOL=${PROTOCOL:-lidc-v1}
 OUT=${OUT:-benchmarks/results/$PROTOCOL}
 WORKERS=${WORKERS:-2}
 SEEDS=${SEEDS:-"0 1 2"}
-# longest first: an evaluation cannot resume mid-way, so cimd's (~95 min on one thread) should start early
-METHODS=${METHODS:-"cimd tdpm atfm atfm-nosf phiseg sfm-noise probunet act-gtr det-unet"}
+# longest first: an evaluation cannot resume mid-way, so cimd's (~95 min on one thread) and ccdm's or
+# berdiff's (~65 min each, 100 samples x 10 steps per slice) should start early; lidc-v1's list
+# is the published table's, lidc-v2 adds the rivals of issue 29 and the paper-faithful GTR pair
+if [ "$PROTOCOL" = lidc-v1 ]; then
+  DEFAULT_METHODS="cimd tdpm atfm atfm-nosf phiseg sfm-noise probunet act-gtr det-unet"
+else
+  DEFAULT_METHODS="cimd tdpm ccdm berdiff atfm atfm-nosf atfm-paper flow-ssn hpunet phiseg sfm-noise probunet act-gtr act-gtr-paper det-unet"
+fi
+METHODS=${METHODS:-$DEFAULT_METHODS}
 AMBISEG=${AMBISEG:-ambiseg}
 [ -e "$ROOT" ] || { echo "lidc_track.sh: no LIDC data at $ROOT; set ROOT=<lidc-idri-slices.zip>" >&2; exit 2; }
 
