@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..backbones.unet import encode_levels
 from ..errors import CompatibilityError, ConfigError
 from ..interfaces import LatentDraw, LatentPrior, Prior, Transport
 from ..losses import pick_annotator, unpack_batch
@@ -73,12 +74,14 @@ def _up(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
+_SIZE_HINT = "set image_size to the data's size (levels follow it) or resize the images"
+
+
 def _check_size(h: int, w: int, levels: int) -> None:
     factor = 2 ** (levels - 1)
     if h % factor or w % factor:
         raise ConfigError(
-            f"phiseg with {levels} resolution levels needs H and W divisible by {factor}, got {(h, w)}; "
-            "set image_size to the data's size (levels follow it) or resize the images"
+            f"phiseg with {levels} resolution levels needs H and W divisible by {factor}, got {(h, w)}; {_SIZE_HINT}"
         )
 
 
@@ -113,11 +116,7 @@ class HierarchicalEncoder(nn.Module):
 
     def features(self, x: Tensor) -> list[Tensor]:
         """Encoder features at the L latent resolutions, finest first (image-only work)."""
-        _check_size(x.shape[-2], x.shape[-1], self.r)
-        feats = []
-        for i, block in enumerate(self.pre):
-            x = block(x if i == 0 else F.avg_pool2d(x, 2))
-            feats.append(x)
+        feats = encode_levels(self.pre, x, owner="phiseg", hint=_SIZE_HINT)
         return feats[self.r - self.l :]
 
     def latents(
