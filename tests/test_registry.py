@@ -164,3 +164,23 @@ class Identity(ambiseg.Transport):
 
     def forward(self, x, t, cond):
         return x
+
+
+def test_every_method_has_a_row_in_the_readme_and_is_named_in_the_docs():
+    """The README's methods table is where users look a method up: a new recipe must be in it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    table = readme.split("## Methods", 1)[1].split("\n## ", 1)[0]
+    listed = {
+        name for line in table.splitlines() if line.startswith("| `") for name in line.split("|")[1].split("`")[1::2]
+    }
+    methods = set(ambiseg.list_components()["methods"])
+    assert methods - listed == set(), f"README's methods table lacks {sorted(methods - listed)}"
+    from ambiseg.registry import methods as registry
+
+    unknown = sorted(name for name in listed if name not in registry)
+    assert unknown == [], f"README's methods table names unknown methods {unknown}"
+    docs = " ".join(p.read_text() for p in (root / "docs").rglob("*.md"))
+    assert [m for m in sorted(methods) if f"`{m}`" not in docs] == []
