@@ -1,12 +1,14 @@
 #!/bin/bash
 # A whole LIDC protocol track (lidc-v1 by default, PROTOCOL=lidc-v2): every method x seeds, shared
-# by WORKERS one-thread bench processes that each take the next (method, seed) from a queue; the
-# bench preset is the protocol's. Resumable: the bench skips an evaluation it already holds in OUT
-# and loads a finished training, so rerunning continues where it stopped.
+# by WORKERS bench processes of THREADS threads each (default 2 x 1), each taking the next
+# (method, seed) from a queue; the bench preset is the protocol's. Resumable: the bench skips an
+# evaluation it already holds in OUT and resumes or loads a training, so rerunning continues
+# where it stopped.
 #
 #   benchmarks/lidc_track.sh                          # lidc-v1, 2 workers, seeds 0,1,2, every method
 #   PROTOCOL=lidc-v2 WORKERS=1 SEEDS="1 2" METHODS="atfm probunet" benchmarks/lidc_track.sh
 #   PROTOCOL=lidc-v2 JOBS="atfm 1,cimd 0" benchmarks/lidc_track.sh   # an explicit queue of "method seed"
+#   PROTOCOL=lidc-v2 WORKERS=1 THREADS=2 JOBS="probunet 1" benchmarks/lidc_track.sh  # a training measured alone
 #
 # Logs: $OUT/logs/worker<i>.log (appended: the start and end of each run, the bench output). AMBISEG may name another
 # command that runs the ambiseg CLI (e.g. a frozen copy, so edits to the checkout do not reach a run).
@@ -15,6 +17,7 @@ ROOT=${ROOT:-../shared/data/lidc-idri-slices.zip}
 PROTOCOL=${PROTOCOL:-lidc-v1}
 OUT=${OUT:-benchmarks/results/$PROTOCOL}
 WORKERS=${WORKERS:-2}
+THREADS=${THREADS:-1}
 SEEDS=${SEEDS:-"0 1 2"}
 # longest first: an evaluation cannot resume mid-way, so cimd's (~95 min on one thread) and ccdm's or
 # berdiff's (~65 min each, 100 samples x 10 steps per slice) should start early; lidc-v1's list
@@ -46,7 +49,7 @@ worker() {
   while line=$(next) && [ -n "$line" ]; do
     set -- $line
     echo "== $1 seed $2 $(date -u +%FT%TZ)"
-    OMP_NUM_THREADS=1 $AMBISEG bench --protocol "$PROTOCOL" --methods "$1" --seeds "$2" --root "$ROOT" \
+    OMP_NUM_THREADS=$THREADS $AMBISEG bench --protocol "$PROTOCOL" --methods "$1" --seeds "$2" --root "$ROOT" \
       --no-baseline --no-progress --out "$OUT" || echo "== $1 seed $2 failed rc=$?"
     echo "== $1 seed $2 done $(date -u +%FT%TZ)"
   done
