@@ -243,6 +243,8 @@ class Trainer:
         best = path.with_name("best.safetensors")
         if best.exists():  # read at a stage's end: a damaged one would fail after the training
             load_checkpoint(best, method=self.method.name)
+        else:
+            meta = self._forget_lost_best(meta, best)
         load_weights(
             self.method,
             ckpt,
@@ -269,6 +271,22 @@ class Trainer:
             ) from None
         self._checked = {**meta, "optimizer_state": opt_state, "_ckpt": ckpt}
         return self._checked
+
+    def _forget_lost_best(self, meta: dict[str, Any], best: Path) -> dict[str, Any]:
+        """Without `best.safetensors` the resumed stage cannot end on its best validated weights:
+        say so and drop that stage's score, so selection restarts from the resumed step (rather
+        than ending on the last weights while the state still names an earlier best)."""
+        index = meta["stage_index"]
+        stage = self.method.stages[index] if index < len(self.method.stages) else None
+        scores = meta.get("best", {})
+        if stage is None or scores.get(stage) is None:
+            return meta
+        self.console.print(
+            f"[yellow]warning:[/yellow] {best} is missing, so the best {stage!r} weights validated "
+            f"before the interruption (score {scores[stage]:.4g}) are lost; the stage's checkpoint "
+            "is chosen among the validations from here on"
+        )
+        return {**meta, "best": {k: v for k, v in scores.items() if k != stage}}
 
     def _check_data(self, recorded: Any, path: Path) -> None:
         """A run continues on the data it was trained on (the test split's options aside)."""

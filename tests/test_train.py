@@ -86,6 +86,35 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch,
         assert torch.equal(value, resumed.state_dict()[key]), key
 
 
+def test_resume_without_the_best_checkpoint_says_so_and_selects_again(tmp_path, monkeypatch):
+    """A lost best.safetensors cannot end the stage on the weights it held: the resumed run warns,
+    forgets that score and ends on the best of the validations after the resume."""
+    import io
+
+    from rich.console import Console
+
+    train, val = sets()
+    scores = iter([0.1, 0.9, 0.8])  # the best is the first validation, before the interruption
+    monkeypatch.setattr(Trainer, "_validate", lambda self, stage: {"score": next(scores)})
+    torch.manual_seed(0)
+    method = small(9, val_every=3)
+    trainer = Trainer(method, train, val, out_dir=tmp_path, seed=3, progress=False, save_every=1)
+    interrupt(trainer, monkeypatch, at_call=5)
+    monkeypatch.setattr(Trainer, "_validate", lambda self, stage: {"score": next(scores)})
+    assert load_checkpoint(tmp_path / "last.safetensors").meta["best"] == {"transport": 0.1}
+    (tmp_path / "best.safetensors").unlink()
+
+    out = io.StringIO()
+    resumed = small(9, val_every=3)
+    console = Console(file=out, width=400)
+    result = Trainer(resumed, train, val, out_dir=tmp_path, seed=3, progress=False, console=console).fit(resume=True)
+    assert "best.safetensors is missing" in out.getvalue() and "0.1" in out.getvalue()
+    assert result.best == {"transport": 0.8}
+    kept = load_checkpoint(tmp_path / "best.safetensors")
+    assert kept.meta["step"] == 9
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in kept.model.items())
+
+
 def test_non_finite_loss_names_stage_epoch_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     train, val = sets()
     method = small(6)
