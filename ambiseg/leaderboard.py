@@ -385,6 +385,7 @@ def to_csv(rows: list[Row]) -> str:
             "sample_s_per_image",
             "samples_per_image",
             "params",
+            "flops_per_image",
             "flops_per_sample",
             "peak_mb",
             "device",
@@ -414,8 +415,9 @@ def to_csv(rows: list[Row]) -> str:
                 r.sample_s,
                 r.samples_timed,
                 r.params,
-                r.flops_per_sample or "",
-                r.peak_mb or "",
+                _cell(r.flops_per_image),
+                _cell(r.flops_per_sample),
+                _cell(r.peak_mb),
                 r.device,
             ]
         )

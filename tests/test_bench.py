@@ -110,6 +110,9 @@ def test_leaderboard_merges_directories_without_dropping(bench_dir, tmp_path):
     with open(paths["csv"]) as fh:
         table = list(csv.DictReader(fh))
     assert table[0]["method"] == "det-unet" and table[0]["seeds"] == "0 1" and table[1]["reference"] == "1"
+    # a measured zero stays a number (det-unet adds no work per sample), an unmeasured cell is empty
+    assert float(table[0]["flops_per_sample"]) == 0 and float(table[0]["flops_per_image"]) > 0
+    assert table[1]["flops_per_image"] == "" and float(table[0]["peak_mb"]) > 0
     tex = paths["tex"].read_text()
     assert "\\begin{tabular}" in tex and "% protocol" not in tex and "seeds 0,1" in tex
     lines = tex.splitlines()
