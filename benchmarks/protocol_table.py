@@ -7,6 +7,12 @@ GED100 and HM-IoU32 [95%], GED16 untrained, trained minus untrained GED16 [95%] 
 store per-image untrained values), train s, sample s per 100 samples, seeds. Reference rows last.
 Below it: each method's GED100 and HM-IoU32 seed by seed (how far one training run moves a row),
 and the track's CPU time, training and evaluation, summed over the records.
+
+    python benchmarks/protocol_table.py benchmarks/results/lidc-v2 --plausibility
+
+prints instead the lidc-v2 table of docs/leaderboard.md: the means of GED100, HM-IoU32,
+Diversity100 and the plausibility metrics (Stray, MissedConsensus, SoftShare), the seeds and the
+mean training time, best GED100 first, reference rows last.
 """
 
 from __future__ import annotations
@@ -32,9 +38,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seeds", default=None, help="only these training seeds, e.g. 0 or 0,1 (default: all)")
+    parser.add_argument("--plausibility", action="store_true", help="the means and plausibility table (lidc-v2)")
     args = parser.parse_args()
     seeds = None if args.seeds is None else parse_ints(args.seeds, "--seeds")
     records = of_seeds(read_records([args.folder]), seeds)
+    if args.plausibility:
+        print(plausibility_table(records))
+        return
     untrained: dict[str, list[np.ndarray]] = {}
     for rec in newest_runs(records):
         for key, values in rec.get("untrained_per_image", {}).items():
@@ -63,6 +73,34 @@ def main() -> None:
     print(per_seed_table(records))
     print()
     print(cpu_time(records))
+
+
+PLAUSIBILITY_COLUMNS = ("GED100", "HM-IoU32", "Diversity100", "Stray", "MissedConsensus", "SoftShare")
+
+
+def _seed_span(seeds: list[int]) -> str:
+    """Seeds as "0-2" when consecutive, else "0,2"."""
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def plausibility_table(records: list[dict]) -> str:
+    """Markdown: each row's means of PLAUSIBILITY_COLUMNS, its seeds and mean training time, models
+    by GED100 (best first), then the reference rows; a metric a record lacks is "-"."""
+    rows = build_rows(records)
+    rows.sort(key=lambda r: (r.reference, r.metrics.get("GED100", {}).get("mean", float("inf"))))
+    lines = [
+        f"| method | seeds | {' | '.join(PLAUSIBILITY_COLUMNS)} | mean train s |",
+        "|---" * (len(PLAUSIBILITY_COLUMNS) + 3) + "|",
+    ]
+    for r in rows:
+        means = [r.metrics[c]["mean"] if c in r.metrics else None for c in PLAUSIBILITY_COLUMNS]
+        cells = ["-" if v is None or np.isnan(v) else f"{v:.3f}" for v in means]
+        seeds = "" if r.reference else _seed_span(r.seeds)
+        train = "" if r.reference else f"{r.train_s:,.0f}"
+        lines.append(f"| {r.method} | {seeds} | {' | '.join(cells)} | {train} |")
+    return "\n".join(lines)
 
 
 def newest_runs(records: list[dict]) -> list[dict]:

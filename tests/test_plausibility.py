@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,3 +234,23 @@ def test_paired_differences_skip_images_undefined_on_either_side():
     nothing = record("det-unet", {"GED4": GED, "MissedConsensus": [0.0, NAN, NAN, NAN]})
     rows = {r.method: r for r in build_rows([anchor, {**nothing, "method": "phiseg"}])}
     assert leaderboard._paired(rows["phiseg"], rows["atfm"], "MissedConsensus") is None  # no image on both sides
+
+
+def test_the_docs_plausibility_table_is_the_records_means():
+    """benchmarks/protocol_table.py --plausibility: the lidc-v2 table of docs/leaderboard.md."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "protocol_table.py"
+    spec = importlib.util.spec_from_file_location("protocol_table", path)
+    assert spec is not None and spec.loader is not None
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    atfm = [record("atfm", {"GED100": GED, "HM-IoU32": [0.6, 0.6, 0.7, 0.7], **PLAUSIBLE}, seed=s) for s in (0, 1, 2)]
+    det = [record("det-unet", {"GED100": [0.9, 0.8, 0.7, 0.6]}, seed=s) for s in (0, 2)]
+    lines = table.plausibility_table(det + atfm).splitlines()
+    assert lines[0] == (
+        "| method | seeds | GED100 | HM-IoU32 | Diversity100 | Stray | MissedConsensus | SoftShare | mean train s |"
+    )
+    # best GED100 first; MissedConsensus and SoftShare average the images where they are defined
+    assert lines[2] == "| atfm | 0-2 | 0.350 | 0.650 | - | 0.188 | 0.500 | 0.200 | 1 |"
+    assert lines[3] == "| det-unet | 0,2 | 0.750 | - | - | - | - | - | 1 |"
