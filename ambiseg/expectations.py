@@ -68,7 +68,10 @@ def expectation_lines(
             f"{table.get('commit', '?')[:10]})" + (f"; not measured: {', '.join(missing)}" if missing else "")
         )
     if load is not None and load >= BUSY_LOAD:
-        hint = f"load average {load:.1f} on {cpus} CPU(s): other jobs share the cores, so expect longer"
+        hint = (
+            f"load average {load:.1f} on {cpus} CPU(s): other jobs share the cores, so expect longer "
+            "(a 1-minute average: a job that ended in the last minutes still counts)"
+        )
         if threads > 1:
             hint += (
                 f"; {threads} threads on shared cores can run many times slower than 1 "

@@ -31,7 +31,10 @@ def test_a_busy_machine_is_named_and_more_threads_than_one_get_a_hint():
     one, two = (
         expectation_lines("lidc", "cpu", ["atfm"], seeds=1, threads=t, cpus=2, load=3.2, table=TABLE) for t in (1, 2)
     )
-    assert one == ["load average 3.2 on 2 CPU(s): other jobs share the cores, so expect longer"]
+    assert one == [
+        "load average 3.2 on 2 CPU(s): other jobs share the cores, so expect longer "
+        "(a 1-minute average: a job that ended in the last minutes still counts)"
+    ]
     assert two[0].startswith(one[0]) and two[0].endswith("consider --threads 1")
 
 
