@@ -26,10 +26,13 @@ def cell(row: dict[str, str], key: str) -> str:
 
 
 def describe(folder: Path) -> str:
-    """Width, coupling, guide, schedule and Euler steps of the run's flow."""
+    """Width, coupling, guide, truncation t0, schedule and Euler steps of the run's flow."""
     saved = json.loads((folder / "config.json").read_text())
     transport, sampler, args = saved["config"]["transport"], saved["config"]["sampler"], saved["args"]
     extra = [transport.get("coupling", "independent")] + (["guide"] if transport.get("guide") else [])
+    path = transport.get("path")
+    if isinstance(path, dict) and path.get("truncation"):
+        extra.append(f"t0 {path['truncation']}")  # starts from the GTR draw noised to t0
     if args.get("schedule", "constant") != "constant":
         extra.append(f"{args['schedule']} lr")
     if args.get("ema"):
