@@ -35,7 +35,10 @@ def _string(node: ast.expr) -> str:
 def _name_and_aliases(call: ast.Call, *, aliases_at: int | None) -> tuple[str, tuple[str, ...]]:
     """The literal `name` (first argument or keyword) and `aliases` of a registering call."""
     keywords = {kw.arg: kw.value for kw in call.keywords}
-    if None in keywords or any(isinstance(arg, ast.Starred) for arg in call.args):  # **options, *args
+    if any(isinstance(arg, ast.Starred) for arg in call.args):  # *args
+        raise _Unreadable
+    # **fields may carry the name or aliases unless both are given: then Python refuses a repeat
+    if None in keywords and not ({"name", "aliases"} <= keywords.keys() or (call.args and "aliases" in keywords)):
         raise _Unreadable
     if aliases_at is not None and len(call.args) > aliases_at:
         raise _Unreadable
@@ -53,12 +56,14 @@ def _name_and_aliases(call: ast.Call, *, aliases_at: int | None) -> tuple[str, t
 class _Reader(ast.NodeVisitor):
     """The registrations a module makes when imported: `R.register(...)` on a registry imported
     from `ambiseg.registry`, and `register_recipe(Recipe(...))`. Function bodies are skipped
-    (they run later, if at all); their decorators are read."""
+    (they run later, if at all) and their decorators read; a call at import of a function whose
+    body registers makes the module unreadable (what it registers is not literal here)."""
 
     def __init__(self) -> None:
         self.registries: dict[str, str] = {}  # local name -> registry kind
         self.recipe_names: dict[str, str] = {}  # local name -> "register_recipe" or "Recipe"
         self.found: list[tuple[str, str, tuple[str, ...]]] = []
+        self.registering: set[str] = set()  # functions of the module whose bodies register
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         module = (node.module or "").split(".")
@@ -73,14 +78,26 @@ class _Reader(ast.NodeVisitor):
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         for decorator in node.decorator_list:
             self.visit(decorator)
+        body = ast.Module(body=node.body, type_ignores=[])
+        if any(isinstance(call, ast.Call) and self._registers(call) for call in ast.walk(body)):
+            self.registering.add(node.name)  # a call of it at import registers what cannot be read
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_Lambda(self, node: ast.Lambda) -> None:
         return
 
+    def _registers(self, node: ast.Call) -> bool:
+        """Whether the call registers something: `R.register(...)` or `register_recipe(...)`."""
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "register" and isinstance(func.value, ast.Name):
+            return func.value.id in self.registries
+        return isinstance(func, ast.Name) and self.recipe_names.get(func.id) == "register_recipe"
+
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
+        if isinstance(func, ast.Name) and func.id in self.registering:
+            raise _Unreadable
         if isinstance(func, ast.Attribute) and func.attr == "register" and isinstance(func.value, ast.Name):
             kind = self.registries.get(func.value.id)
             if kind is not None:

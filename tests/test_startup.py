@@ -100,5 +100,38 @@ def test_the_reader_reads_literal_registrations_and_gives_up_on_computed_ones(tm
         "from ambiseg.registry import metrics\nfor name in ('a', 'b'):\n    metrics.register(name)(print)\n"
     )
     assert read_builtin_names(tmp_path) is None  # a computed name: the caller imports the modules instead
+    (tmp_path / "more.py").write_text(
+        textwrap.dedent(
+            """
+            from ambiseg.recipes import Recipe, register_recipe
+            def family(name):
+                register_recipe(Recipe(name=name, prior={}, transport={}, sampler={}))
+            family("hidden")
+            """
+        )
+    )
+    assert read_builtin_names(tmp_path) is None  # registered through a helper: its names are not read here
+    (tmp_path / "more.py").write_text(
+        textwrap.dedent(
+            """
+            from ambiseg.recipes import Recipe, register_recipe
+            parts = dict(prior={}, transport={}, sampler={})
+            register_recipe(Recipe(name="spread", aliases=("sp",), **parts))
+            """
+        )
+    )
+    names = read_builtin_names(tmp_path)  # **fields cannot repeat the literal name and aliases
+    assert names is not None and names["methods"] == {"flat-map": ("fm",), "spread": ("sp",)}
+    (tmp_path / "more.py").write_text(
+        "from ambiseg.recipes import Recipe, register_recipe\n"
+        "parts = dict(name='x', prior={}, transport={}, sampler={})\n"
+        "register_recipe(Recipe(**parts))\n"
+    )
+    assert read_builtin_names(tmp_path) is None  # the name inside **fields
+    (tmp_path / "more.py").write_text(
+        "from ambiseg.recipes import Recipe, register_recipe\n"
+        "register_recipe(Recipe(name='x', prior={}, transport={}, sampler={}, **{'aliases': ('y',)}))\n"
+    )
+    assert read_builtin_names(tmp_path) is None  # aliases inside **fields
     (tmp_path / "more.py").write_text("from ambiseg.registry import priors\npriors.register('level')(print)\n")
     assert read_builtin_names(tmp_path) is None  # an alias registered again: the import names the error

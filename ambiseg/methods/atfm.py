@@ -178,83 +178,75 @@ def presets(
 _EULER = {"name": "euler", "steps": 25}
 
 
-def _register(
-    name: str,
-    *,
-    gtr: bool,
-    flow: bool,
-    description: str,
-    alpha: float | None = None,
-    paper_gtr: bool = False,
-    aliases: tuple[str, ...] = (),
-) -> None:
-    """Register one recipe of the family: a GTR (`gtr`) or N(0, I) prior, then an SFM flow
-    (`flow`, Euler-integrated) or the sigmoid of the prior's draw; a trained stage per learned part."""
+def _family(*, gtr: bool, flow: bool, alpha: float | None = None, paper_gtr: bool = False) -> dict[str, Any]:
+    """The Recipe fields of one member of the family: a GTR (`gtr`) or N(0, I) prior, then an SFM
+    flow (`flow`, Euler-integrated) or the sigmoid of the prior's draw; a trained stage per learned
+    part. Name, aliases and description stay literal at each call (catalog.py reads them)."""
     transport: dict[str, Any] = {"name": "sfm"} if flow else {"name": "identity"}
     if alpha is not None:
         transport["alpha"] = alpha
-    stages = (("prior",) if gtr else ()) + (("transport",) if flow else ())
-    register_recipe(
-        Recipe(
-            name=name,
-            prior={"name": "gtr" if gtr else "noise"},
-            transport=transport,
-            sampler=dict(_EULER) if flow else {"name": "direct"},
-            stages=stages,
-            presets=presets(prior=gtr, transport=flow, flow=flow, alpha=alpha, paper_gtr=paper_gtr),
-            aliases=aliases,
-            description=description,
-        )
+    return {
+        "prior": {"name": "gtr" if gtr else "noise"},
+        "transport": transport,
+        "sampler": dict(_EULER) if flow else {"name": "direct"},
+        "stages": (("prior",) if gtr else ()) + (("transport",) if flow else ()),
+        "presets": presets(prior=gtr, transport=flow, flow=flow, alpha=alpha, paper_gtr=paper_gtr),
+    }
+
+
+register_recipe(
+    Recipe(
+        name="atfm",
+        aliases=(),
+        description="ATFM: GTR prior, then SFM flow from sigmoid(GTR sample) to a mask (two stages)",
+        **_family(gtr=True, flow=True),
     )
-
-
-_register(
-    "atfm",
-    gtr=True,
-    flow=True,
-    description="ATFM: GTR prior, then SFM flow from sigmoid(GTR sample) to a mask (two stages)",
 )
-_register(
-    "atfm-nosf",
-    gtr=True,
-    flow=True,
-    alpha=0.0,
-    description="ATFM without the semantic-consistency loss (alpha = 0)",
+register_recipe(
+    Recipe(
+        name="atfm-nosf",
+        aliases=(),
+        description="ATFM without the semantic-consistency loss (alpha = 0)",
+        **_family(gtr=True, flow=True, alpha=0.0),
+    )
 )
-_register(
-    "act-gtr",
-    gtr=True,
-    flow=False,
-    aliases=("ssn",),
-    description="Act. GTR / SSN: sigmoid of GTR samples, no transport",
+register_recipe(
+    Recipe(
+        name="act-gtr",
+        aliases=("ssn",),
+        description="Act. GTR / SSN: sigmoid of GTR samples, no transport",
+        **_family(gtr=True, flow=False),
+    )
 )
-_register(
-    "atfm-paper",
-    gtr=True,
-    flow=True,
-    paper_gtr=True,
-    description="ATFM on the paper's GTR (uncentred factor, no mean fit, temperature 1)",
+register_recipe(
+    Recipe(
+        name="atfm-paper",
+        aliases=(),
+        description="ATFM on the paper's GTR (uncentred factor, no mean fit, temperature 1)",
+        **_family(gtr=True, flow=True, paper_gtr=True),
+    )
 )
-_register(
-    "act-gtr-paper",
-    gtr=True,
-    flow=False,
-    paper_gtr=True,
-    description="Act. GTR on the paper's GTR (uncentred factor, no mean fit, temperature 1)",
+register_recipe(
+    Recipe(
+        name="act-gtr-paper",
+        aliases=(),
+        description="Act. GTR on the paper's GTR (uncentred factor, no mean fit, temperature 1)",
+        **_family(gtr=True, flow=False, paper_gtr=True),
+    )
 )
-# "sfm" until 0.1: the same name as the transport it uses; kept as an alias
-_register(
-    "sfm-noise",
-    gtr=False,
-    flow=True,
-    aliases=("sfm",),
-    description="SFM alone: the sfm transport flowing from N(0, I) noise to a mask (no GTR)",
+register_recipe(
+    Recipe(
+        name="sfm-noise",
+        aliases=("sfm",),  # "sfm" until 0.1: the same name as the transport it uses; kept as an alias
+        description="SFM alone: the sfm transport flowing from N(0, I) noise to a mask (no GTR)",
+        **_family(gtr=False, flow=True),
+    )
 )
-_register(
-    "sfm-noise-nosf",
-    gtr=False,
-    flow=True,
-    alpha=0.0,
-    aliases=("sfm-nosf",),
-    description="SFM alone from noise without the semantic-consistency loss (alpha = 0)",
+register_recipe(
+    Recipe(
+        name="sfm-noise-nosf",
+        aliases=("sfm-nosf",),
+        description="SFM alone from noise without the semantic-consistency loss (alpha = 0)",
+        **_family(gtr=False, flow=True, alpha=0.0),
+    )
 )
