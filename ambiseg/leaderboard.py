@@ -339,8 +339,10 @@ def to_rich(rows: list[Row]) -> list[Any]:
 
 def to_markdown(rows: list[Row]) -> str:
     parts = []
+    plausibility = False  # whether a table shows Stray/MissedConsensus/SoftShare (then the footer says what they are)
     for (protocol, dataset, preset), group in _sections(rows).items():
         header, body = _table(group)
+        plausibility |= any(h.split(" ")[0] in PLAUSIBILITY for h in header)
         parts.append(f"### {_md(_title(protocol, dataset, preset))} — {_md(group[0].device)}\n")
         parts.append("| " + " | ".join(map(_md, header)) + " |")
         parts.append("|" + "---|" * len(header))
@@ -348,11 +350,14 @@ def to_markdown(rows: list[Row]) -> str:
         if preset in PRESET_CAVEATS:
             parts.append(f"\n**{_md(PRESET_CAVEATS[preset])}**")
         parts.append("")
+    plausible = (
+        "Stray, MissedConsensus, SoftShare: the plausibility of single samples over all S (lower is "
+        "better; images where one is undefined are left out; '-': not in the record). "
+    )
     parts.append(
         "Metrics: mean over test images [95% bootstrap interval]; lower GED is better, higher HM-IoU/MDM "
-        "is better. Diversity = E d(S, S'). Stray, MissedConsensus, SoftShare: the plausibility of single "
-        "samples over all S (lower is better; images where one is undefined are left out; '-': not in the "
-        "record). sample s = seconds to draw the samples of one image (warm). "
+        "is better. Diversity = E d(S, S'). " + (plausible if plausibility else "") + "sample s = seconds "
+        "to draw the samples of one image (warm). "
         f"'vs {ANCHOR}': the row minus {ANCHOR}, image by image on shared seeds [95% bootstrap interval]; "
         "ref: rows are computed from the annotations alone."
     )

@@ -222,6 +222,8 @@ def test_old_records_without_the_keys_show_empty_cells():
     )
     (console,) = to_rich(rows)
     assert [c.header for c in console.columns][2:5] == ["Stray", "MissedConsensus", "SoftShare"]
+    assert "the plausibility of single samples" in markdown  # the footer says what the columns are
+    assert "plausibility" not in to_markdown(build_rows([old]))  # and is silent where none is shown
 
 
 def test_paired_differences_skip_images_undefined_on_either_side():
