@@ -128,7 +128,7 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-def by_seed(per_seed: list[list[float]]) -> np.ndarray:
+def by_seed(per_seed: Sequence[Sequence[float] | np.ndarray]) -> np.ndarray:
     """Per-image values of several seeds as [seeds, images] when every seed scored the same number
     of images (one test set), else pooled into one [values] row (records of different test sets)."""
     if len({len(v) for v in per_seed}) == 1:

@@ -26,6 +26,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,7 @@ def record_check(run: Run, per_image: dict[str, list[float]], indices: list[int]
     return out
 
 
-def draws_figure(run: Run, slices: list[int], draws: int, total: int, out: Path) -> dict[str, Any]:
+def draws_figure(run: Run, slices: Sequence[int], draws: int, total: int, out: Path) -> dict[str, Any]:
     """Rows: slices; columns: image, raters, then GTR draw k beside what the flow makes of it.
 
     The draws are the first `draws` of the `total` scored samples of each slice (same generator).
@@ -185,6 +186,7 @@ def draws_figure(run: Run, slices: list[int], draws: int, total: int, out: Path)
                 ax.set_title(title, fontsize=7, pad=2)
     top = 1 - 0.45 / height  # room for the title and one line of column titles
     fig.subplots_adjust(left=0.01, right=0.93, top=top, bottom=0.02, wspace=0.05, hspace=0.12)
+    assert shown is not None, "no image was drawn"
     bar = fig.colorbar(shown, cax=fig.add_axes((0.945, 0.1, 0.012, top - 0.15)))
     bar.set_label("foreground probability", fontsize=7)
     bar.ax.tick_params(labelsize=6)

@@ -39,6 +39,7 @@ from ambiseg.flow_effect import paired_difference, prior_only_twin
 from ambiseg.method import Method
 from ambiseg.metrics import evaluate
 from ambiseg.runtime import collate
+from ambiseg.samplers import FixedStepSampler
 from ambiseg.train import learning_rate, make_optimizer
 
 PAIRED = ("GED16", "HM-IoU16", "Diversity16", "Stray", "MissedConsensus", "SoftShare")
@@ -125,7 +126,8 @@ def main() -> None:
     cfg = {"optimizer": "adam", "lr": args.lr, "warmup": args.warmup, "schedule": args.schedule}
     opt = make_optimizer(cfg, params)
     average = StageAverage([method.transport], args.ema) if args.ema is not None else None
-    rows, seconds, step, terms = [], 0.0, 0, {}
+    rows, seconds, step = [], 0.0, 0
+    terms: dict[str, float] = {}
     gen = torch.Generator().manual_seed(args.seed)
 
     def validate() -> None:
@@ -164,7 +166,12 @@ def main() -> None:
     method.eval()
     sweep = []
     for steps in args.final_steps:
-        method.sampler.steps = steps
+        sampler = method.sampler
+        if not isinstance(sampler, FixedStepSampler):
+            raise SystemExit(
+                f"--final-steps needs a fixed-step sampler (euler, heun, ...), not {type(sampler).__name__}"
+            )
+        sampler.steps = steps
         sweep.append({"euler_steps": steps} | summary(score(method, val_set, n_val, args.val_samples, args.seed), gtr))
         print(f"euler {steps}: flow minus GTR", {k: sweep[-1][f"diff_{k}"] for k in PAIRED}, flush=True)
     if sweep:

@@ -62,10 +62,10 @@ def main() -> None:
         for other in args.against.split(","):
             if other == method or (other not in rows and other not in fixed):
                 continue
-            seeds = sorted(mine) if other in fixed else sorted(set(mine) & set(rows[other]))
-            if seeds:
-                theirs = [fixed[other] if other in fixed else rows[other][s] for s in seeds]
-                print(_line(method, other, np.stack([mine[s] - t for s, t in zip(seeds, theirs, strict=True)])))
+            shared = sorted(mine) if other in fixed else sorted(set(mine) & set(rows[other]))
+            if shared:
+                theirs = [fixed[other] if other in fixed else rows[other][s] for s in shared]
+                print(_line(method, other, np.stack([mine[s] - t for s, t in zip(shared, theirs, strict=True)])))
     # trained minus the same method's untrained weights, at the untrained evaluation's sample count
     untrained: dict[tuple[str, str], list[np.ndarray]] = {}
     for (method, _), rec in sorted(records.items()):

@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -73,7 +73,7 @@ class TrainStep:
     stage: str
     batch_size: int
     trainer: Trainer
-    loss_fn: torch.nn.Module
+    loss_fn: torch.nn.Module  # the stage's loss, or its torch.compile wrapper (an OptimizedModule)
     optimizer: torch.optim.Optimizer
     params: list[torch.nn.Parameter]
     threads: int
@@ -124,7 +124,7 @@ def make_step(
 
         inductor_config.fallback_random = True
         torch._dynamo.reset()  # a fresh compilation per case: a recompile would make the batch dynamic
-        loss_fn = torch.compile(loss_fn, dynamic=False)
+        loss_fn = cast(torch.nn.Module, torch.compile(loss_fn, dynamic=False))
     threads = threads or torch.get_num_threads()
     return TrainStep(recipe, stage, len(items), trainer, loss_fn, make_optimizer(cfg, params), params, threads)
 
@@ -237,7 +237,7 @@ def compare(recipe: str, stage: str, candidate: str, *, rounds: int, matmul: flo
             torch.manual_seed(r)  # the same draws (annotators, t, noise) for A and B
             times[key].append(_seconds(a if key == "a" else b))
     seconds_a, seconds_b = statistics.median(times["a"]), statistics.median(times["b"])
-    row = {
+    row: dict[str, Any] = {
         "recipe": recipe,
         "stage": stage,
         "candidate": candidate,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ def main() -> None:
     method, ckpt = load_method(args.checkpoint, overrides=overrides)
     spec = DataSpec.from_dict(ckpt.meta["data"]).with_settings({"data.test.limit": args.images})
     data = spec.build("test")
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if "options" in inspect.signature(evaluation.evaluate_method).parameters:
         opts = {"channels_last": args.channels_last}
         if args.image_batch:
