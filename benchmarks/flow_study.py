@@ -24,7 +24,7 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -106,6 +106,10 @@ def main() -> None:
     method.prior.load_state_dict(trained.prior.state_dict())
     if args.keep_flow:
         method.transport.load_state_dict(trained.transport.state_dict())
+    if args.final_steps and not isinstance(method.sampler, FixedStepSampler):  # before the training, not after it
+        raise SystemExit(
+            f"--final-steps needs a fixed-step sampler (euler, heun, ...), not {type(method.sampler).__name__}"
+        )
     spec = DataSpec.from_dict(load_checkpoint(args.checkpoint).meta["data"], where=str(args.checkpoint))
     spec = spec.with_settings({"data.val.limit": args.val_images})
     train_set, val_set = spec.build("train"), spec.build("val")
@@ -166,12 +170,7 @@ def main() -> None:
     method.eval()
     sweep = []
     for steps in args.final_steps:
-        sampler = method.sampler
-        if not isinstance(sampler, FixedStepSampler):
-            raise SystemExit(
-                f"--final-steps needs a fixed-step sampler (euler, heun, ...), not {type(sampler).__name__}"
-            )
-        sampler.steps = steps
+        cast(FixedStepSampler, method.sampler).steps = steps  # checked before the training
         sweep.append({"euler_steps": steps} | summary(score(method, val_set, n_val, args.val_samples, args.seed), gtr))
         print(f"euler {steps}: flow minus GTR", {k: sweep[-1][f"diff_{k}"] for k in PAIRED}, flush=True)
     if sweep:
