@@ -98,6 +98,8 @@ def main() -> None:
     parser.add_argument("--keep-flow", action="store_true", help="start from the checkpoint's own flow weights")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.val_samples < 16:  # the paired metrics are the 16-sample ones (GED16, HM-IoU16, Diversity16)
+        parser.error(f"--val-samples must be at least 16 (the study pairs GED16 and HM-IoU16), not {args.val_samples}")
 
     torch.manual_seed(args.seed)
     trained, ckpt = load_method(args.checkpoint)
